@@ -1,0 +1,324 @@
+"""conv2d and conv2d_backward: validate -> choose an algorithm -> run.
+
+Legend for shapes: ``n`` batch, ``h, w`` input height and width, ``c_in, c_out`` channels,
+``kh, kw`` kernel size, ``oh, ow`` output size, ``G`` groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from patchconv import algorithms
+from patchconv._config import get_workspace_limit
+from patchconv._patches import col2im as _col2im
+from patchconv._patches import im2col as _im2col
+from patchconv._spec import (
+    ConvSpec,
+    PatchconvError,
+    as_float_array,
+    check_workspace_limit,
+    compute_dtype,
+    conv_spec,
+)
+from patchconv.algorithms import gemm
+
+__all__ = ["ConvGrads", "conv2d", "conv2d_backward", "conv_output_shape", "im2col", "col2im"]
+
+
+class ConvGrads(NamedTuple):
+    """Gradients of a convolution's loss with respect to its three inputs."""
+
+    grad_x: np.ndarray
+    grad_kernel: np.ndarray
+    grad_bias: np.ndarray | None
+
+
+def _to_nhwc(arr: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    return arr.transpose(0, 2, 3, 1) if spec.data_format == "channels_first" else arr
+
+
+def _from_nhwc(arr: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    if spec.data_format == "channels_first":
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+    return arr
+
+
+def _workspace(workspace_limit: int | None, func: str) -> int:
+    if workspace_limit is None:
+        return get_workspace_limit()
+    return check_workspace_limit(workspace_limit, func=func)
+
+
+def conv2d(
+    x: Any,
+    kernel: Any,
+    bias: Any = None,
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: Any = "valid",
+    dilation_rate: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+    algorithm: str = "auto",
+    workspace_limit: int | None = None,
+) -> np.ndarray:
+    """2-D convolution (a cross-correlation, as in every CNN library) with Keras' semantics.
+
+    Every output value is one flattened ``(kh, kw, c_in // groups)`` input patch times the kernel
+    reshaped to ``(kh*kw*c_in // groups, c_out // groups)``, plus the bias; all patches at once
+    make one matrix product ``[patches, kh*kw*c_in] @ [kh*kw*c_in, c_out]`` per group.
+
+    Parameters
+    ----------
+    x : array_like, (n, h, w, c_in) or (n, c_in, h, w) for "channels_first"
+        float16/32/64 are kept (float16 accumulates in float32); integer and bool arrays are
+        computed as float32.
+    kernel : array_like, (kh, kw, c_in // groups, c_out)
+        Keras' HWIO layout whatever ``data_format`` is.
+    bias : array_like, (c_out,), optional
+    strides, dilation_rate : int or (int, int)
+    padding : str, int, (int, int) or ((int, int), (int, int))
+        "valid"; "same" (TensorFlow/Keras rule, odd pixel at the bottom/right, ONNX SAME_UPPER);
+        "same_lower" (odd pixel at the top/left); an int; ``(ph, pw)``; or
+        ``((top, bottom), (left, right))``.
+    groups : int
+        Divides ``c_in`` and ``c_out``; ``groups == c_in`` is a depthwise convolution.
+    data_format : {"channels_last", "channels_first"}
+    algorithm : str
+        "auto" or a name from ``patchconv.algorithms.ALGORITHMS``.
+    workspace_limit : int, optional
+        Bytes of patch matrix per tile; defaults to :func:`patchconv.get_workspace_limit`.
+
+    Returns
+    -------
+    ndarray, (n, oh, ow, c_out) or (n, c_out, oh, ow)
+        In the result dtype of x, kernel and bias.
+
+    Notes
+    -----
+    ``oh = (h + top + bottom - ((kh - 1) * dilation_h + 1)) // stride_h + 1``, likewise ``ow``.
+    For a Dask array ``x`` use :func:`patchconv.scale.conv2d`, which maps this function over
+    chunks with the exact halo.
+
+    Examples
+    --------
+    >>> import numpy as np, patchconv
+    >>> x = np.arange(48, dtype=np.float32).reshape(1, 4, 4, 3)
+    >>> kernel = np.ones((3, 3, 3, 2), dtype=np.float32)
+    >>> out = patchconv.conv2d(x, kernel)
+    >>> out.shape
+    (1, 2, 2, 2)
+    >>> float(out[0, 0, 0, 0]) == float(x[0, :3, :3, :].sum())
+    True
+    """
+    func = "conv2d"
+    x = as_float_array(x, func=func, name="x")
+    kernel = as_float_array(kernel, func=func, name="kernel")
+    bias_arr = None if bias is None else as_float_array(bias, func=func, name="bias")
+    spec = conv_spec(
+        x.shape,
+        kernel.shape,
+        None if bias_arr is None else bias_arr.shape,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        groups=groups,
+        data_format=data_format,
+        func=func,
+    )
+    limit = _workspace(workspace_limit, func)
+    plan = algorithms.choose(spec, algorithm, func=func)
+    dtypes = [x.dtype, kernel.dtype] + ([] if bias_arr is None else [bias_arr.dtype])
+    work, out_dtype = compute_dtype(*dtypes)
+    x_nhwc = _to_nhwc(x, spec).astype(work, copy=False)
+    out = algorithms.forward(
+        plan,
+        x_nhwc,
+        kernel.astype(work, copy=False),
+        None if bias_arr is None else bias_arr.astype(work, copy=False),
+        spec,
+        limit,
+    )
+    return _from_nhwc(out, spec).astype(out_dtype, copy=False)
+
+
+def conv2d_backward(
+    grad_out: Any,
+    x: Any,
+    kernel: Any,
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: Any = "valid",
+    dilation_rate: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+    use_bias: bool = True,
+    workspace_limit: int | None = None,
+) -> ConvGrads:
+    """Gradients of :func:`conv2d` given the gradient of its output.
+
+    ``grad_kernel = patches^T @ grad_out``, ``grad_x = col2im(grad_out @ kernel_matrix^T)``
+    (col2im is the adjoint of the patch extraction) and ``grad_bias = grad_out`` summed over
+    batch and space. Tiled under the same workspace limit as the forward pass.
+
+    Parameters
+    ----------
+    grad_out : array_like, the shape :func:`conv2d` returned
+    x, kernel : array_like, as given to :func:`conv2d`
+    use_bias : bool
+        If False, ``grad_bias`` is None.
+
+    Returns
+    -------
+    ConvGrads
+        ``(grad_x, grad_kernel, grad_bias)`` shaped like x, kernel and ``(c_out,)``, in the
+        result dtype of the inputs.
+
+    Examples
+    --------
+    >>> import numpy as np, patchconv
+    >>> x = np.ones((1, 3, 3, 1)); kernel = np.ones((2, 2, 1, 1))
+    >>> grads = patchconv.conv2d_backward(np.ones((1, 2, 2, 1)), x, kernel)
+    >>> grads.grad_x[0, :, :, 0].tolist()
+    [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
+    """
+    func = "conv2d_backward"
+    grad_out = as_float_array(grad_out, func=func, name="grad_out")
+    x = as_float_array(x, func=func, name="x")
+    kernel = as_float_array(kernel, func=func, name="kernel")
+    spec = conv_spec(
+        x.shape,
+        kernel.shape,
+        None,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        groups=groups,
+        data_format=data_format,
+        func=func,
+    )
+    if tuple(grad_out.shape) != spec.out_shape:
+        raise PatchconvError(
+            f"{func}: grad_out must have the output shape {spec.out_shape}; got grad_out "
+            f"{tuple(grad_out.shape)}"
+        )
+    limit = _workspace(workspace_limit, func)
+    work, out_dtype = compute_dtype(grad_out.dtype, x.dtype, kernel.dtype)
+    go = np.ascontiguousarray(_to_nhwc(grad_out, spec), dtype=work)  # (n, oh, ow, c_out)
+    grad_x, grad_kernel = gemm.backward(
+        go, _to_nhwc(x, spec).astype(work, copy=False), kernel.astype(work, copy=False), spec, limit
+    )
+    assert grad_x is not None and grad_kernel is not None
+    grad_bias = go.sum(axis=(0, 1, 2)).astype(out_dtype) if use_bias else None
+    return ConvGrads(
+        _from_nhwc(grad_x, spec).astype(out_dtype, copy=False),
+        grad_kernel.astype(out_dtype, copy=False),
+        grad_bias,
+    )
+
+
+def conv_output_shape(
+    x_shape: tuple[int, ...],
+    kernel_shape: tuple[int, ...],
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: Any = "valid",
+    dilation_rate: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+) -> tuple[int, int, int, int]:
+    """The shape :func:`conv2d` would return, with the same checks, computing nothing.
+
+    >>> conv_output_shape((1, 4, 4, 3), (3, 3, 3, 2))
+    (1, 2, 2, 2)
+    """
+    return conv_spec(
+        tuple(x_shape),
+        tuple(kernel_shape),
+        None,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        groups=groups,
+        data_format=data_format,
+        func="conv_output_shape",
+    ).out_shape
+
+
+def _patch_spec(
+    x_shape: tuple[int, ...],
+    kernel_size: int | tuple[int, int],
+    func: str,
+    **options: Any,
+) -> ConvSpec:
+    from patchconv._spec import normalize_pair
+
+    kh, kw = normalize_pair(kernel_size, func=func, name="kernel_size")
+    groups = options.get("groups", 1)
+    data_format = options.get("data_format", "channels_last")
+    c_in = x_shape[1] if str(data_format).lower() == "channels_first" else x_shape[-1]
+    c_group = c_in // groups if isinstance(groups, int) and groups > 0 else c_in
+    return conv_spec(
+        tuple(x_shape), (kh, kw, max(c_group, 1), groups if isinstance(groups, int) else 1),
+        None, func=func, **options,
+    )
+
+
+def im2col(
+    x: Any,
+    kernel_size: int | tuple[int, int],
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: Any = "valid",
+    dilation_rate: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+) -> np.ndarray:
+    """The patch matrix ``(n*oh*ow, kh*kw*c_in)`` that :func:`conv2d` multiplies.
+
+    Row ``(b*oh + i)*ow + j`` is the patch under output pixel ``(b, i, j)``, flattened row-major
+    over ``(kh, kw, c_in)``; with groups, group g's patch fills columns ``g*K/G : (g+1)*K/G``.
+    Padding positions hold zeros.
+
+    >>> x = np.arange(16.0).reshape(1, 4, 4, 1)
+    >>> im2col(x, 3)[0].tolist()
+    [0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0]
+    """
+    func = "im2col"
+    arr = as_float_array(x, func=func, name="x")
+    if arr.ndim != 4:
+        raise PatchconvError(f"{func}: x must be 4-D; got ndim {arr.ndim}, shape {arr.shape}")
+    spec = _patch_spec(
+        arr.shape, kernel_size, func, strides=strides, padding=padding,
+        dilation_rate=dilation_rate, groups=groups, data_format=data_format,
+    )
+    return _im2col(_to_nhwc(arr, spec), spec)
+
+
+def col2im(
+    cols: Any,
+    x_shape: tuple[int, int, int, int],
+    kernel_size: int | tuple[int, int],
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: Any = "valid",
+    dilation_rate: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+) -> np.ndarray:
+    """The adjoint of :func:`im2col`: every patch value summed back onto its input pixel.
+
+    ``<im2col(x), c> == <x, col2im(c, x.shape, ...)>`` for all x and c.
+    """
+    func = "col2im"
+    arr = as_float_array(cols, func=func, name="cols")
+    spec = _patch_spec(
+        tuple(x_shape), kernel_size, func, strides=strides, padding=padding,
+        dilation_rate=dilation_rate, groups=groups, data_format=data_format,
+    )
+    expected = (spec.n * spec.oh * spec.ow, spec.patch_size)
+    if arr.shape != expected:
+        raise PatchconvError(f"{func}: cols must have shape {expected}; got cols {arr.shape}")
+    return _from_nhwc(_col2im(arr, spec), spec)
