@@ -46,11 +46,16 @@ def assert_close(
 
 
 settings.register_profile(
-    "default", deadline=None, max_examples=60,
+    "default",
+    deadline=None,
+    max_examples=60,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "ci", deadline=None, max_examples=150, derandomize=True,
+    "ci",
+    deadline=None,
+    max_examples=150,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")

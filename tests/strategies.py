@@ -74,7 +74,15 @@ def conv_cases(
     use_bias = draw(st.booleans()) if bias is None else bias
     b = rng.standard_normal(c_out).astype(dtype) if use_bias else None
     del sh, sw
-    return Case(x, kernel, b, {
-        "strides": strides, "padding": padding, "dilation_rate": dilation, "groups": groups,
-        "data_format": data_format,
-    })
+    return Case(
+        x,
+        kernel,
+        b,
+        {
+            "strides": strides,
+            "padding": padding,
+            "dilation_rate": dilation,
+            "groups": groups,
+            "data_format": data_format,
+        },
+    )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import conv2d_reference
-from strategies import Case, conv_cases
 
 import patchconv
+from conftest import assert_close
+from reference import conv2d_reference
+from strategies import Case, conv_cases
 
 
 @given(conv_cases(dtypes=(np.float16, np.float32, np.float64)))
@@ -58,8 +58,11 @@ def test_adjoint_of_conv(case: Case) -> None:
     grads = patchconv.conv2d_backward(g, case.x, case.kernel, **case.options)
     np.testing.assert_allclose(np.vdot(out, g), np.vdot(case.x, grads.grad_x), rtol=1e-10)
     np.testing.assert_allclose(np.vdot(out, g), np.vdot(case.kernel, grads.grad_kernel), rtol=1e-10)
-    np.testing.assert_allclose(grads.grad_bias, g.sum(axis=(0, 2, 3) if case.options[
-        "data_format"] == "channels_first" else (0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(
+        grads.grad_bias,
+        g.sum(axis=(0, 2, 3) if case.options["data_format"] == "channels_first" else (0, 1, 2)),
+        rtol=1e-12,
+    )
 
 
 @given(st.integers(1, 3), st.integers(3, 9), st.integers(3, 9), st.integers(1, 5))
@@ -84,13 +87,18 @@ def test_shift_equivariance_at_stride_1(case: Case, di: int, dj: int) -> None:
     opts = dict(case.options, strides=1, padding="valid", data_format="channels_last")
     x = np.random.default_rng(5).standard_normal((1, 12, 12, case.kernel.shape[2] * opts["groups"]))
     shifted = np.roll(x, (di, dj), axis=(1, 2))
-    out, out_shifted = patchconv.conv2d(x, case.kernel, **opts), patchconv.conv2d(shifted, case.kernel, **opts)
+    out, out_shifted = (
+        patchconv.conv2d(x, case.kernel, **opts),
+        patchconv.conv2d(shifted, case.kernel, **opts),
+    )
     kh = (case.kernel.shape[0] - 1) * np.broadcast_to(opts["dilation_rate"], 2)[0] + 1
     kw = (case.kernel.shape[1] - 1) * np.broadcast_to(opts["dilation_rate"], 2)[1] + 1
     if 12 - kh + 1 - di <= 0 or 12 - kw + 1 - dj <= 0:
         return  # the shifted window leaves the image: nothing to compare
     # Away from the wrap-around, shifting the input shifts the output.
-    assert_close(out_shifted[:, di:, dj:], out[:, : out.shape[1] - di, : out.shape[2] - dj], np.float64)
+    assert_close(
+        out_shifted[:, di:, dj:], out[:, : out.shape[1] - di, : out.shape[2] - dj], np.float64
+    )
 
 
 def test_readable_patch_values() -> None:
@@ -116,15 +124,17 @@ def test_array_likes_views_and_fortran_order_are_accepted_and_left_untouched() -
     base = rng.standard_normal((3, 9, 11, 4))
     kernel = rng.standard_normal((3, 2, 4, 5))
     views = [
-        base[:, ::2, 1::3, :],          # strided view
-        np.asfortranarray(base),        # Fortran order
-        base[::-1, :, ::-1, :],         # negative strides
-        base.tolist(),                  # nested lists
+        base[:, ::2, 1::3, :],  # strided view
+        np.asfortranarray(base),  # Fortran order
+        base[::-1, :, ::-1, :],  # negative strides
+        base.tolist(),  # nested lists
     ]
     for x in views:
         before = np.array(x, copy=True)
         out = patchconv.conv2d(x, kernel.tolist(), padding="same", strides=(2, 1))
-        assert_close(out, conv2d_reference(np.asarray(x), kernel, padding="same", strides=(2, 1)), np.float64)
+        assert_close(
+            out, conv2d_reference(np.asarray(x), kernel, padding="same", strides=(2, 1)), np.float64
+        )
         np.testing.assert_array_equal(np.asarray(x), before)
 
 
@@ -140,7 +150,9 @@ def test_stride_and_dilation_together() -> None:
     x = np.random.default_rng(8).standard_normal((2, 13, 12, 3))
     kernel = np.random.default_rng(9).standard_normal((3, 3, 3, 4))
     opts = {"strides": (2, 3), "dilation_rate": (2, 1), "padding": "same"}
-    assert_close(patchconv.conv2d(x, kernel, **opts), conv2d_reference(x, kernel, **opts), np.float64)
+    assert_close(
+        patchconv.conv2d(x, kernel, **opts), conv2d_reference(x, kernel, **opts), np.float64
+    )
 
 
 def test_depthwise_groups_equal_channels() -> None:
@@ -148,7 +160,8 @@ def test_depthwise_groups_equal_channels() -> None:
     kernel = np.random.default_rng(11).standard_normal((3, 3, 1, 12))  # depth multiplier 2
     assert_close(
         patchconv.conv2d(x, kernel, groups=6, padding="same"),
-        conv2d_reference(x, kernel, groups=6, padding="same"), np.float64,
+        conv2d_reference(x, kernel, groups=6, padding="same"),
+        np.float64,
     )
 
 

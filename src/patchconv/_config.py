@@ -22,4 +22,3 @@ def set_workspace_limit(limit_bytes: int) -> int:
     check_workspace_limit(limit_bytes, func="set_workspace_limit")
     previous, _workspace_limit = _workspace_limit, int(limit_bytes)
     return previous
-

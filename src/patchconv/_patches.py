@@ -78,7 +78,9 @@ def _valid_range(
 
 def _offset_slices(
     spec: ConvSpec, tile: Tile
-) -> Iterator[tuple[int, int, slice, slice, slice, slice] | tuple[int, int, None, None, None, None]]:
+) -> Iterator[
+    tuple[int, int, slice, slice, slice, slice] | tuple[int, int, None, None, None, None]
+]:
     """For each kernel offset (i, j): the buffer (row, col) slices and the input slices that feed
     them, or Nones where the tile sees only padding."""
     sh, sw = spec.strides
@@ -147,9 +149,7 @@ def im2col(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
     ``g*K : (g+1)*K``; for ``groups == 1`` this is the seed's ``(kh, kw, c_in)`` row-major order.
     """
     tile = _whole(spec)
-    buf = np.empty(
-        (*tile.shape, spec.groups, spec.kh, spec.kw, spec.c_in_group), dtype=x.dtype
-    )
+    buf = np.empty((*tile.shape, spec.groups, spec.kh, spec.kw, spec.c_in_group), dtype=x.dtype)
     fill_patches(buf, x, spec, tile)
     return buf.reshape(tile.positions, spec.patch_size)  # (n*oh*ow, kh*kw*c_in)
 

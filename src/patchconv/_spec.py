@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DATA_FORMATS",
     "ConvSpec",
     "PatchconvError",
     "as_float_array",
     "check_workspace_limit",
     "compute_dtype",
     "conv_spec",
-    "normalize_pair",
     "normalize_padding",
-    "DATA_FORMATS",
+    "normalize_pair",
 ]
 
 DATA_FORMATS = ("channels_last", "channels_first")
@@ -42,7 +42,7 @@ PadPairs = tuple[tuple[int, int], tuple[int, int]]
 
 
 class PatchconvError(ValueError):
-    """A wrong value given to a patchconv function (a ValueError, so ``except ValueError`` works)."""
+    """A wrong value given to a patchconv function (a ValueError subclass)."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,7 @@ def normalize_pair(value: Any, *, func: str, name: str, minimum: int = 1) -> tup
     else:
         raise TypeError(f"{func}: {name} must be an int or a pair of ints; got {value!r}")
     if min(pair) < minimum:
-        raise PatchconvError(
-            f"{func}: {name} must be >= {minimum}; got {value!r}"
-        )
+        raise PatchconvError(f"{func}: {name} must be >= {minimum}; got {value!r}")
     return pair
 
 
@@ -207,7 +205,9 @@ def as_float_array(value: Any, *, func: str, name: str) -> np.ndarray:
         try:
             arr = np.asarray(value)
         except (ValueError, TypeError) as exc:
-            raise TypeError(f"{func}: {name} must be array-like; got {type(value).__name__}") from exc
+            raise TypeError(
+                f"{func}: {name} must be array-like; got {type(value).__name__}"
+            ) from exc
     kind = arr.dtype.kind
     if kind == "f" and arr.dtype in (np.float16, np.float32, np.float64):
         return arr
@@ -268,9 +268,7 @@ def conv_spec(
         n, h, w, c_in = (int(v) for v in x_shape)
     kh, kw, kc, c_out = (int(v) for v in kernel_shape)
     if min(kh, kw, kc, c_out) < 1:
-        raise PatchconvError(
-            f"{func}: kernel sizes must be >= 1; got kernel {tuple(kernel_shape)}"
-        )
+        raise PatchconvError(f"{func}: kernel sizes must be >= 1; got kernel {tuple(kernel_shape)}")
     if min(n, h, w, c_in) < 1:
         raise PatchconvError(f"{func}: x must not be empty; got x {tuple(x_shape)}")
     if not _is_int(groups):

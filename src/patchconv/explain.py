@@ -77,14 +77,18 @@ class Walkthrough:
         return self.max_abs_diff <= tol and self.all_patches_max_abs_diff <= tol
 
 
-def _cut_patch(x_nhwc: np.ndarray, spec: ConvSpec, b: int, i: int, j: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _cut_patch(
+    x_nhwc: np.ndarray, spec: ConvSpec, b: int, i: int, j: int
+) -> tuple[np.ndarray, tuple[int, int]]:
     """The (kh, kw, c_in) patch under output (b, i, j), cut by hand from a zero-padded copy."""
     (pt, pb), (pl, pr) = spec.pads
     padded = np.pad(x_nhwc[b], ((pt, pb), (pl, pr), (0, 0)))  # (h + pt + pb, w + pl + pr, c_in)
     sh, sw = spec.strides
     dh, dw = spec.dilation
     top, left = i * sh, j * sw  # in padded coordinates
-    patch = padded[top : top + (spec.kh - 1) * dh + 1 : dh, left : left + (spec.kw - 1) * dw + 1 : dw]
+    patch = padded[
+        top : top + (spec.kh - 1) * dh + 1 : dh, left : left + (spec.kw - 1) * dw + 1 : dw
+    ]
     return patch, (top - pt, left - pl)  # origin in input coordinates (negative = in the padding)
 
 
@@ -127,8 +131,14 @@ def explain(
         if arr.ndim != 4:
             raise PatchconvError(f"{func}: x must be 4-D; got ndim {arr.ndim}, shape {arr.shape}")
         layer = Conv2D(
-            filters, kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate,
-            groups=groups, data_format=data_format, seed=int(rng.integers(2**31)),
+            filters,
+            kernel_size,
+            strides=strides,
+            padding=padding,
+            dilation_rate=dilation_rate,
+            groups=groups,
+            data_format=data_format,
+            seed=int(rng.integers(2**31)),
             dtype=arr.dtype.name if arr.dtype != np.float16 else "float32",
         )
         layer.build(arr.shape)
@@ -142,8 +152,11 @@ def explain(
     else:
         bias_arr = as_float_array(bias, func=func, name="bias")
     options = {
-        "strides": strides, "padding": padding, "dilation_rate": dilation_rate,
-        "groups": groups, "data_format": data_format,
+        "strides": strides,
+        "padding": padding,
+        "dilation_rate": dilation_rate,
+        "groups": groups,
+        "data_format": data_format,
     }
     spec = conv_spec(arr.shape, kern.shape, bias_arr.shape, func=func, **options)
     if not isinstance(batch_index, (int, np.integer)) or not 0 <= batch_index < spec.n:
@@ -185,9 +198,23 @@ def explain(
         for f in range(kern.shape[3])
     )
     return Walkthrough(
-        x=arr, kernel=kern, bias=bias_arr, spec=spec, options=options, output=output,
-        batch_index=int(batch_index), position=(i, j), patch_origin=origin, patch=patch,
-        flat_patch=flat_patch, flat_kernel=flat_kernel, output_for_patch=output_for_patch,
-        conv_output_at_position=at_position, max_abs_diff=max_abs_diff, all_patches=all_patches,
-        all_patches_output=all_out, all_patches_max_abs_diff=all_diff, slices_equal=slices_equal,
+        x=arr,
+        kernel=kern,
+        bias=bias_arr,
+        spec=spec,
+        options=options,
+        output=output,
+        batch_index=int(batch_index),
+        position=(i, j),
+        patch_origin=origin,
+        patch=patch,
+        flat_patch=flat_patch,
+        flat_kernel=flat_kernel,
+        output_for_patch=output_for_patch,
+        conv_output_at_position=at_position,
+        max_abs_diff=max_abs_diff,
+        all_patches=all_patches,
+        all_patches_output=all_out,
+        all_patches_max_abs_diff=all_diff,
+        slices_equal=slices_equal,
     )

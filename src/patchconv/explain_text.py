@@ -15,8 +15,12 @@ WIDTH = 80
 
 def _fmt(arr: np.ndarray, indent: int = 5) -> str:
     text = np.array2string(
-        np.asarray(arr, dtype=np.float64), precision=3, suppress_small=True,
-        max_line_width=WIDTH - indent, floatmode="fixed", sign=" ",
+        np.asarray(arr, dtype=np.float64),
+        precision=3,
+        suppress_small=True,
+        max_line_width=WIDTH - indent,
+        floatmode="fixed",
+        sign=" ",
     )
     return textwrap.indent(text, " " * indent)
 
@@ -29,10 +33,15 @@ def _para(text: str, indent: int = 3) -> str:
 
 def _side_by_side(blocks: list[str], titles: list[str], indent: int = 5) -> str:
     split = [b.splitlines() for b in blocks]
-    widths = [max(len(t), *(len(line) for line in lines)) for t, lines in zip(titles, split, strict=True)]
+    widths = [
+        max(len(t), *(len(line) for line in lines)) for t, lines in zip(titles, split, strict=True)
+    ]
     rows = [" " * indent + "   ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True))]
     for k in range(max(len(lines) for lines in split)):
-        cells = [(lines[k] if k < len(lines) else "").ljust(w) for lines, w in zip(split, widths, strict=True)]
+        cells = [
+            (lines[k] if k < len(lines) else "").ljust(w)
+            for lines, w in zip(split, widths, strict=True)
+        ]
         rows.append(" " * indent + "   ".join(cells).rstrip())
     return "\n".join(rows)
 
@@ -40,8 +49,13 @@ def _side_by_side(blocks: list[str], titles: list[str], indent: int = 5) -> str:
 def _channel_blocks(arr3: np.ndarray, label: str) -> str:
     """A (kh, kw, c) block shown as c small matrices side by side."""
     blocks = [
-        np.array2string(arr3[:, :, c].astype(np.float64), precision=3, suppress_small=True,
-                        floatmode="fixed", sign=" ")
+        np.array2string(
+            arr3[:, :, c].astype(np.float64),
+            precision=3,
+            suppress_small=True,
+            floatmode="fixed",
+            sign=" ",
+        )
         for c in range(arr3.shape[2])
     ]
     return _side_by_side(blocks, [f"{label} {c}" for c in range(arr3.shape[2])])
@@ -56,9 +70,16 @@ def render_text(wt: Walkthrough) -> str:
     p = wt.all_patches.shape[0]
     last = "(n, c_out, oh, ow)" if spec.data_format == "channels_first" else "(n, oh, ow, c_out)"
     opts = ", ".join(
-        f"{k}={v!r}" for k, v in wt.options.items()
-        if v != {"strides": 1, "padding": "valid", "dilation_rate": 1, "groups": 1,
-                 "data_format": "channels_last"}[k]
+        f"{k}={v!r}"
+        for k, v in wt.options.items()
+        if v
+        != {
+            "strides": 1,
+            "padding": "valid",
+            "dilation_rate": 1,
+            "groups": 1,
+            "data_format": "channels_last",
+        }[k]
     )
     lines = [
         f"patchconv explain: Conv2D(filters={c_out}, kernel_size={(kh, kw)}"
@@ -79,8 +100,11 @@ def render_text(wt: Walkthrough) -> str:
     lines.append(_channel_blocks(out_nhwc[n], "output channel"))
     top, left = wt.patch_origin
     pad_note = ""
-    if top < 0 or left < 0 or top + (kh - 1) * spec.dilation[0] >= spec.h or (
-        left + (kw - 1) * spec.dilation[1] >= spec.w
+    if (
+        top < 0
+        or left < 0
+        or top + (kh - 1) * spec.dilation[0] >= spec.h
+        or (left + (kw - 1) * spec.dilation[1] >= spec.w)
     ):
         pad_note = " (it hangs over the border: those entries are the zero padding)"
     dil = "" if spec.dilation == (1, 1) else f" every {spec.dilation} pixels"
@@ -125,10 +149,10 @@ def render_text(wt: Walkthrough) -> str:
         "9. Does each colour slice of a filter hold the same kernel?",
     ]
     for f, equal in enumerate(wt.slices_equal):
+        lines.append(_channel_blocks(wt.kernel[:, :, :, f], f"filter {f}, channel"))
         lines.append(
-            _channel_blocks(wt.kernel[:, :, :, f], f"filter {f}, channel")
+            f"     -> the {cg} slices of filter {f} are {'EQUAL' if equal else 'NOT equal'}."
         )
-        lines.append(f"     -> the {cg} slices of filter {f} are {'EQUAL' if equal else 'NOT equal'}.")
     lines.append(
         _para(
             "Each filter's slices are multiplied with their own input channel and all the "

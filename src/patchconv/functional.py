@@ -24,7 +24,7 @@ from patchconv._spec import (
 )
 from patchconv.algorithms import gemm
 
-__all__ = ["ConvGrads", "conv2d", "conv2d_backward", "conv_output_shape", "im2col", "col2im"]
+__all__ = ["ConvGrads", "col2im", "conv2d", "conv2d_backward", "conv_output_shape", "im2col"]
 
 
 class ConvGrads(NamedTuple):
@@ -261,8 +261,11 @@ def _patch_spec(
     c_in = x_shape[1] if str(data_format).lower() == "channels_first" else x_shape[-1]
     c_group = c_in // groups if isinstance(groups, int) and groups > 0 else c_in
     return conv_spec(
-        tuple(x_shape), (kh, kw, max(c_group, 1), groups if isinstance(groups, int) else 1),
-        None, func=func, **options,
+        tuple(x_shape),
+        (kh, kw, max(c_group, 1), groups if isinstance(groups, int) else 1),
+        None,
+        func=func,
+        **options,
     )
 
 
@@ -291,8 +294,14 @@ def im2col(
     if arr.ndim != 4:
         raise PatchconvError(f"{func}: x must be 4-D; got ndim {arr.ndim}, shape {arr.shape}")
     spec = _patch_spec(
-        arr.shape, kernel_size, func, strides=strides, padding=padding,
-        dilation_rate=dilation_rate, groups=groups, data_format=data_format,
+        arr.shape,
+        kernel_size,
+        func,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        groups=groups,
+        data_format=data_format,
     )
     return _im2col(_to_nhwc(arr, spec), spec)
 
@@ -315,8 +324,14 @@ def col2im(
     func = "col2im"
     arr = as_float_array(cols, func=func, name="cols")
     spec = _patch_spec(
-        tuple(x_shape), kernel_size, func, strides=strides, padding=padding,
-        dilation_rate=dilation_rate, groups=groups, data_format=data_format,
+        tuple(x_shape),
+        kernel_size,
+        func,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        groups=groups,
+        data_format=data_format,
     )
     expected = (spec.n * spec.oh * spec.ow, spec.patch_size)
     if arr.shape != expected:

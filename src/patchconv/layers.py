@@ -19,12 +19,12 @@ from patchconv._spec import (
     PatchconvError,
     as_float_array,
     conv_spec,
-    normalize_pair,
     normalize_padding,
+    normalize_pair,
 )
 from patchconv.functional import conv2d
 
-__all__ = ["Conv2D", "INITIALIZERS", "initialize"]
+__all__ = ["INITIALIZERS", "Conv2D", "initialize"]
 
 # Keras divides the stddev of its truncated normals by this, the stddev of a unit normal
 # truncated at two standard deviations, so the kept samples have the intended variance.
@@ -32,7 +32,7 @@ _TRUNC_STD = 0.87962566103423978
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[float, float]:
-    """Keras' fan rule: for a conv kernel (kh, kw, in, out), fan_in = kh*kw*in, fan_out = kh*kw*out."""
+    """Keras' fan rule: a (kh, kw, in, out) kernel has fan_in kh*kw*in, fan_out kh*kw*out."""
     if len(shape) < 1:
         return 1.0, 1.0
     if len(shape) == 1:
@@ -86,7 +86,10 @@ INITIALIZERS["normal"] = INITIALIZERS["random_normal"]
 
 
 def initialize(
-    name: str, shape: tuple[int, ...], *, seed: int | np.random.Generator | None = None,
+    name: str,
+    shape: tuple[int, ...],
+    *,
+    seed: int | np.random.Generator | None = None,
     dtype: Any = np.float32,
 ) -> np.ndarray:
     """Draw an array of ``shape`` from Keras' initializer ``name`` (reproducible from ``seed``).
@@ -173,8 +176,12 @@ class Conv2D:
         self.padding = padding.lower() if isinstance(padding, str) else padding
         # Check the padding form now (any size will do) so a bad value fails at construction.
         normalize_padding(
-            self.padding, func=func, hw=(1, 1), kernel_hw=self.kernel_size,
-            strides=self.strides, dilation=self.dilation_rate,
+            self.padding,
+            func=func,
+            hw=(1, 1),
+            kernel_hw=self.kernel_size,
+            strides=self.strides,
+            dilation=self.dilation_rate,
         )
         for label, init_name in (
             ("kernel_initializer", kernel_initializer),
@@ -241,15 +248,19 @@ class Conv2D:
         if not self.built:
             self.build(arr.shape)
         assert self.kernel is not None
-        return conv2d(arr.astype(self.dtype, copy=False), self.kernel, self.bias,
-                      **self._conv_options())
+        return conv2d(
+            arr.astype(self.dtype, copy=False), self.kernel, self.bias, **self._conv_options()
+        )
 
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
         """The output shape for ``input_shape``, computing nothing (Keras' method)."""
         c_in = self._channels(input_shape)
         return conv_spec(
-            tuple(int(v) for v in input_shape), self.kernel_shape(c_in), None,
-            func="Conv2D.compute_output_shape", **self._conv_options(),
+            tuple(int(v) for v in input_shape),
+            self.kernel_shape(c_in),
+            None,
+            func="Conv2D.compute_output_shape",
+            **self._conv_options(),
         ).out_shape
 
     # -- weights --------------------------------------------------------------------------
@@ -274,8 +285,10 @@ class Conv2D:
                 f"{', bias' if self.use_bias else ''}]); got {count}"
             )
         kernel = as_float_array(weights[0], func="Conv2D.set_weights", name="kernel")
-        if kernel.ndim != 4 or kernel.shape[:2] != self.kernel_size or kernel.shape[3] != (
-            self.filters
+        if (
+            kernel.ndim != 4
+            or kernel.shape[:2] != self.kernel_size
+            or kernel.shape[3] != (self.filters)
         ):
             raise PatchconvError(
                 f"Conv2D.set_weights: kernel must have shape ({self.kernel_size[0]}, "

@@ -1,0 +1,162 @@
+"""Every bad input raises a clear error, before any work, naming the parameter and the values."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import patchconv
+from patchconv import PatchconvError
+
+X = np.zeros((2, 8, 8, 3), dtype=np.float32)
+K = np.zeros((3, 3, 3, 5), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("x", "kernel", "kwargs", "match"),
+    [
+        (
+            np.zeros((8, 8, 3)),
+            K,
+            {},
+            r"conv2d: x must be 4-D \(n, h, w, c_in\) for channels_last; got ndim 3",
+        ),
+        (X, np.zeros((3, 3, 3)), {}, r"conv2d: kernel must be 4-D .* got ndim 3"),
+        (
+            X,
+            np.zeros((3, 3, 4, 5)),
+            {},
+            r"conv2d: kernel input channels \(4\) must equal x channels \(3\) / groups \(1\); "
+            r"got x \(2, 8, 8, 3\), kernel \(3, 3, 4, 5\)",
+        ),
+        (
+            np.zeros((2, 8, 8, 4)),
+            np.zeros((3, 3, 2, 5)),
+            {"groups": 2},
+            r"groups \(2\) must divide kernel output channels \(5\)",
+        ),
+        (X, K, {"groups": 2}, r"conv2d: groups \(2\) must divide x channels \(3\)"),
+        (X, K, {"groups": 0}, r"conv2d: groups must be >= 1; got 0"),
+        (X, K, {"strides": 0}, r"conv2d: strides must be >= 1; got 0"),
+        (X, K, {"strides": (1, -2)}, r"conv2d: strides must be >= 1; got \(1, -2\)"),
+        (X, K, {"dilation_rate": 0}, r"conv2d: dilation_rate must be >= 1; got 0"),
+        (
+            X,
+            np.zeros((0, 3, 3, 5)),
+            {},
+            r"conv2d: kernel sizes must be >= 1; got kernel \(0, 3, 3, 5\)",
+        ),
+        (X, np.zeros((3, 3, 3, 0)), {}, r"conv2d: kernel sizes must be >= 1"),
+        (X, K, {"padding": -1}, r"conv2d: padding must be >= 0; got -1"),
+        (X, K, {"padding": ((0, 1), (-1, 0))}, r"conv2d: padding must be >= 0"),
+        (X, K, {"padding": "full"}, r"conv2d: padding must be one of 'valid', 'same'.*got 'full'"),
+        (
+            X,
+            K,
+            {"data_format": "nhwc"},
+            r"conv2d: data_format must be 'channels_last' or 'channels_first'; got 'nhwc'",
+        ),
+        (
+            X,
+            np.zeros((9, 3, 3, 5)),
+            {},
+            r"conv2d: the dilated kernel height \(9\) must not exceed the padded input height \(8\)",
+        ),
+        (
+            X,
+            K,
+            {"dilation_rate": 5},
+            r"conv2d: the dilated kernel height \(11\) must not exceed the padded input height \(8\)",
+        ),
+        (X, K, {"workspace_limit": 0}, r"conv2d: workspace_limit must be >= 1 byte; got 0"),
+        (X, K, {"algorithm": "magic"}, r"conv2d: algorithm must be 'auto' or one of"),
+        (np.zeros((0, 8, 8, 3)), K, {}, r"conv2d: x must not be empty"),
+    ],
+)
+def test_value_errors(x: np.ndarray, kernel: np.ndarray, kwargs: dict, match: str) -> None:
+    with pytest.raises(PatchconvError, match=match):
+        patchconv.conv2d(x, kernel, **kwargs)
+
+
+def test_errors_are_value_errors() -> None:
+    assert issubclass(PatchconvError, ValueError)
+
+
+def test_bias_of_the_wrong_shape() -> None:
+    with pytest.raises(
+        PatchconvError,
+        match=re.escape(
+            "conv2d: bias must have shape (5,) to match kernel output channels; got bias (3,)"
+        ),
+    ):
+        patchconv.conv2d(X, K, np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"strides": 1.5}, r"conv2d: strides must be an int or a pair of ints; got 1.5"),
+        ({"strides": True}, r"conv2d: strides must be an int or a pair of ints; got True"),
+        ({"dilation_rate": (1, 2, 3)}, r"conv2d: dilation_rate must be an int or a pair"),
+        ({"padding": 1.0}, r"conv2d: padding must be a string, an int"),
+        ({"padding": (1, "a")}, r"conv2d: padding must be a string, an int"),
+        ({"groups": 1.0}, r"conv2d: groups must be an int; got 1.0"),
+        ({"workspace_limit": 2.5}, r"conv2d: workspace_limit must be an int number of bytes"),
+    ],
+)
+def test_type_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        patchconv.conv2d(X, K, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((1, 4, 4, 3), dtype=complex),
+        np.array([["a"]] * 4).reshape(1, 2, 2, 1),
+        np.empty((1, 3, 3, 1), dtype=object),
+    ],
+)
+def test_unsupported_dtypes(bad: np.ndarray) -> None:
+    with pytest.raises(
+        TypeError, match=r"conv2d: x must have a real float, integer or bool dtype; got dtype"
+    ):
+        patchconv.conv2d(bad, np.zeros((1, 1, bad.shape[-1], 1)))
+
+
+def test_channels_first_message_names_its_layout() -> None:
+    with pytest.raises(PatchconvError, match=r"x must be 4-D \(n, c_in, h, w\) for channels_first"):
+        patchconv.conv2d(np.zeros((3, 8, 8)), K, data_format="channels_first")
+
+
+def test_backward_checks_grad_out_shape() -> None:
+    with pytest.raises(
+        PatchconvError,
+        match=re.escape(
+            "conv2d_backward: grad_out must have the output shape (2, 6, 6, 5); got grad_out (2, 8, 8, 5)"
+        ),
+    ):
+        patchconv.conv2d_backward(np.zeros((2, 8, 8, 5)), X, K)
+
+
+def test_errors_come_before_any_allocation() -> None:
+    """A huge input with a bad argument fails fast without touching memory."""
+    huge = np.lib.stride_tricks.as_strided(
+        np.zeros(1, np.float32), (64, 4096, 4096, 3), (0, 0, 0, 0)
+    )
+    with pytest.raises(PatchconvError, match="padding must be >= 0"):
+        patchconv.conv2d(huge, K, padding=-2)
+
+
+def test_set_workspace_limit_checks_and_restores() -> None:
+    with pytest.raises(
+        PatchconvError, match="set_workspace_limit: workspace_limit must be >= 1 byte; got -5"
+    ):
+        patchconv.set_workspace_limit(-5)
+    previous = patchconv.set_workspace_limit(1024)
+    try:
+        assert patchconv.get_workspace_limit() == 1024
+    finally:
+        patchconv.set_workspace_limit(previous)

@@ -1,0 +1,65 @@
+"""Memory: the patch matrix is built in tiles under the workspace limit, never kh*kw copies."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import patchconv
+
+MiB = 2**20
+
+
+def peak_extra_bytes(x: np.ndarray, kernel: np.ndarray, **kwargs: object) -> tuple[int, np.ndarray]:
+    """Peak bytes allocated during one call, beyond its inputs, minus the output it returns."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        out = patchconv.conv2d(x, kernel, **kwargs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - base - out.nbytes, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit_mib", [None, 32])
+def test_large_input_stays_under_the_workspace_limit(limit_mib: int | None) -> None:
+    """(8, 224, 224, 64) float32 with a 3x3 kernel: its full patch matrix would be 925 MB."""
+    x = np.random.default_rng(0).standard_normal((8, 224, 224, 64), dtype=np.float32)
+    kernel = np.random.default_rng(1).standard_normal((3, 3, 64, 64), dtype=np.float32)
+    limit = patchconv.get_workspace_limit() if limit_mib is None else limit_mib * MiB
+    full_patch_matrix = 8 * 224 * 224 * 9 * 64 * 4
+    extra, out = peak_extra_bytes(
+        x, kernel, padding="same", workspace_limit=None if limit_mib is None else limit
+    )
+    print(
+        f"limit {limit / MiB:.0f} MiB: peak extra {extra / MiB:.1f} MiB "
+        f"(full patch matrix {full_patch_matrix / MiB:.0f} MiB)"
+    )
+    assert extra <= limit
+    assert extra < full_patch_matrix / 3
+    # Spot-check a few outputs against a direct sum.
+    xp = np.pad(x[5], ((1, 1), (1, 1), (0, 0)))
+    for i, j in [(0, 0), (100, 223), (223, 17)]:
+        direct = np.einsum("hwc,hwco->o", xp[i : i + 3, j : j + 3].astype(np.float64), kernel)
+        np.testing.assert_allclose(out[5, i, j], direct, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("limit", [1, 100, 10_000, 10**9])
+def test_tiny_limits_still_work(limit: int) -> None:
+    """A limit below one patch still runs, one output position at a time."""
+    x = np.random.default_rng(2).standard_normal((2, 6, 7, 3))
+    kernel = np.random.default_rng(3).standard_normal((3, 3, 3, 4))
+    expected = patchconv.conv2d(x, kernel, padding="same")
+    np.testing.assert_allclose(
+        patchconv.conv2d(x, kernel, padding="same", workspace_limit=limit),
+        expected,
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    extra, _ = peak_extra_bytes(x, kernel, padding="same", workspace_limit=limit)
+    assert extra <= max(limit, 3 * 3 * 3 * 8) + 64 * 1024  # plus small per-tile temporaries
