@@ -1,0 +1,53 @@
+"""Image loading: bit depths and modes become float32 (h, w, c) in [0, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from patchconv import PatchconvError
+from patchconv.images import load_image, save_image
+
+
+def test_rgb_png_round_trip(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(data).save(tmp_path / "a.png")
+    img = load_image(tmp_path / "a.png")
+    assert img.dtype == np.float32 and img.shape == (5, 7, 3)
+    np.testing.assert_allclose(img, data / 255.0, atol=1e-7)
+    save_image(tmp_path / "b.png", img)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b.png")), data)
+
+
+def test_16_bit_grayscale_and_resize(tmp_path: Path) -> None:
+    data = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(data).save(tmp_path / "g.png")
+    img = load_image(tmp_path / "g.png")
+    assert img.shape == (8, 8, 1)
+    np.testing.assert_allclose(img[:, :, 0], data / 65535.0, atol=1e-6)
+    assert load_image(tmp_path / "g.png", size=(4, 6)).shape == (4, 6, 1)
+
+
+def test_channel_conversion(tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((3, 3, 4), dtype=np.uint8)).save(tmp_path / "rgba.png")
+    assert load_image(tmp_path / "rgba.png").shape == (3, 3, 4)
+    assert load_image(tmp_path / "rgba.png", channels=3).shape == (3, 3, 3)
+    assert load_image(tmp_path / "rgba.png", channels=1).shape == (3, 3, 1)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(
+        PatchconvError,
+        match=r"load_image: path must be an existing image file; got '.*missing.png'",
+    ):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "not.png").write_text("hello")
+    with pytest.raises(PatchconvError, match=r"load_image: cannot read '.*not.png' as an image"):
+        load_image(tmp_path / "not.png")
+    with pytest.raises(PatchconvError, match=r"load_image: channels must be 1, 3 or 4; got 2"):
+        load_image(tmp_path / "not.png", channels=2)
+    with pytest.raises(PatchconvError, match=r"save_image: image must be"):
+        save_image(tmp_path / "x.png", np.zeros((2, 2, 2)))
