@@ -60,7 +60,8 @@ def explain(args: list[str]) -> int:
 def test(args: list[str]) -> int:
     _ensure_venv("test")
     _ensure_chromium()
-    _run(BIN / "ruff", "check", "src", "tests", "benchmarks", "tasks.py")
+    lint_paths = [p for p in ("src", "tests", "benchmarks", "tasks.py") if (ROOT / p).exists()]
+    _run(BIN / "ruff", "check", *lint_paths)
     _run(BIN / "mypy")
     cmd = [str(PY), "-m", "pytest", "--cov", "--cov-report=term:skip-covered", *args]
     print("+", " ".join(cmd), flush=True)
@@ -81,7 +82,11 @@ def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in tasks:
         print(__doc__)
         return 2
-    return tasks[sys.argv[1]](sys.argv[2:])
+    try:
+        return tasks[sys.argv[1]](sys.argv[2:])
+    except subprocess.CalledProcessError as exc:
+        print(f"tasks.py {sys.argv[1]}: step failed (exit {exc.returncode}): {exc.cmd}")
+        return exc.returncode or 1
 
 
 if __name__ == "__main__":
