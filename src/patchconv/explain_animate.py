@@ -35,7 +35,11 @@ def _positions(wt: Walkthrough, max_frames: int) -> list[tuple[int, int]]:
 
 
 def animation_frames(wt: Walkthrough, *, max_frames: int = MAX_FRAMES, dpi: int = 80) -> list[Any]:
-    """One PIL image per output position (raster order), outputs filled in up to it."""
+    """PIL images, output positions in raster order, outputs filled in up to each.
+
+    Up to ``SLOW_POSITIONS`` output pixels, each gets two frames (its patch and row, then its
+    output); beyond that, one frame each for at most ``max_frames`` evenly spaced positions.
+    """
     from matplotlib.patches import Rectangle
     from PIL import Image
 
@@ -111,7 +115,7 @@ def animation_frames(wt: Walkthrough, *, max_frames: int = MAX_FRAMES, dpi: int 
     outlines: list[Any] = []
     positions = _positions(wt, max_frames)
     # With few positions, each takes two frames: the patch and its row, then its output pixel.
-    phases = (False, True) if len(positions) <= SLOW_POSITIONS else (True,)
+    phases = (False, True) if per_image <= SLOW_POSITIONS else (True,)
 
     for i, j in positions:
         k = i * spec.ow + j  # this position's row within the image

@@ -81,8 +81,17 @@ def load_weights(path: str) -> tuple[np.ndarray, np.ndarray | None]:
             raise PatchconvError(
                 f"--weights {path!r} has no 'kernel' array (kh, kw, c_in, c_out); found keys {keys}"
             )
-        kernel = data["kernel"]
-        bias = data["bias"] if "bias" in keys else None
+        try:
+            kernel = data["kernel"]
+            bias = data["bias"] if "bias" in keys else None
+        except ValueError as exc:  # object arrays: never unpickled
+            raise PatchconvError(
+                f"--weights {path!r} holds arrays that need pickle: {exc}"
+            ) from exc
+    if kernel.dtype.kind not in "fiub":
+        raise PatchconvError(
+            f"--weights {path!r}: kernel must hold real numbers; got dtype {kernel.dtype}"
+        )
     if kernel.ndim != 4:
         raise PatchconvError(
             f"--weights {path!r}: kernel must be 4-D (kh, kw, c_in // groups, c_out); got shape "

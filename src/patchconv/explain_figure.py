@@ -74,16 +74,17 @@ def heatmap(
     """
     r0, c0 = origin
     rows, cols = arr.shape
+    from matplotlib import colormaps
+
     image = ax.imshow(
         arr,
-        cmap=cmap,
+        cmap=colormaps[cmap].with_extremes(bad=PAD_COLOUR),
         vmin=vmin,
         vmax=vmax,
         extent=(c0 - 0.5, c0 + cols - 0.5, r0 + rows - 0.5, r0 - 0.5),
         interpolation="nearest",
         aspect=aspect,
     )
-    image.cmap.set_bad(PAD_COLOUR)
     if values:
         span = (vmax - vmin) or 1.0
         data = np.ma.getdata(arr)
