@@ -62,6 +62,10 @@ def _keep(text: str) -> str:
     return text.replace(" ", NBSP)
 
 
+def _keep_seed(text: str) -> str:
+    return text.replace("seed ", "seed" + NBSP)
+
+
 def _para(text: str, indent: int = 3, first: int | None = None) -> str:
     filled = textwrap.fill(
         text,
@@ -174,7 +178,8 @@ def render_text(wt: Walkthrough) -> str:
         _heading(
             1,
             f"The input x {wt.input_shape} = {x_layout}"
-            f"{': ' + notes['x'] if 'x' in notes else ''}. Image {n}, channel by channel:",
+            f"{': ' + _keep_seed(notes['x']) if 'x' in notes else ''}. Image {n}, channel by "
+            "channel:",
         ),
         _channel_blocks(wt.x_nhwc[n], "input channel"),
         "",
@@ -185,7 +190,12 @@ def render_text(wt: Walkthrough) -> str:
         ),
     ]
     if "kernel" in notes:
-        lines.append(_para(f"kernel: {notes['kernel']}; bias: {notes.get('bias', 'given')}."))
+        lines.append(
+            _para(
+                f"kernel: {_keep_seed(notes['kernel'])}; bias: "
+                f"{_keep_seed(notes.get('bias', 'given'))}."
+            )
+        )
     lines += [
         _para(
             f"Its third axis runs over the {cg} input channel{'s' if cg > 1 else ''} each filter "
