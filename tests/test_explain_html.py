@@ -11,6 +11,7 @@ import pytest
 
 import patchconv
 from patchconv.cli import main
+from patchconv.explain import Walkthrough
 from patchconv.explain_html import save_html
 
 CHROMIUM = "/usr/bin/chromium"
@@ -46,7 +47,7 @@ def _open(browser: Any, path: Path) -> tuple[Any, list[str], list[str]]:
     return page, requests, errors
 
 
-def _check_pixel(page: Any, wt: patchconv.explain.__class__, i: int, j: int) -> None:  # type: ignore[name-defined]
+def _check_pixel(page: Any, wt: Walkthrough, i: int, j: int) -> None:
     """After clicking (i, j): the outlined patch, the row and the numbers are the Walkthrough's."""
     page.click(f'#out-0 td[data-i="{i}"][data-j="{j}"]')
     highlighted = page.eval_on_selector_all(
