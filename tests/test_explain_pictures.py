@@ -1,0 +1,84 @@
+"""patchconv explain --figure and --animate: the files render and are not blank."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+
+import patchconv
+from patchconv.cli import main
+from patchconv.explain_animate import animation_frames
+from patchconv.explain_figure import save_figure
+
+
+def _pixels(path: Any) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.float64)
+
+
+def test_figure_from_the_command_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "walk.png"
+    assert main(["explain", "--seed", "0", "--figure", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.rstrip().splitlines()[-1].startswith("MATCH")  # the text is unchanged
+    assert f"wrote the figure to {path}" in captured.err
+    pixels = _pixels(path)
+    assert pixels.shape[0] >= 800 and pixels.shape[1] >= 1200
+    assert pixels.std() > 20.0  # not blank
+    # The highlight colour (the patch, its row, the output pixel) is drawn.
+    orange = np.all(np.abs(pixels - [255, 127, 14]) < 30, axis=-1)
+    assert orange.sum() > 500
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"seed": 1, "groups": 3, "filters": 6, "padding": "same", "position": (0, 3)},
+        {
+            "seed": 2,
+            "input_shape": (2, 3, 12, 12),
+            "data_format": "channels_first",
+            "strides": 2,
+            "dilation_rate": 2,
+            "padding": ((2, 0), (1, 3)),
+            "filters": 8,
+            "position": (4, 5),
+            "batch_index": 1,
+        },
+        {"seed": 3, "input_shape": (1, 40, 40, 16), "filters": 32, "kernel_size": 5},
+    ],
+)
+def test_figure_renders_for_other_options(tmp_path: Any, options: dict[str, Any]) -> None:
+    path = tmp_path / "walk.png"
+    save_figure(patchconv.explain(**options), path)
+    assert _pixels(path).std() > 20.0
+
+
+def test_animation_from_the_command_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    path = tmp_path / "walk.gif"
+    assert main(["explain", "--seed", "0", "--animate", str(path)]) == 0
+    assert f"wrote the animation to {path}" in capsys.readouterr().err
+    with Image.open(path) as gif:
+        assert gif.format == "GIF"
+        # Four output pixels, two frames each: the patch and its row, then its output.
+        assert gif.n_frames == 8
+        frames = []
+        for k in range(gif.n_frames):
+            gif.seek(k)
+            frames.append(np.asarray(gif.convert("RGB"), dtype=np.float64))
+    assert all(f.std() > 20.0 for f in frames)
+    assert all(np.abs(a - b).max() > 0 for a, b in itertools.pairwise(frames))
+
+
+def test_animation_caps_its_frames_on_big_outputs() -> None:
+    wt = patchconv.explain(seed=0, input_shape=(1, 20, 20, 3), padding="same")
+    frames = animation_frames(wt, max_frames=12)
+    assert len(frames) == 12  # one per sampled position, the first and last included
+    assert np.asarray(frames[-1].convert("RGB")).std() > 20.0
