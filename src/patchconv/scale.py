@@ -97,7 +97,7 @@ def plan_axis(
 
     >>> [(b.a, b.b, b.pad_lo, b.pad_hi) for b in plan_axis(
     ...     [0, 3, 5], size=10, k=3, stride=2, dilation=1, pads=(1, 0))]
-    [(0, 5, 1, 0), (5, 9, 0, 0)]
+    [(0, 6, 1, 0), (5, 10, 0, 0)]
     """
     lo = pads[0]
     effective = (k - 1) * dilation + 1
@@ -202,7 +202,7 @@ def conv2d(
     >>> lazy = patchconv.scale.conv2d(da.from_array(x, chunks=(1, 7, 6, 3)), kernel,
     ...                               strides=2, padding="same")
     >>> lazy.shape, lazy.chunks[1]
-    ((2, 15, 10, 4), (4, 4, 3, 4))
+    ((2, 15, 10, 4), (4, 3, 4, 3, 1))
     >>> bool(np.allclose(lazy.compute(), patchconv.conv2d(x, kernel, strides=2, padding="same")))
     True
     """
@@ -324,13 +324,18 @@ def conv2d(
 
 
 def local_client(
-    n_workers: int | None = None, *, threads_per_worker: int = 1, **cluster_options: Any
+    n_workers: int | None = None,
+    *,
+    threads_per_worker: int = 1,
+    set_as_default: bool = True,
+    **cluster_options: Any,
 ) -> Any:
     """A ``dask.distributed`` client of a fresh LocalCluster with worker processes.
 
     While the client is open, ``.compute()`` on :func:`conv2d`'s result runs there. For any
     other cluster, ``distributed.Client(address)`` is all it takes: nothing in the graph is
-    local to this process. Close it with ``client.close(); client.cluster.close()``, or use it
+    local to this process. ``set_as_default=False`` leaves the default scheduler alone (then
+    use ``client.compute``). Other keywords go to LocalCluster (e.g. ``memory_limit``). Close it with ``client.close(); client.cluster.close()``, or use it
     as a context manager.
     """
     try:
@@ -346,7 +351,7 @@ def local_client(
         dashboard_address=None,
         **cluster_options,
     )
-    return Client(cluster)
+    return Client(cluster, set_as_default=set_as_default)
 
 
 # ---- streaming files in and out --------------------------------------------------------------
