@@ -63,7 +63,9 @@ def _apply_progress(total: int, desc: str) -> object:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is installed with the train/test extras
         return None
-    return tqdm(total=total, desc=desc, unit="block" if "block" in desc else "map", leave=False)
+    unit = "block" if "block" in desc else "map"
+    # disable=None: a bar on a terminal only, so pipes and logs get the results alone.
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None)
 
 
 def _apply(args: argparse.Namespace) -> int:
