@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import patchconv
+from conftest import assert_close
 from patchconv import PatchconvError
 from patchconv.scale import conv2d, plan_axis
-from conftest import assert_close
 from reference import conv2d_reference
 from strategies import Case, conv_cases
 

@@ -30,7 +30,6 @@ __all__ = [
     "FILTERS",
     "SCALINGS",
     "Filter",
-    "FilterResult",
     "Kernel",
     "apply_kernel",
     "contact_sheet",
@@ -500,15 +499,6 @@ def contact_sheet(
             draw.text((x0, y0 + line * 16), text, fill="black", font=font)
         sheet.paste(thumb, (x0 + (tile - size[0]) // 2, y0 + label_h))
     return np.asarray(sheet)
-
-
-@dataclass
-class FilterResult:
-    """One kernel applied to one image: the raw maps and the pictures written for them."""
-
-    kernel: Kernel
-    raw: np.ndarray  # (oh, ow, c_out), float32
-    pictures: list[tuple[str, np.ndarray]]  # (file suffix, (oh, ow) or (oh, ow, c) in [0, 1])
 
 
 def _pictures(k: Kernel, raw: np.ndarray, mode: str) -> list[tuple[str, np.ndarray]]:

@@ -335,8 +335,8 @@ def local_client(
     While the client is open, ``.compute()`` on :func:`conv2d`'s result runs there. For any
     other cluster, ``distributed.Client(address)`` is all it takes: nothing in the graph is
     local to this process. ``set_as_default=False`` leaves the default scheduler alone (then
-    use ``client.compute``). Other keywords go to LocalCluster (e.g. ``memory_limit``). Close it with ``client.close(); client.cluster.close()``, or use it
-    as a context manager.
+    use ``client.compute``). Other keywords go to LocalCluster (e.g. ``memory_limit``).
+    Close both when done: ``cluster = client.cluster; client.close(); cluster.close()``.
     """
     try:
         from distributed import Client, LocalCluster
