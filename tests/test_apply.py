@@ -205,3 +205,22 @@ def test_streaming_tiled_tiff_to_zarr_and_tiff(tmp_path: Path, rng: np.random.Ge
         maps / 255.0, np.abs(y) / np.abs(y).max(axis=(0, 1)), atol=0.5 / 255 + 1e-5
     )
     assert sorted(p.name for p in out.iterdir()) == ["big_luma_edges.tif", "big_sobel_x.zarr"]
+
+
+def test_streaming_errors_and_a_local_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 40
+    tifffile.imwrite(tmp_path / "g.tif", img, tile=(16, 16))
+    out = ["-o", str(tmp_path / "o")]
+    assert main(["apply", "--chunks", "32", "-f", "identity", *out]) == 2
+    assert main(["apply", str(tmp_path / "g.tif"), "--chunks", "40", "-f", "identity", *out]) == 2
+    err = capsys.readouterr().err
+    assert "apply: --chunks needs an IMAGE (a large TIFF or Zarr); got none" in err
+    assert "apply: --chunks must be a multiple of 16; got 40" in err
+    assert not (tmp_path / "o").exists()
+    argv = ["apply", str(tmp_path / "g.tif"), "--chunks", "16", "-f", "box_blur", "--scale", "none"]
+    assert main([*argv, "--cluster", "local", *out]) == 0
+    got = zarr.open_array(tmp_path / "o" / "g_box_blur.zarr", mode="r")[:, :, 0]
+    expected = ndi.correlate(img / 65535.0, np.full((5, 5), 1 / 25), mode="constant")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

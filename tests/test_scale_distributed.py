@@ -66,3 +66,27 @@ def test_work_runs_in_the_worker_processes(client: Any) -> None:
     np.testing.assert_allclose(
         got, patchconv.conv2d(x.compute(), kernel, strides=2, padding="same")
     )
+
+
+def test_apply_chunks_runs_on_a_cluster_given_by_address(client: Any, tmp_path: Any) -> None:
+    import tifffile
+    import zarr
+
+    from patchconv.cli import main
+
+    img = np.random.default_rng(5).integers(0, 256, (70, 50), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "g.tif", img, tile=(16, 16))
+    argv = [
+        "apply",
+        str(tmp_path / "g.tif"),
+        "--chunks",
+        "32",
+        "-f",
+        "identity",
+        "-o",
+        str(tmp_path),
+    ]
+    assert main([*argv, "--cluster", client.scheduler.address]) == 0
+    got = zarr.open_array(tmp_path / "g_identity.zarr", mode="r")[:]
+    np.testing.assert_array_equal(got[:, :, 0], img)  # identity, clipped, back to 8 bits
+    assert client.run(lambda: 1)  # the cluster is still up: apply closed only its own client

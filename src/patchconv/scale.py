@@ -366,6 +366,17 @@ def _scale_to_unit(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
+def _read_tiff_region(path: str, block_info: Any = None) -> np.ndarray:
+    """The block of a TIFF's first series at ``block_info``'s location, read through tifffile's
+    Zarr view (only the tiles or strips it covers are decoded)."""
+    import tifffile
+    import zarr
+
+    where = tuple(slice(a, b) for a, b in block_info[None]["array-location"])
+    with tifffile.imread(path, aszarr=True) as store:
+        return np.asarray(zarr.open(store, mode="r")[where])
+
+
 def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> Any:
     """A large image file as a lazy float32 Dask array ``(1, h, w, c)`` in [0, 1] for integers.
 
@@ -387,10 +398,20 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
         try:
             with tifffile.TiffFile(p) as tif:
                 axes = tif.series[0].axes
-            store = tifffile.imread(p, aszarr=True)
-            arr = da.from_zarr(zarr.open(store, mode="r"))
+            with tifffile.imread(p, aszarr=True) as store:
+                view = zarr.open(store, mode="r")
+                shape, tiles, dtype = view.shape, view.chunks, view.dtype
         except Exception as exc:  # tifffile raises several types for unreadable files
             raise PatchconvError(f"{func}: cannot read {os.fspath(p)!r} as a TIFF: {exc}") from exc
+        # Each task opens the file and reads its own tiles: the graph holds a path, not an
+        # open file, so it pickles to the workers of any Dask cluster.
+        arr = da.map_blocks(
+            _read_tiff_region,
+            str(p.resolve()),
+            chunks=da.core.normalize_chunks(tiles, shape),
+            dtype=dtype,
+            meta=np.empty((0,) * len(shape), dtype=dtype),
+        )
         if axes.startswith("S") and arr.ndim == 3:  # planar RGB: (c, h, w)
             arr = arr.transpose(1, 2, 0)
     elif suffix == ".zarr" or p.is_dir():
