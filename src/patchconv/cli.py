@@ -155,8 +155,15 @@ def _apply_stream(
                 x = images.convert_channels(x, channels)
             resolved = [images.resolve_kernel(k, int(x.shape[3]), label=path) for k in kernels]
             for k in resolved:
+                # A 64 MiB patch workspace per block keeps memory near the blocks' own size.
                 y = scale.conv2d(
-                    x, k.kernel, k.bias, groups=k.groups, out_chunks=args.chunks, **options
+                    x,
+                    k.kernel,
+                    k.bias,
+                    groups=k.groups,
+                    out_chunks=args.chunks,
+                    workspace_limit=64 * 2**20,
+                    **options,
                 )[0]  # (oh, ow, c_out), lazy
                 mode = args.scale or k.scaling
                 n_blocks = len(y.chunks[0]) * len(y.chunks[1])
