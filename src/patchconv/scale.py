@@ -374,7 +374,7 @@ def _read_tiff_region(path: str, block_info: Any = None) -> np.ndarray:
 
     where = tuple(slice(a, b) for a, b in block_info[None]["array-location"])
     with tifffile.imread(path, aszarr=True) as store:
-        return np.asarray(zarr.open(store, mode="r")[where])
+        return np.asarray(zarr.open_array(store, mode="r")[where])
 
 
 def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> Any:
@@ -399,7 +399,7 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             with tifffile.TiffFile(p) as tif:
                 axes = tif.series[0].axes
             with tifffile.imread(p, aszarr=True) as store:
-                view = zarr.open(store, mode="r")
+                view = zarr.open_array(store, mode="r")
                 shape, tiles, dtype = view.shape, view.chunks, view.dtype
         except Exception as exc:  # tifffile raises several types for unreadable files
             raise PatchconvError(f"{func}: cannot read {os.fspath(p)!r} as a TIFF: {exc}") from exc
