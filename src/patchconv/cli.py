@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from patchconv import __version__
 
@@ -23,6 +24,186 @@ def _explain(args: argparse.Namespace) -> int:
     except ImportError as exc:  # an optional extra (matplotlib, Pillow) is missing
         print(f"patchconv explain: error: {exc}", file=sys.stderr)
         return 2
+
+
+# ---- apply ------------------------------------------------------------------------------------
+
+
+def _apply_ints(text: str, option: str, count: tuple[int, ...]) -> tuple[int, ...]:
+    """ "2" or "2,1" (or 4 numbers for padding) -> ints, with the option named on error."""
+    from patchconv import PatchconvError
+
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in count:
+        raise PatchconvError(
+            f"apply: {option} must be {' or '.join(str(c) for c in count)} comma-separated "
+            f"integers; got {text!r}"
+        )
+    return values
+
+
+def _apply_pair(text: str, option: str) -> int | tuple[int, ...]:
+    values = _apply_ints(text, option, (1, 2))
+    return values[0] if len(values) == 1 else values
+
+
+def _apply_padding(text: str) -> object:
+    if text.lower() in ("valid", "same", "same_lower", "same_upper"):
+        return text.lower()
+    values = _apply_ints(text, "--padding", (1, 2, 4))
+    if len(values) == 4:  # top, bottom, left, right
+        return ((values[0], values[1]), (values[2], values[3]))
+    return values[0] if len(values) == 1 else values
+
+
+def _apply_progress(total: int, desc: str) -> object:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is installed with the train/test extras
+        return None
+    unit = "block" if "block" in desc else "map"
+    # disable=None: a bar on a terminal only, so pipes and logs get the results alone.
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None)
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from patchconv import PatchconvError, images
+
+    if args.list_filters:
+        sys.stdout.write(images.list_filters())
+        return 0
+    names = [n.strip() for group in args.filter or [] for n in group.split(",") if n.strip()]
+    for name in names:
+        if name not in images.FILTERS:
+            images.filter_kernel(name, 3)  # raises the unknown-filter error with suggestions
+    kernels: list[images.Kernel | str] = [*names, *(images.load_kernel(w) for w in args.weights)]
+    if not kernels:
+        if args.chunks:
+            raise PatchconvError(
+                "apply: --chunks needs --filter NAME or --weights FILE (each is one pass over "
+                "the image); got neither"
+            )
+        kernels = list(images.DEFAULT_FILTERS)
+    options = {
+        "strides": _apply_pair(args.strides, "--strides"),
+        "padding": _apply_padding(args.padding),
+        "dilation_rate": _apply_pair(args.dilation_rate, "--dilation-rate"),
+    }
+    # Colour-mixing filters read RGB; convert other images unless --channels says otherwise.
+    mixing = any(isinstance(k, str) and images.FILTERS[k].mixing is not None for k in kernels)
+    channels = args.channels or (3 if mixing else None)
+    if args.chunks:
+        return _apply_stream(args, kernels, channels, options)
+    if args.image:
+        loaded = [
+            (path, images.load_image(path, size=args.size, channels=channels))
+            for path in args.image
+        ]
+    else:
+        loaded = [images.sample_image(size=args.size, channels=channels)]
+        print(f"apply: no IMAGE given, using {loaded[0][0]}")
+    bar: Any = _apply_progress(len(loaded) * len(kernels), "filtering")
+    try:
+        written = images.run_apply(
+            loaded,
+            kernels,
+            args.out,
+            scaling=args.scale,
+            sheet=not args.no_sheet,
+            progress=None if bar is None else bar.update,
+            **options,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    for path in written:
+        print(path)
+    return 0
+
+
+def _apply_stream(
+    args: argparse.Namespace,
+    kernels: list[Any],
+    channels: int | None,
+    options: dict[str, Any],
+) -> int:
+    """--chunks: tiled TIFF / Zarr in, Zarr / tiled TIFF out, a few blocks in memory at a time."""
+    from pathlib import Path
+
+    from patchconv import PatchconvError, images, scale
+
+    if not args.image:
+        raise PatchconvError("apply: --chunks needs an IMAGE (a large TIFF or Zarr); got none")
+    if args.chunks < 16 or args.chunks % 16:
+        raise PatchconvError(f"apply: --chunks must be a multiple of 16; got {args.chunks}")
+    sources = [(path, scale.open_image(path)) for path in args.image]  # checks every file first
+    client = None
+    if args.cluster == "local":
+        client = scale.local_client()
+    elif args.cluster:
+        from distributed import Client
+
+        client = Client(args.cluster)
+    parallel = sum(client.nthreads().values()) if client is not None else 2
+    out = Path(args.out)
+    ext = ".zarr" if args.output_format == "zarr" else ".tif"
+    try:
+        for path, x in sources:
+            if channels is not None:
+                x = images.convert_channels(x, channels)
+            resolved = [images.resolve_kernel(k, int(x.shape[3]), label=path) for k in kernels]
+            for k in resolved:
+                # A 64 MiB patch workspace per block keeps memory near the blocks' own size.
+                y = scale.conv2d(
+                    x,
+                    k.kernel,
+                    k.bias,
+                    groups=k.groups,
+                    out_chunks=args.chunks,
+                    workspace_limit=64 * 2**20,
+                    **options,
+                )[0]  # (oh, ow, c_out), lazy
+                mode = args.scale or k.scaling
+                n_blocks = len(y.chunks[0]) * len(y.chunks[1])
+                low = high = None
+                if mode in ("abs", "normalise"):
+                    bar: Any = _apply_progress(n_blocks, f"{k.name}: range (blocks)")
+                    low, high = scale.block_range(
+                        y, tile=args.chunks, parallel=parallel, progress=bar and bar.update
+                    )
+                    if bar is not None:
+                        bar.close()
+
+                def transform(
+                    block: Any, k: Any = k, mode: str = mode, lo: Any = low, hi: Any = high
+                ) -> Any:
+                    scaled = images.scale_output(block, mode, joint=k.colour, low=lo, high=hi)
+                    return scaled if mode == "none" else (scaled * 255.0 + 0.5).astype("uint8")
+
+                out.mkdir(parents=True, exist_ok=True)
+                bar = _apply_progress(n_blocks, f"{k.name}: filtering (blocks)")
+                target = scale.write_blocks(
+                    y,
+                    out / f"{Path(path).stem}_{k.name}{ext}",
+                    tile=args.chunks,
+                    transform=transform,
+                    dtype="float32" if mode == "none" else "uint8",
+                    progress=bar and bar.update,
+                    parallel=parallel,
+                )
+                if bar is not None:
+                    bar.close()
+                print(target)
+    finally:
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None and args.cluster == "local":
+                cluster.close()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +272,74 @@ def build_parser() -> argparse.ArgumentParser:
         "--html", metavar="PATH.html", help="a self-contained page: click any output pixel"
     )
     explain.set_defaults(handler=_explain)
+    apply = sub.add_parser(
+        "apply",
+        help="filter images with a named kernel or your own; writes PNGs and a contact sheet",
+        description="Convolve images (PNG/JPEG/TIFF, 8 or 16 bit, grey, RGB or RGBA) with "
+        "named filters or kernels from .npy/.npz files, and write each result map as a PNG "
+        "plus a contact sheet of the input beside every map. With no IMAGE a bundled sample "
+        "photo is used. With --chunks, large TIFF/Zarr images stream through Dask a block at "
+        "a time into Zarr or tiled TIFF.",
+    )
+    apply.add_argument("image", nargs="*", metavar="IMAGE", help="image files (default: sample)")
+    apply.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        metavar="NAME",
+        help="named filter, repeatable or comma-separated (see --list-filters; default: "
+        "gaussian_blur, sharpen, sobel_x, sobel_y, laplacian, luma_edges)",
+    )
+    apply.add_argument(
+        "-w",
+        "--weights",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="kernel from .npy, or .npz with 'kernel' (and 'bias'), e.g. from patchconv train "
+        "--save; (k, k) filters each channel, (kh, kw, c_in[, c_out]) must match the image",
+    )
+    apply.add_argument("--list-filters", action="store_true", help="list the named filters")
+    apply.add_argument("--strides", default="1", help="S or SH,SW (default 1)")
+    apply.add_argument(
+        "--padding",
+        default="same",
+        help="same (default), valid, same_lower, P, PH,PW or TOP,BOTTOM,LEFT,RIGHT",
+    )
+    apply.add_argument("--dilation-rate", default="1", help="D or DH,DW (default 1)")
+    apply.add_argument(
+        "--scale",
+        choices=("clip", "abs", "normalise", "none"),
+        default=None,
+        help="output scaling (default per filter: clip for blurs and sharpening, abs for "
+        "signed edge maps, normalise for kernels from files); none keeps raw float32 values "
+        "(with --chunks)",
+    )
+    apply.add_argument(
+        "--channels", type=int, choices=(1, 3, 4), help="convert the image to grey, RGB or RGBA"
+    )
+    apply.add_argument("--size", type=int, help="resize the image to SIZE x SIZE first")
+    apply.add_argument(
+        "-o", "--out", default="patchconv_out", help="output folder (default ./patchconv_out)"
+    )
+    apply.add_argument("--no-sheet", action="store_true", help="skip the contact sheet")
+    apply.add_argument(
+        "--chunks",
+        type=int,
+        help="stream a large image through Dask in CHUNKS x CHUNKS blocks (e.g. 2048)",
+    )
+    apply.add_argument(
+        "--output-format",
+        choices=("zarr", "tiff"),
+        default="zarr",
+        help="with --chunks: a Zarr directory (default) or a tiled TIFF",
+    )
+    apply.add_argument(
+        "--cluster",
+        help="with --chunks: 'local' starts a local Dask cluster, or a scheduler address "
+        "(default: Dask's threaded scheduler in this process)",
+    )
+    apply.set_defaults(handler=_apply)
     return parser
 
 

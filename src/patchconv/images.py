@@ -1,19 +1,49 @@
-"""Image I/O (Pillow, imported here only) and, later, the named filter bank.
+"""Image I/O (Pillow, imported here only), the named filter bank, and ``patchconv apply``.
 
 Images are float32 arrays ``(h, w, c)`` scaled to ``[0, 1]`` whatever their bit depth, so a
 kernel means the same thing on an 8-bit PNG and a 16-bit TIFF.
+
+A filter is one ordinary conv2d kernel ``(kh, kw, c_in, c_out)``. Per-channel filters (blur,
+sharpen, Sobel...) filter each channel on its own: a depthwise kernel ``(k, k, 1, c)`` with
+``groups = c``, so an RGB photo comes back as an RGB photo. Colour-mixing filters (luma edges,
+colour opponents) read all three channels at once: kernels ``(k, k, 3, c_out)`` whose output
+maps are single-channel pictures.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from patchconv._spec import PatchconvError
+from patchconv.functional import conv2d
 
-__all__ = ["load_image", "save_image"]
+__all__ = [
+    "FILTERS",
+    "SCALINGS",
+    "Filter",
+    "Kernel",
+    "apply_kernel",
+    "contact_sheet",
+    "convert_channels",
+    "filter_kernel",
+    "list_filters",
+    "load_image",
+    "load_kernel",
+    "resolve_kernel",
+    "run_apply",
+    "sample_image",
+    "save_image",
+    "scale_output",
+]
 
 
 def _pillow() -> Any:
@@ -93,3 +123,493 @@ def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
         )
     data = np.round(np.clip(np.nan_to_num(arr), 0.0, 1.0) * 255.0).astype(np.uint8)
     Image.fromarray(data).save(path)
+
+
+# ---- the named filter bank -------------------------------------------------------------------
+
+SCALINGS = ("clip", "abs", "normalise", "none")
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, the weights Pillow's "L" mode uses
+_SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+_SCHARR_X = np.array([[-3.0, 0.0, 3.0], [-10.0, 0.0, 10.0], [-3.0, 0.0, 3.0]])
+_LAPLACIAN = np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+_BINOMIAL5 = np.outer([1.0, 4.0, 6.0, 4.0, 1.0], [1.0, 4.0, 6.0, 4.0, 1.0]) / 256.0
+
+
+def _delta(k: int) -> np.ndarray:
+    d = np.zeros((k, k))
+    d[k // 2, k // 2] = 1.0
+    return d
+
+
+def _mix(weights: np.ndarray, planes: Sequence[np.ndarray]) -> np.ndarray:
+    """A colour-mixing kernel ``(k, k, 3, c_out)``: output j = sum_c weights[c, j] * planes[j]."""
+    w = np.asarray(weights, dtype=np.float64).reshape(3, len(planes))
+    return np.stack([w[:, j][None, None, :] * p[:, :, None] for j, p in enumerate(planes)], -1)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A named kernel. ``plane`` ``(k, k)`` is applied to every channel on its own; ``mixing``
+    ``(k, k, 3, c_out)`` reads the three RGB channels at once."""
+
+    name: str
+    description: str
+    scaling: str
+    plane: np.ndarray | None = None
+    mixing: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    map_names: tuple[str, ...] = field(default=())
+
+
+FILTERS: dict[str, Filter] = {
+    f.name: f
+    for f in [
+        Filter("identity", "the input itself (3x3 delta)", "clip", plane=_delta(3)),
+        Filter("box_blur", "5x5 mean", "clip", plane=np.full((5, 5), 1 / 25)),
+        Filter("gaussian_blur", "5x5 binomial, sigma ~ 1", "clip", plane=_BINOMIAL5),
+        Filter(
+            "sharpen",
+            "centre 5, 4-neighbours -1",
+            "clip",
+            plane=np.array([[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]]),
+        ),
+        Filter(
+            "unsharp",
+            "5x5 unsharp mask: 2*delta - gaussian",
+            "clip",
+            plane=2 * _delta(5) - _BINOMIAL5,
+        ),
+        Filter(
+            "emboss",
+            "3x3 emboss, light from the top left",
+            "clip",
+            plane=np.array([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]),
+        ),
+        Filter("sobel_x", "horizontal gradient (vertical edges)", "abs", plane=_SOBEL_X),
+        Filter("sobel_y", "vertical gradient (horizontal edges)", "abs", plane=_SOBEL_X.T),
+        Filter("scharr_x", "Scharr horizontal gradient", "abs", plane=_SCHARR_X),
+        Filter("scharr_y", "Scharr vertical gradient", "abs", plane=_SCHARR_X.T),
+        Filter("laplacian", "4-neighbour Laplacian", "abs", plane=_LAPLACIAN),
+        Filter(
+            "grayscale",
+            "1x1x3x1: BT.601 luma",
+            "clip",
+            mixing=_mix(_LUMA, [np.ones((1, 1))]),
+            map_names=("luma",),
+        ),
+        Filter(
+            "luma_edges",
+            "3x3x3x2: Sobel x and y of the luma, all three channels at once",
+            "abs",
+            mixing=_mix(np.stack([_LUMA, _LUMA], 1), [_SOBEL_X, _SOBEL_X.T]),
+            map_names=("dx", "dy"),
+        ),
+        Filter(
+            "luma_laplacian",
+            "3x3x3x1: Laplacian of the luma",
+            "abs",
+            mixing=_mix(_LUMA, [_LAPLACIAN]),
+            map_names=("laplacian",),
+        ),
+        Filter(
+            "opponent",
+            "1x1x3x2: red - green and blue - yellow colour opponents",
+            "normalise",
+            mixing=_mix(np.array([[1.0, -0.5], [-1.0, -0.5], [0.0, 1.0]]), [np.ones((1, 1))] * 2),
+            map_names=("red_green", "blue_yellow"),
+        ),
+    ]
+}
+# What `patchconv apply` runs when no filter is named: one of each kind.
+DEFAULT_FILTERS = ("gaussian_blur", "sharpen", "sobel_x", "sobel_y", "laplacian", "luma_edges")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A conv2d kernel ready to run: HWIO ``kernel``, ``bias``, ``groups``; ``colour`` means the
+    output channels are the input's colour channels (one picture), else separate maps."""
+
+    name: str
+    kernel: np.ndarray
+    bias: np.ndarray | None
+    groups: int
+    colour: bool
+    scaling: str
+    map_names: tuple[str, ...] = ()
+
+    @property
+    def c_in(self) -> int:
+        return int(self.kernel.shape[2]) * self.groups
+
+
+def _unknown_filter(name: str) -> PatchconvError:
+    close = difflib.get_close_matches(name, FILTERS, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return PatchconvError(
+        f"filter_kernel: name must be one of {', '.join(FILTERS)}; got {name!r}{hint}"
+    )
+
+
+def filter_kernel(name: str, c_in: int) -> Kernel:
+    """The named filter as a kernel for a ``c_in``-channel image.
+
+    Per-channel filters become a depthwise kernel ``(k, k, 1, c_in)`` with ``groups = c_in``;
+    colour-mixing filters need ``c_in == 3`` and are ``(k, k, 3, c_out)``.
+
+    >>> k = filter_kernel("sobel_x", 3)
+    >>> k.kernel.shape, k.groups
+    ((3, 3, 1, 3), 3)
+    >>> filter_kernel("luma_edges", 3).kernel.shape
+    (3, 3, 3, 2)
+    """
+    if name not in FILTERS:
+        raise _unknown_filter(name)
+    f = FILTERS[name]
+    if f.plane is not None:
+        kernel = np.repeat(f.plane[:, :, None, None], c_in, axis=3).astype(np.float32)
+        return Kernel(name, kernel, None, c_in, True, f.scaling)
+    assert f.mixing is not None
+    if c_in != 3:
+        raise PatchconvError(
+            f"filter_kernel: filter {name!r} mixes the three RGB channels, so c_in must be 3; "
+            f"got {c_in}"
+        )
+    return Kernel(name, f.mixing.astype(np.float32), f.bias, 1, False, f.scaling, f.map_names)
+
+
+def list_filters() -> str:
+    """The bank as a text table: name, kernel shape for RGB, default scaling, description."""
+    lines = [f"{'name':<16}{'RGB kernel':<16}{'scaling':<11}description"]
+    for f in FILTERS.values():
+        k = filter_kernel(f.name, 3)
+        shape = "x".join(str(v) for v in k.kernel.shape)
+        kind = f"{shape}{' g3' if k.groups > 1 else ''}"
+        lines.append(f"{f.name:<16}{kind:<16}{f.scaling:<11}{f.description}")
+    lines.append("g3: depthwise (groups = channels), each channel filtered on its own")
+    return "\n".join(lines) + "\n"
+
+
+def load_kernel(path: str | os.PathLike[str]) -> Kernel:
+    """A kernel from ``.npy`` or ``.npz`` (keys "kernel" and optional "bias", what
+    ``patchconv train --save`` writes for its first conv layer). Never unpickles.
+
+    A 2-D ``(k, k)`` kernel is applied to every channel on its own; 3-D ``(kh, kw, c_in)`` is one
+    output map; 4-D is Keras' ``(kh, kw, c_in, c_out)``.
+    """
+    func = "load_kernel"
+    p = Path(path)
+    if not p.is_file():
+        raise PatchconvError(f"{func}: path must be an existing .npy or .npz file; got {str(p)!r}")
+    bias = None
+    try:
+        loaded = np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise PatchconvError(f"{func}: cannot read {str(p)!r} as .npy/.npz: {exc}") from exc
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if "kernel" not in loaded.files:
+                raise PatchconvError(
+                    f"{func}: {str(p)!r} must hold an array named 'kernel' (and optionally "
+                    f"'bias'); got {sorted(loaded.files)}"
+                )
+            kernel = np.asarray(loaded["kernel"])
+            if "bias" in loaded.files:
+                bias = np.asarray(loaded["bias"])
+    else:
+        kernel = np.asarray(loaded)
+    if kernel.dtype.kind not in "fiu" or kernel.ndim not in (2, 3, 4) or 0 in kernel.shape:
+        raise PatchconvError(
+            f"{func}: kernel must be a real (k, k), (kh, kw, c_in) or (kh, kw, c_in, c_out) "
+            f"array; got {kernel.dtype} {kernel.shape} from {str(p)!r}"
+        )
+    if bias is not None and bias.shape != (kernel.shape[-1] if kernel.ndim == 4 else 1,):
+        raise PatchconvError(
+            f"{func}: bias must have shape ({kernel.shape[-1] if kernel.ndim == 4 else 1},) to "
+            f"match the kernel {kernel.shape}; got {bias.shape} from {str(p)!r}"
+        )
+    kernel = kernel.astype(np.float32)
+    bias = None if bias is None else bias.astype(np.float32)
+    if kernel.ndim == 2:
+        # Like the named bank: each channel on its own; groups is set for the image in use.
+        return Kernel(p.stem, kernel[:, :, None, None], bias, 0, True, "normalise")
+    if kernel.ndim == 3:
+        kernel = kernel[:, :, :, None]
+    return Kernel(p.stem, kernel, bias, 1, False, "normalise")
+
+
+def _for_channels(k: Kernel, c: int) -> Kernel:
+    """Resolve a per-channel file kernel (groups 0 = "as many as the image has")."""
+    if k.groups != 0:
+        return k
+    kernel = np.repeat(k.kernel, c, axis=3)
+    bias = None if k.bias is None else np.repeat(k.bias, c)
+    return Kernel(k.name, kernel, bias, c, True, k.scaling)
+
+
+def apply_kernel(
+    image: np.ndarray,
+    k: Kernel,
+    *,
+    strides: Any = 1,
+    padding: Any = "same",
+    dilation_rate: Any = 1,
+) -> np.ndarray:
+    """conv2d of one ``(h, w, c)`` image with ``k``: the raw ``(oh, ow, c_out)`` float32 maps."""
+    k = _for_channels(k, image.shape[2])
+    return conv2d(
+        image[None],
+        k.kernel,
+        k.bias,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation_rate,
+        groups=k.groups,
+    )[0]
+
+
+def scale_output(
+    maps: np.ndarray,
+    mode: str,
+    *,
+    joint: bool,
+    low: np.ndarray | None = None,
+    high: np.ndarray | None = None,
+) -> np.ndarray:
+    """Raw maps ``(h, w, c)`` -> values in [0, 1] for a picture.
+
+    "clip": clip to [0, 1] (blurs, sharpening: the input's own range). "abs": ``|y| / max|y|``,
+    for signed edge maps. "normalise": ``(y - min) / (max - min)``. "none": unchanged.
+    Minima and maxima are per channel, or over all channels when ``joint`` (a colour picture
+    keeps its balance); ``low``/``high`` pass precomputed per-channel ones (streaming).
+    """
+    if mode not in SCALINGS:
+        raise PatchconvError(f"scale_output: mode must be one of {SCALINGS}; got {mode!r}")
+    if mode == "none":
+        return maps
+    if mode == "clip":
+        return np.clip(maps, 0.0, 1.0)
+    lo = np.min(maps, axis=(0, 1)) if low is None else np.asarray(low)
+    hi = np.max(maps, axis=(0, 1)) if high is None else np.asarray(high)
+    if joint:
+        lo, hi = np.full_like(lo, lo.min()), np.full_like(hi, hi.max())
+    if mode == "abs":
+        top = np.maximum(np.abs(lo), np.abs(hi))
+        out = np.abs(maps) / np.where(top > 0, top, 1.0)
+    else:
+        span = hi - lo
+        out = (maps - lo) / np.where(span > 0, span, 1.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# ---- sample image, contact sheet, the apply command ------------------------------------------
+
+
+def _synthetic_image(size: int = 256) -> np.ndarray:
+    """A picture with edges, gradients and colours, for when no sample file is available."""
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
+    img = np.stack([xx, yy, 1.0 - xx], -1) * 0.6
+    for cy, cx, r, colour in [
+        (0.3, 0.3, 0.18, (1.0, 0.2, 0.2)),
+        (0.65, 0.6, 0.25, (0.2, 0.8, 0.3)),
+        (0.25, 0.75, 0.12, (0.9, 0.9, 0.1)),
+    ]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = colour
+    img[int(0.8 * size) : int(0.9 * size), int(0.1 * size) : int(0.5 * size)] = 1.0
+    return img.astype(np.float32)
+
+
+def convert_channels(image: Any, channels: int) -> Any:
+    """(h, w, c) -> (h, w, channels) for c and channels in {1, 3, 4}: BT.601 luma for grey,
+    grey repeated for RGB, alpha dropped or set opaque. Works on NumPy and Dask arrays alike."""
+    c = int(image.shape[-1])
+    if channels not in (1, 3, 4) or c not in (1, 3, 4):
+        raise PatchconvError(
+            f"convert_channels: channels must be 1, 3 or 4 (and so must the image's); got "
+            f"{channels} for an image with {c}"
+        )
+    if c == channels:
+        return image
+    rgb = image[..., [0, 0, 0]] if c == 1 else image[..., :3]
+    if channels == 1:
+        return (rgb * _LUMA.astype(np.float32)).sum(axis=-1, keepdims=True)
+    if channels == 3:
+        return rgb
+    # RGB plus an opaque alpha channel.
+    return rgb[..., [0, 1, 2, 2]] * np.array([1, 1, 1, 0], np.float32) + np.array(
+        [0, 0, 0, 1], np.float32
+    )
+
+
+def sample_image(
+    *, size: int | tuple[int, int] | None = None, channels: int | None = None
+) -> tuple[str, np.ndarray]:
+    """The picture ``patchconv apply`` uses with no IMAGE: matplotlib's bundled photo of Grace
+    Hopper (512x600 RGB) when matplotlib is installed, else a generated 256x256 test card.
+    Returns (label, image) with ``size`` and ``channels`` as in :func:`load_image`."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+        if path.is_file():
+            return str(path), load_image(path, size=size, channels=channels)
+    image = _synthetic_image()
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        pil = _pillow().fromarray(_to_rgb8(image)).resize((int(w), int(h)))
+        image = np.asarray(pil, dtype=np.float32) / 255.0
+    return "synthetic.png", image if channels is None else convert_channels(image, channels)
+
+
+def _to_rgb8(image: np.ndarray) -> np.ndarray:
+    arr = np.clip(np.nan_to_num(np.asarray(image, dtype=np.float64)), 0.0, 1.0)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:  # alpha over a white background
+        arr = arr[:, :, :3] * arr[:, :, 3:] + (1.0 - arr[:, :, 3:])
+    elif arr.shape[2] != 3:
+        arr = np.repeat(arr[:, :, :1], 3, axis=2)
+    return np.round(arr * 255.0).astype(np.uint8)
+
+
+def contact_sheet(
+    items: Sequence[tuple[str, np.ndarray]], *, tile: int = 240, columns: int = 4
+) -> np.ndarray:
+    """Labelled thumbnails side by side: ``items`` of (label, ``(h, w)`` or ``(h, w, c)`` image
+    in [0, 1]), returned as one uint8 ``(H, W, 3)`` picture."""
+    Image = _pillow()
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=13)
+    label_h, gap = 34, 8
+    cols = max(1, min(columns, len(items)))
+    rows = -(-len(items) // cols)
+    sheet = Image.new(
+        "RGB", (cols * (tile + gap) + gap, rows * (tile + label_h + gap) + gap), "white"
+    )
+    draw = ImageDraw.Draw(sheet)
+    for i, (label, image) in enumerate(items):
+        thumb = Image.fromarray(_to_rgb8(image))
+        scale = min(tile / thumb.width, tile / thumb.height)
+        size = (max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale)))
+        thumb = thumb.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.NEAREST)
+        x0 = gap + (i % cols) * (tile + gap)
+        y0 = gap + (i // cols) * (tile + label_h + gap)
+        for line, text in enumerate(label.split("\n")[:2]):
+            draw.text((x0, y0 + line * 16), text, fill="black", font=font)
+        sheet.paste(thumb, (x0 + (tile - size[0]) // 2, y0 + label_h))
+    return np.asarray(sheet)
+
+
+def _pictures(k: Kernel, raw: np.ndarray, mode: str) -> list[tuple[str, np.ndarray]]:
+    if k.colour and raw.shape[2] in (1, 3, 4):
+        return [("", scale_output(raw, mode, joint=True))]
+    scaled = scale_output(raw, mode, joint=False)
+    names = k.map_names or tuple(f"map{j}" for j in range(raw.shape[2]))
+    return [(f"_{name}", scaled[:, :, j]) for j, name in enumerate(names)]
+
+
+def _write_atomic(files: list[tuple[Path, np.ndarray]]) -> None:
+    """Write every file under a temporary name, then rename them all; nothing partial stays."""
+    tag = uuid.uuid4().hex[:8]
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, image in files:
+            tmp = path.with_name(f".{path.stem}.{tag}.partial{path.suffix}")
+            temps.append((tmp, path))
+            _pillow().fromarray(image if image.dtype == np.uint8 else _to_gray_or_rgb8(image)).save(
+                tmp, format="PNG"
+            )
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _to_gray_or_rgb8(image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image, dtype=np.float64)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return np.round(np.clip(np.nan_to_num(arr), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def resolve_kernel(k: Kernel | str, c_in: int, *, label: str = "the image") -> Kernel:
+    """A filter name or a loaded kernel, made ready for a ``c_in``-channel image (checked)."""
+    if isinstance(k, str):
+        return filter_kernel(k, c_in)
+    k = _for_channels(k, c_in)
+    if k.c_in != c_in:
+        raise PatchconvError(
+            f"apply: kernel {k.name!r} reads {k.c_in} input channels but {label!r} has {c_in}; "
+            f"got kernel {k.kernel.shape} (--channels 1, 3 or 4 converts the image)"
+        )
+    return k
+
+
+def run_apply(
+    images: Sequence[tuple[str, np.ndarray]],
+    kernels: Sequence[Kernel | str],
+    out_dir: str | os.PathLike[str],
+    *,
+    strides: Any = 1,
+    padding: Any = "same",
+    dilation_rate: Any = 1,
+    scaling: str | None = None,
+    sheet: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> list[Path]:
+    """Apply every kernel (a :class:`Kernel` or a filter name) to every ``(label, image)`` and
+    write the PNGs and one contact sheet per image into ``out_dir``.
+
+    Every check runs before the first convolution and every convolution before the first file
+    is written; files go under temporary names and are renamed together, so an error leaves no
+    partial output. Returns the paths written.
+    """
+    from patchconv.functional import conv_output_shape
+
+    func = "apply"
+    if scaling is not None and scaling not in SCALINGS:
+        raise PatchconvError(f"{func}: scaling must be one of {SCALINGS}; got {scaling!r}")
+    plans: list[tuple[str, np.ndarray, list[Kernel]]] = []
+    for label, image in images:
+        resolved = [resolve_kernel(k, image.shape[2], label=label) for k in kernels]
+        for k in resolved:
+            conv_output_shape(
+                (1, *image.shape),
+                k.kernel.shape,
+                strides=strides,
+                padding=padding,
+                dilation_rate=dilation_rate,
+                groups=k.groups,
+            )
+        plans.append((label, image, resolved))
+    out = Path(out_dir)
+    files: list[tuple[Path, np.ndarray]] = []
+    used: set[str] = set()
+    for label, image, resolved in plans:
+        stem = Path(label).stem or "image"
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        h, w, c = image.shape
+        sheet_items: list[tuple[str, np.ndarray]] = [
+            (f"input {Path(label).name}\n{h}x{w}x{c}", image)
+        ]
+        for k in resolved:
+            raw = apply_kernel(
+                image, k, strides=strides, padding=padding, dilation_rate=dilation_rate
+            )
+            mode = scaling or k.scaling
+            for suffix, picture in _pictures(k, raw, mode):
+                files.append((out / f"{stem}_{k.name}{suffix}.png", picture))
+                shape = "x".join(str(v) for v in picture.shape)
+                sheet_items.append((f"{k.name}{suffix}\n{shape}, {mode}", picture))
+            if progress is not None:
+                progress(1)
+        if sheet:
+            files.append((out / f"{stem}_sheet.png", contact_sheet(sheet_items)))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(files)
+    return [path for path, _ in files]

@@ -1,0 +1,226 @@
+"""`patchconv apply`: PNGs and a contact sheet that are the conv2d of the input, clear errors,
+no partial output, kernels from files, and streaming through Dask with --chunks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import tifffile
+import zarr
+from PIL import Image
+
+import patchconv
+from patchconv import images
+from patchconv.cli import main
+
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.float64) / 255.0
+
+
+def _abs_scaled(y: np.ndarray) -> np.ndarray:
+    return np.abs(y) / np.abs(y).max()
+
+
+def _close_to_png(path: Path, expected: np.ndarray) -> None:
+    # One 8-bit step: the PNG holds round(255 * value).
+    np.testing.assert_allclose(_png(path), np.clip(expected, 0, 1), rtol=0, atol=0.5 / 255 + 1e-6)
+
+
+def test_no_arguments_writes_the_conv2d_of_the_sample_as_pngs_and_a_sheet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["apply"]) == 0
+    printed = capsys.readouterr().out
+    label, _ = images.sample_image()
+    assert label.endswith("grace_hopper.jpg") and label in printed
+    x = np.asarray(Image.open(label), dtype=np.float64) / 255.0  # (600, 512, 3)
+    out = tmp_path / "patchconv_out"
+    # Per-channel filters, checked against scipy's correlate with zero borders ("same").
+    planes = {
+        "gaussian_blur": (np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256, "clip"),
+        "sharpen": (np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]]), "clip"),
+        "sobel_x": (np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]), "abs"),
+        "sobel_y": (np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]]), "abs"),
+        "laplacian": (np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]]), "abs"),
+    }
+    for name, (plane, mode) in planes.items():
+        y = np.stack([ndi.correlate(x[:, :, c], plane, mode="constant") for c in range(3)], -1)
+        _close_to_png(out / f"grace_hopper_{name}.png", _abs_scaled(y) if mode == "abs" else y)
+    # luma_edges: one (3, 3, 3, 2) kernel reading all three channels at once.
+    luma = x @ LUMA
+    for suffix, plane in [("dx", planes["sobel_x"][0]), ("dy", planes["sobel_y"][0])]:
+        y = ndi.correlate(luma, plane, mode="constant")
+        _close_to_png(out / f"grace_hopper_luma_edges_{suffix}.png", _abs_scaled(y))
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 8 and not [n for n in written if "partial" in n]
+    # The contact sheet: input + 7 maps as labelled 240-pixel tiles, 4 per row.
+    sheet = np.asarray(Image.open(out / "grace_hopper_sheet.png"))
+    assert sheet.shape == (2 * (240 + 34 + 8) + 8, 4 * (240 + 8) + 8, 3)
+    thumb_w = round(512 * 240 / 600)
+    tile = sheet[8 + 34 : 8 + 34 + 240, 8 + (240 - thumb_w) // 2 :][:, :thumb_w].astype(float)
+    small = np.asarray(Image.open(label).resize((thumb_w, 240), Image.Resampling.LANCZOS), float)
+    assert np.corrcoef(tile.ravel(), small.ravel())[0, 1] > 0.99  # the input, beside the maps
+
+
+def test_kernels_from_npz_and_npy(tmp_path: Path, rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "photo.png")
+    x = img / 255.0
+    kernel = rng.standard_normal((3, 3, 3, 2)).astype(np.float32)
+    bias = np.array([0.25, -0.5], dtype=np.float32)
+    np.savez(tmp_path / "trained.npz", kernel=kernel, bias=bias)  # what train --save writes
+    np.save(tmp_path / "blur.npy", np.full((3, 3), 1 / 9))
+    argv = ["apply", str(tmp_path / "photo.png"), "-w", str(tmp_path / "trained.npz")]
+    argv += ["-w", str(tmp_path / "blur.npy"), "--strides", "2", "--padding", "1,0,2,1"]
+    assert main([*argv, "-o", str(tmp_path / "out")]) == 0
+    options = {"strides": 2, "padding": ((1, 0), (2, 1))}
+    y = patchconv.conv2d(x[None], kernel, bias, **options)[0]  # (10, 13, 2)
+    for j in range(2):
+        m = y[:, :, j]
+        _close_to_png(tmp_path / "out" / f"photo_trained_map{j}.png", (m - m.min()) / np.ptp(m))
+    blur = np.stack(
+        [
+            ndi.correlate(
+                np.pad(x[:, :, c], ((1, 0), (2, 1))), np.full((3, 3), 1 / 9), mode="constant"
+            )[1:-1:2, 1:-1:2]
+            for c in range(3)
+        ],
+        -1,
+    )
+    assert _png(tmp_path / "out" / "photo_blur.png").shape == (10, 13, 3) == blur.shape
+    _close_to_png(tmp_path / "out" / "photo_blur.png", (blur - blur.min()) / np.ptp(blur))
+
+
+def test_grey_16_bit_input_and_list_filters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = (np.arange(30 * 40).reshape(30, 40) * 50).astype(np.uint16)
+    Image.fromarray(data).save(tmp_path / "g16.png")
+    argv = ["apply", str(tmp_path / "g16.png"), "-f", "identity,sobel_x", "--no-sheet"]
+    assert main([*argv, "-o", str(tmp_path / "o"), "--dilation-rate", "2"]) == 0
+    _close_to_png(tmp_path / "o" / "g16_identity.png", data / 65535.0)
+    # Dilation 2 spreads the 3x3 Sobel over 5x5 with zeros between its taps.
+    dilated = np.zeros((5, 5))
+    dilated[::2, ::2] = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
+    y = ndi.correlate(data / 65535.0, dilated, mode="constant")
+    _close_to_png(tmp_path / "o" / "g16_sobel_x.png", _abs_scaled(y))
+    assert not (tmp_path / "o" / "g16_sheet.png").exists()
+    assert main(["apply", "--list-filters"]) == 0
+    text = capsys.readouterr().out
+    for name in images.FILTERS:
+        assert name in text
+    assert "3x3x3x2" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["missing.png"], r"load_image: path must be an existing image file; got '.*missing.png'"),
+        (["-f", "sobl"], r"filter_kernel: name must be one of .*; got 'sobl' \(did you mean sobel"),
+        (["-w", "bad.npy"], r"apply: kernel 'bad' reads 2 input channels but '.*a.png' has 3"),
+        (["--strides", "x"], r"apply: --strides must be 1 or 2 comma-separated integers; got 'x'"),
+        (["--padding", "1,2,3"], r"apply: --padding must be 1 or 2 or 4 comma-separated"),
+        (["--chunks", "64"], r"apply: --chunks needs --filter NAME or --weights FILE"),
+        (
+            ["-f", "luma_edges", "--channels", "1"],
+            r"filter_kernel: filter 'luma_edges' mixes the three RGB channels, so c_in must be 3; got 1",
+        ),
+    ],
+)
+def test_errors_are_one_line_and_leave_no_output(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save("a.png")
+    np.save("bad.npy", np.ones((3, 3, 2, 1)))
+    full = ["apply", *(argv if argv[0] == "missing.png" else ["a.png", *argv])]
+    assert main(full) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "patchconv_out").exists()
+
+
+def test_a_bad_second_image_or_a_failing_write_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_text("not an image")
+    out = tmp_path / "out"
+    assert main(["apply", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out)]) == 2
+    assert not out.exists()
+    calls = []
+    real_save = Image.Image.save
+
+    def failing_save(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        calls.append(fp)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_save(self, fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    assert main(["apply", str(tmp_path / "a.png"), "-o", str(out)]) == 2
+    assert len(calls) == 3 and list(out.iterdir()) == []
+
+
+def test_streaming_tiled_tiff_to_zarr_and_tiff(tmp_path: Path, rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, (150, 130, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "big.tif", img, tile=(32, 32), photometric="rgb")
+    x = img / np.float32(255)
+    out = tmp_path / "s"
+    argv = ["apply", str(tmp_path / "big.tif"), "--chunks", "48", "-o", str(out)]
+    assert main([*argv, "-f", "sobel_x", "--scale", "none", "--strides", "2"]) == 0
+    sobel = images.filter_kernel("sobel_x", 3)
+    expected = patchconv.conv2d(x[None], sobel.kernel, strides=2, padding="same", groups=3)[0]
+    got = zarr.open_array(out / "big_sobel_x.zarr", mode="r")
+    assert got.chunks == (48, 48, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got[:], expected, rtol=1e-5, atol=1e-5)
+    assert main([*argv, "-f", "luma_edges", "--output-format", "tiff"]) == 0
+    with tifffile.TiffFile(out / "big_luma_edges.tif") as tif:
+        assert tif.pages[0].is_tiled and tif.pages[0].tilewidth == 48
+        maps = tif.asarray()
+    y = np.stack(
+        [
+            ndi.correlate(x @ LUMA, p, mode="constant")
+            for p in (
+                np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]),
+                np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]]),
+            )
+        ],
+        -1,
+    )
+    np.testing.assert_allclose(
+        maps / 255.0, np.abs(y) / np.abs(y).max(axis=(0, 1)), atol=0.5 / 255 + 1e-5
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["big_luma_edges.tif", "big_sobel_x.zarr"]
+
+
+def test_streaming_errors_and_a_local_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 40
+    tifffile.imwrite(tmp_path / "g.tif", img, tile=(16, 16))
+    out = ["-o", str(tmp_path / "o")]
+    assert main(["apply", "--chunks", "32", "-f", "identity", *out]) == 2
+    assert main(["apply", str(tmp_path / "g.tif"), "--chunks", "40", "-f", "identity", *out]) == 2
+    err = capsys.readouterr().err
+    assert "apply: --chunks needs an IMAGE (a large TIFF or Zarr); got none" in err
+    assert "apply: --chunks must be a multiple of 16; got 40" in err
+    assert not (tmp_path / "o").exists()
+    argv = ["apply", str(tmp_path / "g.tif"), "--chunks", "16", "-f", "box_blur", "--scale", "none"]
+    assert main([*argv, "--cluster", "local", *out]) == 0
+    got = zarr.open_array(tmp_path / "o" / "g_box_blur.zarr", mode="r")[:, :, 0]
+    expected = ndi.correlate(img / 65535.0, np.full((5, 5), 1 / 25), mode="constant")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

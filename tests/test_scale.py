@@ -1,0 +1,174 @@
+"""patchconv.scale.conv2d: a lazy Dask conv2d equal to the in-memory one for every chunking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import patchconv
+from conftest import assert_close
+from patchconv import PatchconvError
+from patchconv.scale import conv2d, plan_axis
+from reference import conv2d_reference
+from strategies import Case, conv_cases
+
+
+@st.composite
+def chunkings(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """A random chunking of every axis: uneven pieces, often smaller than any kernel."""
+    out = []
+    for size in shape:
+        pieces: list[int] = []
+        left = size
+        while left:
+            piece = draw(st.integers(1, left))
+            pieces.append(piece)
+            left -= piece
+        out.append(tuple(pieces))
+    return tuple(out)
+
+
+def _check(case: Case, chunks: Any, **extra: Any) -> None:
+    expected = patchconv.conv2d(case.x, case.kernel, case.bias, **case.options)
+    lazy = conv2d(
+        da.from_array(case.x, chunks=chunks), case.kernel, case.bias, **case.options, **extra
+    )
+    assert isinstance(lazy, da.Array)
+    assert lazy.shape == expected.shape and lazy.dtype == expected.dtype
+    got = lazy.compute(scheduler="threads")
+    assert got.dtype == expected.dtype
+    assert_close(got, expected, case.x.dtype)
+
+
+@given(data=st.data(), case=conv_cases())
+def test_equals_in_memory_conv2d_for_random_chunkings(data: st.DataObject, case: Case) -> None:
+    # Every padding form, strides, dilation, groups and both data formats (the strategy's
+    # ranges), against conv2d on the whole array, on the threaded scheduler.
+    _check(case, data.draw(chunkings(case.x.shape)))
+
+
+@given(data=st.data(), case=conv_cases(dtypes=(np.float64,), max_batch=2))
+def test_given_output_blocks_equal_the_reference(data: st.DataObject, case: Case) -> None:
+    out_shape = patchconv.conv_output_shape(case.x.shape, case.kernel.shape, **case.options)
+    fmt = case.options["data_format"]
+    oh, ow = out_shape[1:3] if fmt == "channels_last" else out_shape[2:]
+    out_chunks = (data.draw(st.integers(1, oh)), data.draw(st.integers(1, ow)))
+    lazy = conv2d(
+        da.from_array(case.x, chunks=data.draw(chunkings(case.x.shape))),
+        case.kernel,
+        case.bias,
+        out_chunks=out_chunks,
+        **case.options,
+    )
+    spatial = lazy.chunks[1:3] if fmt == "channels_last" else lazy.chunks[2:]
+    assert all(max(c) <= want for c, want in zip(spatial, out_chunks, strict=True))
+    # The independent loop reference, not only the package's own conv2d.
+    expected = conv2d_reference(case.x, case.kernel, case.bias, **case.options)
+    assert_close(lazy.compute(), expected, np.float64)
+
+
+def test_strided_blocks_line_up_and_padding_only_at_the_true_edges() -> None:
+    # x[i, j] = 10*i + j makes a misplaced window obvious; 1-pixel chunks are far smaller than
+    # the dilated 3x3 kernel (effective 5), and the explicit padding is asymmetric.
+    x = (10.0 * np.arange(11)[:, None] + np.arange(9)[None, :])[None, :, :, None]
+    kernel = np.arange(9.0).reshape(3, 3, 1, 1)
+    options = {"strides": (2, 3), "dilation_rate": 2, "padding": ((3, 1), (0, 2))}
+    expected = conv2d_reference(x, kernel, None, **options)
+    for chunks in [(1, 1, 1, 1), (1, 4, 2, 1), (1, (5, 6), (2, 7), 1)]:
+        got = conv2d(da.from_array(x, chunks=chunks), kernel, **options).compute()
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_windows_wholly_in_the_padding_give_the_bias() -> None:
+    x = np.ones((1, 4, 4, 2))
+    kernel = np.ones((1, 1, 2, 3))
+    bias = np.array([0.5, -1.0, 2.0])
+    lazy = conv2d(da.from_array(x, chunks=(1, 1, 1, 1)), kernel, bias, padding=3)
+    expected = patchconv.conv2d(x, kernel, bias, padding=3)
+    np.testing.assert_array_equal(lazy.compute(), expected)
+    np.testing.assert_array_equal(expected[0, 0, 0], bias)  # the case really occurs
+
+
+def test_integer_float16_and_numpy_inputs(rng: np.random.Generator) -> None:
+    img = rng.integers(0, 256, (2, 9, 8, 3), dtype=np.uint8)
+    kernel = rng.standard_normal((3, 3, 3, 2)).astype(np.float32)
+    got = conv2d(da.from_array(img, chunks=(1, 4, 3, 2)), kernel, padding="same")
+    assert got.dtype == np.float32
+    assert_close(got.compute(), patchconv.conv2d(img, kernel, padding="same"), np.float32)
+    x16 = rng.standard_normal((1, 7, 7, 2)).astype(np.float16)
+    k16 = rng.standard_normal((2, 2, 2, 1)).astype(np.float16)
+    half = conv2d(da.from_array(x16, chunks=3), k16, strides=2)
+    assert half.dtype == np.float16
+    assert_close(half.compute(), patchconv.conv2d(x16, k16, strides=2), np.float16)
+    wrapped = conv2d(x16.astype(np.float64), k16.astype(np.float64))  # a NumPy array is wrapped
+    assert isinstance(wrapped, da.Array)
+
+
+def test_batch_chunks_map_block_wise_and_stay_lazy(rng: np.random.Generator) -> None:
+    x = da.from_array(rng.standard_normal((6, 8, 8, 2)), chunks=(2, 8, 8, 2))
+    lazy = conv2d(x, rng.standard_normal((3, 3, 2, 4)), padding="same")
+    assert lazy.chunks[0] == (2, 2, 2) and lazy.chunks[1:] == ((8,), (8,), (4,))
+    calls = []
+
+    def count(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return dask.get(*args, **kwargs)
+
+    with dask.config.set(scheduler=count):
+        lazy.sum().compute()
+    assert calls  # computing went through the scheduler, nothing ran at graph construction
+
+
+def test_plan_axis_windows() -> None:
+    # 10 pixels, k=3, stride 2, padding (1, 0): 5 outputs, windows start at -1, 1, 3, 5, 7.
+    # Block [0, 3) reads padded [-1, 6): one row of top padding, then input [0, 6); block
+    # [3, 5) reads [5, 10) and needs no padding.
+    blocks = plan_axis([0, 3, 5], size=10, k=3, stride=2, dilation=1, pads=(1, 0))
+    assert [(b.o0, b.o1, b.a, b.b, b.pad_lo, b.pad_hi) for b in blocks] == [
+        (0, 3, 0, 6, 1, 0),
+        (3, 5, 5, 10, 0, 0),
+    ]
+    tail = plan_axis([0, 2, 4], size=3, k=1, stride=1, dilation=1, pads=(0, 1))
+    assert [b.empty for b in tail] == [False, False]
+    assert plan_axis([3, 4], size=3, k=1, stride=1, dilation=1, pads=(0, 1))[0].empty
+
+
+def test_errors_are_raised_before_any_work(rng: np.random.Generator) -> None:
+    x = da.from_array(rng.standard_normal((1, 5, 5, 3)), chunks=2)
+    with pytest.raises(
+        PatchconvError,
+        match=r"scale\.conv2d: kernel input channels \(4\) must equal x channels \(3\) / groups \(1\)",
+    ):
+        conv2d(x, np.ones((3, 3, 4, 1)))
+    with pytest.raises(
+        TypeError,
+        match=r"scale\.conv2d: x must have a real float, integer or bool dtype; got dtype complex128",
+    ):
+        conv2d(x.astype(complex), np.ones((3, 3, 3, 1)))
+    with pytest.raises(
+        PatchconvError, match=r"scale\.conv2d: x must have known chunk sizes; got shape \(nan"
+    ):
+        conv2d(x[x[:, 0, 0, 0] > -10], np.ones((3, 3, 3, 1)))
+    with pytest.raises(
+        PatchconvError, match=r"scale\.conv2d: out_chunks must be >= 1; got 0 for height"
+    ):
+        conv2d(x, np.ones((3, 3, 3, 1)), out_chunks=0)
+    with pytest.raises(
+        PatchconvError,
+        match=r"scale\.conv2d: out_chunks for the output width must be positive and sum to 3; got \(1, 1\)",
+    ):
+        conv2d(x, np.ones((3, 3, 3, 1)), out_chunks=((3,), (1, 1)))
+    with pytest.raises(TypeError, match=r"scale\.conv2d: out_chunks must be an int, a pair"):
+        conv2d(x, np.ones((3, 3, 3, 1)), out_chunks="big")
+    with pytest.raises(PatchconvError, match=r"scale\.conv2d: algorithm must be 'auto' or one of"):
+        conv2d(x, np.ones((3, 3, 3, 1)), algorithm="magic")
+    with pytest.raises(
+        PatchconvError, match=r"scale\.conv2d: workspace_limit must be >= 1 byte; got 0"
+    ):
+        conv2d(x, np.ones((3, 3, 3, 1)), workspace_limit=0)
