@@ -19,7 +19,16 @@ import numpy as np
 
 from patchconv._spec import ConvSpec
 
-__all__ = ["Tile", "col2im", "fill_patches", "im2col", "iter_tiles", "scatter_patches"]
+__all__ = [
+    "Tile",
+    "col2im",
+    "fill_patches",
+    "im2col",
+    "iter_tiles",
+    "offset_slices",
+    "scatter_patches",
+    "valid_range",
+]
 
 
 class Tile(NamedTuple):
@@ -65,7 +74,7 @@ def iter_tiles(spec: ConvSpec, bytes_per_position: int, limit_bytes: int) -> Ite
                     yield Tile(n0, n0 + 1, r0, r0 + 1, c0, min(c0 + budget, spec.ow))
 
 
-def _valid_range(
+def valid_range(
     o0: int, o1: int, offset: int, stride: int, pad: int, size: int
 ) -> tuple[int, int, int]:
     """Output indices ``lo:hi`` within ``o0:o1`` whose input index ``o*stride - pad + offset``
@@ -76,7 +85,7 @@ def _valid_range(
     return lo, hi, lo * stride + shift
 
 
-def _offset_slices(
+def offset_slices(
     spec: ConvSpec, tile: Tile
 ) -> Iterator[
     tuple[int, int, slice, slice, slice, slice] | tuple[int, int, None, None, None, None]
@@ -87,9 +96,9 @@ def _offset_slices(
     dh, dw = spec.dilation
     (pt, _), (pl, _) = spec.pads
     for i in range(spec.kh):
-        rl, rh, ih = _valid_range(tile.r0, tile.r1, i * dh, sh, pt, spec.h)
+        rl, rh, ih = valid_range(tile.r0, tile.r1, i * dh, sh, pt, spec.h)
         for j in range(spec.kw):
-            cl, ch, iw = _valid_range(tile.c0, tile.c1, j * dw, sw, pl, spec.w)
+            cl, ch, iw = valid_range(tile.c0, tile.c1, j * dw, sw, pl, spec.w)
             if rl >= rh or cl >= ch:
                 yield i, j, None, None, None, None
                 continue
@@ -107,7 +116,7 @@ def fill_patches(buf: np.ndarray, x: np.ndarray, spec: ConvSpec, tile: Tile) -> 
     """Write the tile's patches of NHWC ``x`` into ``buf`` (tn, tr, tc, groups, kh, kw, cg)."""
     x5 = x.reshape(spec.n, spec.h, spec.w, spec.groups, spec.c_in_group)  # splits one axis: a view
     xs = x5[tile.n0 : tile.n1]
-    for i, j, rows, cols, in_rows, in_cols in _offset_slices(spec, tile):
+    for i, j, rows, cols, in_rows, in_cols in offset_slices(spec, tile):
         dst = buf[:, :, :, :, i, j, :]  # (tn, tr, tc, groups, cg)
         if rows is None:
             dst[...] = 0
@@ -130,7 +139,7 @@ def scatter_patches(grad_x: np.ndarray, buf: np.ndarray, spec: ConvSpec, tile: T
     :func:`fill_patches` (padding positions are dropped)."""
     g5 = grad_x.reshape(spec.n, spec.h, spec.w, spec.groups, spec.c_in_group)
     gs = g5[tile.n0 : tile.n1]
-    for i, j, rows, cols, in_rows, in_cols in _offset_slices(spec, tile):
+    for i, j, rows, cols, in_rows, in_cols in offset_slices(spec, tile):
         if rows is None:
             continue
         # Within one (i, j), distinct outputs hit distinct input pixels, so += is safe.
