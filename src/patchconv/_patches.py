@@ -112,8 +112,74 @@ def offset_slices(
             )
 
 
+def _fill_by_kernel_rows(buf: np.ndarray, x: np.ndarray, spec: ConvSpec, tile: Tile) -> None:
+    """groups == 1, no column dilation: for each kernel row, the ``kw * c_in`` values of a patch
+    row are one contiguous run of x, so interior columns copy whole runs (7x7x3: 84 bytes, not
+    the 12 of one offset); only border columns that touch padding go offset by offset."""
+    sh, sw = spec.strides
+    dh = spec.dilation[0]
+    (pt, _), (pl, _) = spec.pads
+    tn, tr, _ = tile.shape
+    kw, c = spec.kw, spec.c_in
+    xs = x[tile.n0 : tile.n1]
+    # Output columns whose whole kernel row lies inside the image.
+    ca = max(tile.c0, -(-pl // sw))
+    cb = min(tile.c1, (spec.w - kw + pl) // sw + 1)
+    if cb > ca:
+        borders = [(tile.c0, ca), (cb, tile.c1)]
+    else:
+        borders = [(tile.c0, tile.c1)]
+    for i in range(spec.kh):
+        rl, rh, ih = valid_range(tile.r0, tile.r1, i * dh, sh, pt, spec.h)
+        dst = buf[:, :, :, 0, i]  # (tn, tr, tc, kw, c)
+        if rl >= rh:
+            dst[...] = 0
+            continue
+        lo, hi = rl - tile.r0, rh - tile.r0
+        if lo > 0:
+            dst[:, :lo] = 0
+        if hi < tr:
+            dst[:, hi:] = 0
+        rows = dst[:, lo:hi]  # (tn, nr, tc, kw, c)
+        if cb > ca:
+            base = xs[:, ih:, ca * sw - pl :]
+            st = base.strides
+            src = np.lib.stride_tricks.as_strided(
+                base,
+                (tn, hi - lo, cb - ca, kw, c),
+                (st[0], sh * st[1], sw * st[2], st[2], st[3]),
+                writeable=False,
+            )
+            rows[:, :, ca - tile.c0 : cb - tile.c0] = src
+        for c_lo, c_hi in borders:
+            if c_hi <= c_lo:
+                continue
+            for j in range(kw):
+                cl, ch, iw = valid_range(c_lo, c_hi, j, sw, pl, spec.w)
+                d = rows[:, :, :, j]  # (tn, nr, tc, c)
+                if cl >= ch:
+                    d[:, :, c_lo - tile.c0 : c_hi - tile.c0] = 0
+                    continue
+                if cl > c_lo:
+                    d[:, :, c_lo - tile.c0 : cl - tile.c0] = 0
+                if ch < c_hi:
+                    d[:, :, ch - tile.c0 : c_hi - tile.c0] = 0
+                d[:, :, cl - tile.c0 : ch - tile.c0] = xs[
+                    :, ih : ih + (hi - lo - 1) * sh + 1 : sh, iw : iw + (ch - cl - 1) * sw + 1 : sw
+                ]
+
+
 def fill_patches(buf: np.ndarray, x: np.ndarray, spec: ConvSpec, tile: Tile) -> None:
     """Write the tile's patches of NHWC ``x`` into ``buf`` (tn, tr, tc, groups, kh, kw, cg)."""
+    if (
+        spec.groups == 1
+        and spec.dilation[1] == 1
+        and spec.kw > 1
+        and x.strides[-1] == x.itemsize
+        and x.strides[-2] == spec.c_in * x.itemsize
+    ):
+        _fill_by_kernel_rows(buf, x, spec, tile)
+        return
     x5 = x.reshape(spec.n, spec.h, spec.w, spec.groups, spec.c_in_group)  # splits one axis: a view
     xs = x5[tile.n0 : tile.n1]
     for i, j, rows, cols, in_rows, in_cols in offset_slices(spec, tile):

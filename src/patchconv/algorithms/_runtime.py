@@ -20,6 +20,7 @@ asks for the same role; together they never exceed the workspace limit in force,
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import weakref
@@ -119,28 +120,43 @@ def split_range(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def parallel_for(
-    fn: Callable[[int, int], Any], n: int, *, min_items: int = 1, workers: int | None = None
+    fn: Callable[[int, int], Any],
+    n: int,
+    *,
+    min_items: int = 1,
+    workers: int | None = None,
+    pieces_per_worker: int = 4,
 ) -> None:
-    """Run ``fn(lo, hi)`` over pieces of ``range(n)`` on all cores; the caller runs one piece.
+    """Run ``fn(lo, hi)`` over pieces of ``range(n)`` on all cores; the caller works too.
 
-    Pieces hold at least ``min_items`` items, so small work stays on the calling thread. A call
-    made from a pool thread runs inline (no nested waiting on the same pool). When the work is
-    split, every piece runs single-threaded BLAS (see the module notes).
+    The range is cut into about ``pieces_per_worker`` pieces per core (each at least
+    ``min_items`` long) that the threads take in turn, so a core slowed by other programs
+    simply takes fewer pieces. Small work stays on the calling thread, as does a call made
+    from a pool thread (no nested waiting on the same pool). When the work is split, every
+    piece runs single-threaded BLAS (see the module notes).
     """
     if n <= 0:
         return
-    parts = min(workers or n_workers(), max(1, n // max(1, min_items)))
-    if parts <= 1 or threading.get_ident() in _pool_threads:
+    workers = min(workers or n_workers(), max(1, n // max(1, min_items)))
+    if workers <= 1 or threading.get_ident() in _pool_threads:
         fn(0, n)
         return
-    pieces = split_range(n, parts)
+    pieces = split_range(n, min(n // max(1, min_items), workers * max(1, pieces_per_worker)))
+    taken = itertools.count()  # next() on a count is atomic under the GIL
+
+    def worker() -> None:
+        for i in iter(lambda: next(taken), -1):
+            if i >= len(pieces):
+                return
+            fn(*pieces[i])
+
     pool = _get_pool()
-    futures: Sequence[Future[Any]] = [pool.submit(fn, lo, hi) for lo, hi in pieces[1:]]
+    futures: Sequence[Future[Any]] = [pool.submit(worker) for _ in range(workers - 1)]
     error: BaseException | None = None
     setter = _blas_setter()
     previous = setter(1) if setter is not None else 0
     try:
-        fn(*pieces[0])
+        worker()
     except BaseException as exc:  # wait for the others before re-raising
         error = exc
     finally:

@@ -138,9 +138,10 @@ def _tiles(spec: ConvSpec, itemsize: int, workspace_limit: int, workers: int) ->
     in flight within the workspace limit."""
     per_position = spec.patch_size * itemsize
     budget = min(TILE_BYTES, max(1, workspace_limit // workers))
-    if workers > 1:
+    if workers > 1:  # several tiles per core, so a core slowed by other work takes fewer
         positions = spec.n * spec.oh * spec.ow
-        budget = min(budget, max(per_position, -(-positions // workers) * per_position))
+        share = -(-positions // (workers * 4))
+        budget = min(budget, max(min(positions, 256), share) * per_position)
     return list(iter_tiles(spec, per_position, budget))
 
 
@@ -286,7 +287,7 @@ def backward(
             if mine is not None:
                 partials.append(mine)
 
-        parallel_for(images, spec.n, workers=workers)
+        parallel_for(images, spec.n, workers=workers, pieces_per_worker=1)
         grad_mats = np.sum(partials, axis=0) if need_kernel else None
     else:
         tiles = _tiles(spec, itemsize, workspace_limit, 1)

@@ -12,7 +12,7 @@ import numpy as np
 
 from patchconv._patches import iter_tiles, valid_range
 from patchconv._spec import ConvSpec
-from patchconv.algorithms._runtime import scratch
+from patchconv.algorithms._runtime import blas_per_thread, parallel_for, scratch
 from patchconv.algorithms.gemm import kernel_matrices
 
 __all__ = ["applies", "backward", "forward"]
@@ -60,9 +60,18 @@ def forward(
     full = (rl, rh, cl, ch) == (0, spec.oh, 0, spec.ow)
     if full and (sh, sw) == (1, 1) and x.flags.c_contiguous:
         out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=x.dtype)
-        _product(x.reshape(-1, spec.c_in), mats, spec, out.reshape(-1, spec.c_out))
-        if bias is not None:
-            out += bias
+        pixels = x.reshape(-1, spec.c_in)  # (P, c_in)
+        flat_out = out.reshape(-1, spec.c_out)  # (P, c_out)
+
+        def row_block(lo: int, hi: int) -> None:
+            _product(pixels[lo:hi], mats, spec, flat_out[lo:hi])
+            if bias is not None:
+                flat_out[lo:hi] += bias
+
+        if blas_per_thread():
+            parallel_for(row_block, pixels.shape[0], min_items=256)
+        else:
+            row_block(0, pixels.shape[0])
         return out
     if full:
         out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=x.dtype)

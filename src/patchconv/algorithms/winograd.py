@@ -307,8 +307,8 @@ def forward(
     # Each block reads all of U once: with deep channels make blocks big enough to amortise it.
     target = max(BLOCK_BYTES, u.nbytes // 2)
     block = max(1, min(target, workspace_limit // workers) // per_tile)
-    if workers > 1:
-        block = min(block, -(-total // workers))
+    if workers > 1:  # several blocks per core, so a core slowed by other work takes fewer
+        block = min(block, max(-(-total // (workers * 4)), min(64, -(-total // workers))))
     blocks = [(t0, min(block, total - t0)) for t0 in range(0, total, block)]
 
     def run(lo: int, hi: int) -> None:
