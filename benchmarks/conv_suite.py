@@ -338,7 +338,7 @@ def render(result: dict[str, Any]) -> str:
         )
         growth = mem["rss_growth_mib"]
         lines.append(
-            "peak RSS growth over one first call, minus the output (MiB): "
+            "peak RSS growth over one call after a one-image warm-up, minus the output (MiB): "
             + ", ".join(f"{p} {'n/a' if v is None else f'{v:.0f}'}" for p, v in growth.items())
         )
     return "\n".join(lines)
