@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from patchconv._config import get_workspace_limit, set_workspace_limit
 from patchconv._spec import PatchconvError
+from patchconv.algorithms import release_workspace
 from patchconv.explain import explain
 from patchconv.functional import (
     ConvGrads,
@@ -16,6 +17,7 @@ from patchconv.functional import (
     conv2d,
     conv2d_backward,
     conv_output_shape,
+    explain_algorithm,
     im2col,
 )
 from patchconv.layers import Conv2D
@@ -32,7 +34,9 @@ __all__ = [
     "conv2d_backward",
     "conv_output_shape",
     "explain",
+    "explain_algorithm",
     "get_workspace_limit",
     "im2col",
+    "release_workspace",
     "set_workspace_limit",
 ]

@@ -19,7 +19,16 @@ import numpy as np
 
 from patchconv._spec import ConvSpec
 
-__all__ = ["Tile", "col2im", "fill_patches", "im2col", "iter_tiles", "scatter_patches"]
+__all__ = [
+    "Tile",
+    "col2im",
+    "fill_patches",
+    "im2col",
+    "iter_tiles",
+    "offset_slices",
+    "scatter_patches",
+    "valid_range",
+]
 
 
 class Tile(NamedTuple):
@@ -65,7 +74,7 @@ def iter_tiles(spec: ConvSpec, bytes_per_position: int, limit_bytes: int) -> Ite
                     yield Tile(n0, n0 + 1, r0, r0 + 1, c0, min(c0 + budget, spec.ow))
 
 
-def _valid_range(
+def valid_range(
     o0: int, o1: int, offset: int, stride: int, pad: int, size: int
 ) -> tuple[int, int, int]:
     """Output indices ``lo:hi`` within ``o0:o1`` whose input index ``o*stride - pad + offset``
@@ -76,7 +85,7 @@ def _valid_range(
     return lo, hi, lo * stride + shift
 
 
-def _offset_slices(
+def offset_slices(
     spec: ConvSpec, tile: Tile
 ) -> Iterator[
     tuple[int, int, slice, slice, slice, slice] | tuple[int, int, None, None, None, None]
@@ -87,9 +96,9 @@ def _offset_slices(
     dh, dw = spec.dilation
     (pt, _), (pl, _) = spec.pads
     for i in range(spec.kh):
-        rl, rh, ih = _valid_range(tile.r0, tile.r1, i * dh, sh, pt, spec.h)
+        rl, rh, ih = valid_range(tile.r0, tile.r1, i * dh, sh, pt, spec.h)
         for j in range(spec.kw):
-            cl, ch, iw = _valid_range(tile.c0, tile.c1, j * dw, sw, pl, spec.w)
+            cl, ch, iw = valid_range(tile.c0, tile.c1, j * dw, sw, pl, spec.w)
             if rl >= rh or cl >= ch:
                 yield i, j, None, None, None, None
                 continue
@@ -103,11 +112,77 @@ def _offset_slices(
             )
 
 
+def _fill_by_kernel_rows(buf: np.ndarray, x: np.ndarray, spec: ConvSpec, tile: Tile) -> None:
+    """groups == 1, no column dilation: for each kernel row, the ``kw * c_in`` values of a patch
+    row are one contiguous run of x, so interior columns copy whole runs (7x7x3: 84 bytes, not
+    the 12 of one offset); only border columns that touch padding go offset by offset."""
+    sh, sw = spec.strides
+    dh = spec.dilation[0]
+    (pt, _), (pl, _) = spec.pads
+    tn, tr, _ = tile.shape
+    kw, c = spec.kw, spec.c_in
+    xs = x[tile.n0 : tile.n1]
+    # Output columns whose whole kernel row lies inside the image.
+    ca = max(tile.c0, -(-pl // sw))
+    cb = min(tile.c1, (spec.w - kw + pl) // sw + 1)
+    if cb > ca:
+        borders = [(tile.c0, ca), (cb, tile.c1)]
+    else:
+        borders = [(tile.c0, tile.c1)]
+    for i in range(spec.kh):
+        rl, rh, ih = valid_range(tile.r0, tile.r1, i * dh, sh, pt, spec.h)
+        dst = buf[:, :, :, 0, i]  # (tn, tr, tc, kw, c)
+        if rl >= rh:
+            dst[...] = 0
+            continue
+        lo, hi = rl - tile.r0, rh - tile.r0
+        if lo > 0:
+            dst[:, :lo] = 0
+        if hi < tr:
+            dst[:, hi:] = 0
+        rows = dst[:, lo:hi]  # (tn, nr, tc, kw, c)
+        if cb > ca:
+            base = xs[:, ih:, ca * sw - pl :]
+            st = base.strides
+            src = np.lib.stride_tricks.as_strided(
+                base,
+                (tn, hi - lo, cb - ca, kw, c),
+                (st[0], sh * st[1], sw * st[2], st[2], st[3]),
+                writeable=False,
+            )
+            rows[:, :, ca - tile.c0 : cb - tile.c0] = src
+        for c_lo, c_hi in borders:
+            if c_hi <= c_lo:
+                continue
+            for j in range(kw):
+                cl, ch, iw = valid_range(c_lo, c_hi, j, sw, pl, spec.w)
+                d = rows[:, :, :, j]  # (tn, nr, tc, c)
+                if cl >= ch:
+                    d[:, :, c_lo - tile.c0 : c_hi - tile.c0] = 0
+                    continue
+                if cl > c_lo:
+                    d[:, :, c_lo - tile.c0 : cl - tile.c0] = 0
+                if ch < c_hi:
+                    d[:, :, ch - tile.c0 : c_hi - tile.c0] = 0
+                d[:, :, cl - tile.c0 : ch - tile.c0] = xs[
+                    :, ih : ih + (hi - lo - 1) * sh + 1 : sh, iw : iw + (ch - cl - 1) * sw + 1 : sw
+                ]
+
+
 def fill_patches(buf: np.ndarray, x: np.ndarray, spec: ConvSpec, tile: Tile) -> None:
     """Write the tile's patches of NHWC ``x`` into ``buf`` (tn, tr, tc, groups, kh, kw, cg)."""
+    if (
+        spec.groups == 1
+        and spec.dilation[1] == 1
+        and spec.kw > 1
+        and x.strides[-1] == x.itemsize
+        and x.strides[-2] == spec.c_in * x.itemsize
+    ):
+        _fill_by_kernel_rows(buf, x, spec, tile)
+        return
     x5 = x.reshape(spec.n, spec.h, spec.w, spec.groups, spec.c_in_group)  # splits one axis: a view
     xs = x5[tile.n0 : tile.n1]
-    for i, j, rows, cols, in_rows, in_cols in _offset_slices(spec, tile):
+    for i, j, rows, cols, in_rows, in_cols in offset_slices(spec, tile):
         dst = buf[:, :, :, :, i, j, :]  # (tn, tr, tc, groups, cg)
         if rows is None:
             dst[...] = 0
@@ -130,7 +205,7 @@ def scatter_patches(grad_x: np.ndarray, buf: np.ndarray, spec: ConvSpec, tile: T
     :func:`fill_patches` (padding positions are dropped)."""
     g5 = grad_x.reshape(spec.n, spec.h, spec.w, spec.groups, spec.c_in_group)
     gs = g5[tile.n0 : tile.n1]
-    for i, j, rows, cols, in_rows, in_cols in _offset_slices(spec, tile):
+    for i, j, rows, cols, in_rows, in_cols in offset_slices(spec, tile):
         if rows is None:
             continue
         # Within one (i, j), distinct outputs hit distinct input pixels, so += is safe.

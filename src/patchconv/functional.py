@@ -6,7 +6,7 @@ Legend for shapes: ``n`` batch, ``h, w`` input height and width, ``c_in, c_out``
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import numpy as np
 
@@ -22,9 +22,57 @@ from patchconv._spec import (
     compute_dtype,
     conv_spec,
 )
-from patchconv.algorithms import gemm
+from patchconv.algorithms import Plan
 
-__all__ = ["ConvGrads", "col2im", "conv2d", "conv2d_backward", "conv_output_shape", "im2col"]
+__all__ = [
+    "ConvGrads",
+    "col2im",
+    "conv2d",
+    "conv2d_backward",
+    "conv_output_shape",
+    "explain_algorithm",
+    "im2col",
+]
+
+# (x shape, kernel shape, bias shape, options..., algorithm, dtype) -> (spec, plan). Checking
+# arguments and planning cost ~10 us, as much as a whole tiny convolution; a repeated call with
+# the same hashable arguments reuses both (unhashable padding forms just skip the cache).
+_PLANS: dict[tuple[Any, ...], tuple[ConvSpec, Plan]] = {}
+_PLANS_MAX = 512
+
+
+def _spec_and_plan(
+    x_shape: tuple[int, ...],
+    kernel_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...] | None,
+    options: dict[str, Any],
+    algorithm: str,
+    itemsize: int,
+    func: str,
+) -> tuple[ConvSpec, Plan]:
+    # Types are part of the key: True == 1 and 1.0 == 1 hash alike but must still be rejected.
+    key: tuple[Any, ...] | None = (
+        func,
+        x_shape,
+        kernel_shape,
+        bias_shape,
+        *((v.__class__, repr(v) if isinstance(v, (tuple, list)) else v) for v in options.values()),
+        algorithm,
+        itemsize,
+    )
+    try:
+        hit = _PLANS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # a list somewhere in the options
+        hit, key = None, None
+    if hit is not None:
+        return hit
+    spec = conv_spec(x_shape, kernel_shape, bias_shape, func=func, **options)
+    plan = algorithms.choose(spec, algorithm, func=func, itemsize=itemsize)
+    if key is not None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = (spec, plan)
+    return spec, plan
 
 
 class ConvGrads(NamedTuple):
@@ -51,6 +99,7 @@ def _workspace(workspace_limit: int | None, func: str) -> int:
     return check_workspace_limit(workspace_limit, func=func)
 
 
+@overload
 def conv2d(
     x: Any,
     kernel: Any,
@@ -63,7 +112,41 @@ def conv2d(
     data_format: str = "channels_last",
     algorithm: str = "auto",
     workspace_limit: int | None = None,
-) -> np.ndarray:
+    return_plan: Literal[False] = False,
+) -> np.ndarray: ...
+
+
+@overload
+def conv2d(
+    x: Any,
+    kernel: Any,
+    bias: Any = None,
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: Any = "valid",
+    dilation_rate: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+    algorithm: str = "auto",
+    workspace_limit: int | None = None,
+    return_plan: Literal[True],
+) -> tuple[np.ndarray, Plan]: ...
+
+
+def conv2d(
+    x: Any,
+    kernel: Any,
+    bias: Any = None,
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: Any = "valid",
+    dilation_rate: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+    algorithm: str = "auto",
+    workspace_limit: int | None = None,
+    return_plan: bool = False,
+) -> np.ndarray | tuple[np.ndarray, Plan]:
     """2-D convolution (a cross-correlation, as in every CNN library) with Keras' semantics.
 
     Every output value is one flattened ``(kh, kw, c_in // groups)`` input patch times the kernel
@@ -87,14 +170,21 @@ def conv2d(
         Divides ``c_in`` and ``c_out``; ``groups == c_in`` is a depthwise convolution.
     data_format : {"channels_last", "channels_first"}
     algorithm : str
-        "auto" or a name from ``patchconv.algorithms.ALGORITHMS``.
+        "auto" (the cost model picks), "measure" (time every algorithm that applies once per
+        shape and dtype, then reuse the fastest), or a name from
+        ``patchconv.algorithms.ALGORITHMS``: "gemm", "pointwise", "depthwise", "winograd"
+        ("winograd_f4", "winograd_f2"), "fft". A name that does not apply to the layer raises
+        PatchconvError saying why.
     workspace_limit : int, optional
-        Bytes of patch matrix per tile; defaults to :func:`patchconv.get_workspace_limit`.
+        Bytes of work buffers (patch tiles, transforms) a call may hold; defaults to
+        :func:`patchconv.get_workspace_limit`.
+    return_plan : bool
+        Also return the :class:`~patchconv.algorithms.Plan`: the algorithm that ran and why.
 
     Returns
     -------
     ndarray, (n, oh, ow, c_out) or (n, c_out, oh, ow)
-        In the result dtype of x, kernel and bias.
+        In the result dtype of x, kernel and bias; ``(out, plan)`` with ``return_plan``.
 
     Notes
     -----
@@ -117,10 +207,67 @@ def conv2d(
     x = as_float_array(x, func=func, name="x")
     kernel = as_float_array(kernel, func=func, name="kernel")
     bias_arr = None if bias is None else as_float_array(bias, func=func, name="bias")
-    spec = conv_spec(
+    dtypes = [x.dtype, kernel.dtype] + ([] if bias_arr is None else [bias_arr.dtype])
+    work, out_dtype = compute_dtype(*dtypes)
+    spec, plan = _spec_and_plan(
         x.shape,
         kernel.shape,
         None if bias_arr is None else bias_arr.shape,
+        {
+            "strides": strides,
+            "padding": padding,
+            "dilation_rate": dilation_rate,
+            "groups": groups,
+            "data_format": data_format,
+        },
+        algorithm,
+        work.itemsize,
+        func,
+    )
+    limit = _workspace(workspace_limit, func)
+    x_nhwc = _to_nhwc(x, spec).astype(work, copy=False)
+    out, ran = algorithms.forward(
+        plan,
+        x_nhwc,
+        kernel.astype(work, copy=False),
+        None if bias_arr is None else bias_arr.astype(work, copy=False),
+        spec,
+        limit,
+        measure=algorithm == "measure",
+    )
+    result = _from_nhwc(out, spec).astype(out_dtype, copy=False)
+    return (result, ran) if return_plan else result
+
+
+def explain_algorithm(
+    x_shape: tuple[int, ...],
+    kernel_shape: tuple[int, ...],
+    *,
+    strides: int | tuple[int, int] = 1,
+    padding: Any = "valid",
+    dilation_rate: int | tuple[int, int] = 1,
+    groups: int = 1,
+    data_format: str = "channels_last",
+    algorithm: str = "auto",
+    dtype: Any = np.float32,
+) -> Plan:
+    """Which algorithm :func:`conv2d` would run for these shapes, and why, computing nothing.
+
+    The plan lists the cost model's estimate for every algorithm that applies and the reason
+    each other one does not; ``print(plan)`` shows it.
+
+    >>> plan = explain_algorithm((8, 56, 56, 64), (3, 3, 64, 64), padding="same")
+    >>> plan.algorithm.startswith("winograd") or plan.algorithm == "gemm"
+    True
+    >>> explain_algorithm((1, 8, 8, 4), (1, 1, 4, 2)).algorithm
+    'pointwise'
+    """
+    func = "explain_algorithm"
+    work, _ = compute_dtype(np.dtype(dtype))
+    spec = conv_spec(
+        tuple(x_shape),
+        tuple(kernel_shape),
+        None,
         strides=strides,
         padding=padding,
         dilation_rate=dilation_rate,
@@ -128,20 +275,7 @@ def conv2d(
         data_format=data_format,
         func=func,
     )
-    limit = _workspace(workspace_limit, func)
-    plan = algorithms.choose(spec, algorithm, func=func)
-    dtypes = [x.dtype, kernel.dtype] + ([] if bias_arr is None else [bias_arr.dtype])
-    work, out_dtype = compute_dtype(*dtypes)
-    x_nhwc = _to_nhwc(x, spec).astype(work, copy=False)
-    out = algorithms.forward(
-        plan,
-        x_nhwc,
-        kernel.astype(work, copy=False),
-        None if bias_arr is None else bias_arr.astype(work, copy=False),
-        spec,
-        limit,
-    )
-    return _from_nhwc(out, spec).astype(out_dtype, copy=False)
+    return algorithms.choose(spec, algorithm, func=func, itemsize=work.itemsize)
 
 
 def conv2d_backward(
@@ -156,6 +290,7 @@ def conv2d_backward(
     data_format: str = "channels_last",
     use_bias: bool = True,
     workspace_limit: int | None = None,
+    algorithm: str = "auto",
 ) -> ConvGrads:
     """Gradients of :func:`conv2d` given the gradient of its output.
 
@@ -169,6 +304,10 @@ def conv2d_backward(
     x, kernel : array_like, as given to :func:`conv2d`
     use_bias : bool
         If False, ``grad_bias`` is None.
+    algorithm : str
+        As for :func:`conv2d`: the forward algorithm whose family computes the gradients.
+        At stride 1, grad_x is a forward convolution of grad_out with the flipped kernel and
+        runs whatever the chooser picks for it (Winograd for 3x3 layers).
 
     Returns
     -------
@@ -207,10 +346,15 @@ def conv2d_backward(
     limit = _workspace(workspace_limit, func)
     work, out_dtype = compute_dtype(grad_out.dtype, x.dtype, kernel.dtype)
     go = np.ascontiguousarray(_to_nhwc(grad_out, spec), dtype=work)  # (n, oh, ow, c_out)
-    grad_x, grad_kernel = gemm.backward(
-        go, _to_nhwc(x, spec).astype(work, copy=False), kernel.astype(work, copy=False), spec, limit
+    grad_x, grad_kernel, _ = algorithms.backward(
+        go,
+        _to_nhwc(x, spec).astype(work, copy=False),
+        kernel.astype(work, copy=False),
+        spec,
+        limit,
+        algorithm=algorithm,
+        func=func,
     )
-    assert grad_x is not None and grad_kernel is not None
     grad_bias = go.sum(axis=(0, 1, 2)).astype(out_dtype) if use_bias else None
     return ConvGrads(
         _from_nhwc(grad_x, spec).astype(out_dtype, copy=False),

@@ -3,39 +3,302 @@
 Every algorithm takes NHWC ``x`` and an HWIO ``kernel`` already in the compute dtype, plus a
 checked :class:`~patchconv._spec.ConvSpec`, and returns NHWC output. They differ only in how
 they spend time and memory; all agree with the reference within the tolerance table.
+
+=============  ==========================================  ======================================
+name           applies to                                  idea
+=============  ==========================================  ======================================
+gemm           everything                                  patch matrix in cache-sized tiles
+pointwise      1x1 kernels                                 the input is the patch matrix
+depthwise      groups == c_in                              shifted multiply-adds, no patch matrix
+winograd       3x3, stride 1, dilation 1, groups 1         F(4x4, 3x3) or F(2x2, 3x3), cost-picked
+winograd_f4    as winograd                                 F(4x4, 3x3): 4x fewer multiplications
+winograd_f2    as winograd                                 F(2x2, 3x3): 2.25x fewer, more accurate
+fft            stride 1, groups 1                          spectra product per frequency
+=============  ==========================================  ======================================
+
+The chooser (:func:`choose`) estimates each applicable algorithm's time from its arithmetic
+(at the rate BLAS reaches for that product shape) and the bytes it copies or transforms, and
+takes the cheapest. ``algorithm="measure"`` times every applicable algorithm once on the
+caller's data and remembers the fastest for that shape and dtype.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from patchconv._spec import ConvSpec, PatchconvError
-from patchconv.algorithms import gemm
+from patchconv.algorithms import depthwise, fft, gemm, pointwise, winograd
+from patchconv.algorithms._runtime import get_numba, n_workers, release_workspace
 
-__all__ = ["ALGORITHMS", "Plan", "choose", "forward"]
+__all__ = [
+    "ALGORITHMS",
+    "Plan",
+    "applicable",
+    "backward",
+    "choose",
+    "estimates",
+    "forward",
+    "measured_plans",
+    "release_workspace",
+]
 
-ALGORITHMS = ("gemm",)
+ALGORITHMS = ("gemm", "pointwise", "depthwise", "winograd", "winograd_f4", "winograd_f2", "fft")
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What the chooser picked for one call, and why."""
+    """What the chooser picked for one call, and why.
+
+    ``estimates`` holds the cost model's time in milliseconds for every algorithm that applies
+    (cheapest first); ``skipped`` says why each other algorithm does not apply.
+    """
 
     algorithm: str
     reason: str
+    estimates: tuple[tuple[str, float], ...] = field(default=(), compare=False)
+    skipped: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+
+    def __str__(self) -> str:
+        lines = [f"{self.algorithm}: {self.reason}"]
+        if self.estimates:
+            lines.append(
+                "  estimated: " + ", ".join(f"{name} {ms:.3g} ms" for name, ms in self.estimates)
+            )
+        for name, why in self.skipped:
+            lines.append(f"  not {name}: {why}")
+        return "\n".join(lines)
 
 
-def choose(spec: ConvSpec, algorithm: str = "auto", *, func: str = "conv2d") -> Plan:
-    """Pick an algorithm for ``spec`` ("auto"), or check that a named one applies."""
-    if algorithm == "auto":
-        return Plan("gemm", "patch matrix x kernel matrix in workspace-bounded tiles")
-    if algorithm not in ALGORITHMS:
+# --- applicability -------------------------------------------------------------------------
+
+
+def _not_applicable(name: str, spec: ConvSpec) -> str | None:
+    if name == "gemm":
+        return None
+    if name == "pointwise":
+        return pointwise.applies(spec)
+    if name == "depthwise":
+        return depthwise.applies(spec)
+    if name.startswith("winograd"):
+        return winograd.applies(spec)
+    if name == "fft":
+        return fft.applies(spec)
+    raise AssertionError(name)  # pragma: no cover
+
+
+def applicable(spec: ConvSpec) -> dict[str, str | None]:
+    """Every algorithm name -> None if it applies to ``spec``, else the reason it does not."""
+    return {name: _not_applicable(name, spec) for name in ALGORITHMS}
+
+
+# --- the cost model ------------------------------------------------------------------------
+
+# Rates on the project's reference machine class (2 cores, AVX-512, NumPy's OpenBLAS): BLAS
+# float32 products of good shape, bytes per second of strided copies split over both cores,
+# and compiled transform loops. Only the ratios matter for the choice.
+_BLAS_FLOPS = 150e9
+_COPY_BYTES = 8e9
+_STREAM_BYTES = 20e9
+_COMPILED_FLOPS = 30e9
+_FFT_FLOPS = 4e9
+_CALL_SECONDS = 4e-6  # fixed cost per tile or per product call
+# Python-level cost of one call of each algorithm, whatever its size.
+_FIXED_SECONDS = {
+    "gemm": 20e-6,
+    "pointwise": 8e-6,
+    "depthwise": 30e-6,
+    "winograd_f4": 80e-6,
+    "winograd_f2": 80e-6,
+    "fft": 200e-6,
+}
+
+
+def _blas_rate(m: int, k: int, n: int, itemsize: int) -> float:
+    """Flops per second of an (m, k) @ (k, n) product: thin products run below peak."""
+    rate = _BLAS_FLOPS * (4 / itemsize if itemsize > 4 else 1.0) * (0.5 if itemsize > 4 else 1.0)
+    for size, knee in ((m, 256), (k, 64), (n, 64)):
+        rate *= min(1.0, 0.35 + 0.65 * size / knee)
+    return rate
+
+
+def _gemm_cost(spec: ConvSpec, itemsize: int) -> float:
+    positions = spec.n * spec.oh * spec.ow
+    k = spec.kh * spec.kw * spec.c_in_group
+    patch_bytes = positions * spec.patch_size * itemsize
+    rate = _blas_rate(min(positions, 2048), k, spec.c_out_group, itemsize)
+    tiles = max(1, patch_bytes // gemm.TILE_BYTES)
+    return spec.flops / rate + 2 * patch_bytes / _COPY_BYTES + tiles * _CALL_SECONDS * spec.groups
+
+
+def _pointwise_cost(spec: ConvSpec, itemsize: int) -> float:
+    positions = spec.n * spec.oh * spec.ow
+    rate = _blas_rate(positions, spec.c_in_group, spec.c_out_group, itemsize)
+    copy = 0 if spec.strides == (1, 1) else positions * spec.c_in * itemsize / _COPY_BYTES
+    return spec.flops / rate + copy + _CALL_SECONDS * spec.groups
+
+
+def _depthwise_cost(spec: ConvSpec, itemsize: int) -> float:
+    stream = (spec.n * spec.h * spec.w * spec.c_in + spec.n * spec.oh * spec.ow * spec.c_out) * 4
+    compiled = get_numba() is not None
+    flops_rate = _COMPILED_FLOPS if compiled else _COMPILED_FLOPS / 6
+    return spec.flops / flops_rate + stream * (1 if compiled else spec.kh * spec.kw) / _STREAM_BYTES
+
+
+def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
+    a = m + 2
+    tiles = spec.n * math.ceil(spec.oh / m) * math.ceil(spec.ow / m)
+    block = max(1, min(tiles, winograd.BLOCK_BYTES // (a * a * (spec.c_in + spec.c_out) * 4)))
+    products = 2 * a * a * tiles * spec.c_in * spec.c_out
+    rate = _blas_rate(block, spec.c_in, spec.c_out, itemsize)
+    # Transforms: per tile and channel, about 2 * a * (nonzeros per row) * a multiply-adds.
+    transform = 2 * tiles * a * a * (spec.c_in * 6 + spec.c_out * 4) * (1.0 if m == 4 else 0.6)
+    compiled = get_numba() is not None
+    transform_rate = _COMPILED_FLOPS if compiled else _COMPILED_FLOPS / 8
+    kernel_bytes = a * a * spec.c_in * spec.c_out * itemsize
+    blocks = max(1, tiles // block)
+    return (
+        products / rate
+        + transform / transform_rate
+        + kernel_bytes * (1 + blocks / n_workers()) / _STREAM_BYTES
+        + blocks * a * a * _CALL_SECONDS
+    )
+
+
+def _fft_cost(spec: ConvSpec, itemsize: int) -> float:
+    _, _, fh, fw = fft.sizes(spec)
+    size = fh * fw
+    transforms = (spec.n * (spec.c_in + spec.c_out) + spec.c_in * spec.c_out) * 2.5 * size
+    transforms *= math.log2(max(2, size))
+    freqs = fh * (fw // 2 + 1)
+    products = 8 * freqs * spec.n * spec.c_in * spec.c_out
+    rate = _blas_rate(spec.n, spec.c_in, spec.c_out, itemsize) / 2
+    return transforms / _FFT_FLOPS + products / rate + freqs * _CALL_SECONDS / 4
+
+
+def estimates(spec: ConvSpec, itemsize: int = 4) -> dict[str, float]:
+    """The cost model's seconds for every algorithm that applies to ``spec``."""
+    out: dict[str, float] = {}
+    for name, why in applicable(spec).items():
+        if why is not None or name == "winograd":  # an alias, costed as its two variants
+            continue
+        if name == "gemm":
+            out[name] = _gemm_cost(spec, itemsize)
+        elif name == "pointwise":
+            out[name] = _pointwise_cost(spec, itemsize)
+        elif name == "depthwise":
+            out[name] = _depthwise_cost(spec, itemsize)
+        elif name == "winograd_f4":
+            out[name] = _winograd_cost(spec, itemsize, 4)
+        elif name == "winograd_f2":
+            out[name] = _winograd_cost(spec, itemsize, 2)
+        elif name == "fft":
+            out[name] = _fft_cost(spec, itemsize)
+        out[name] += _FIXED_SECONDS[name]
+    if "gemm" in out and spec.n * spec.oh * spec.ow * spec.patch_size <= gemm.SMALL_ELEMENTS:
+        out["gemm"] -= _FIXED_SECONDS["gemm"] / 2  # the gather fast path
+    return out
+
+
+_REASONS = {
+    "gemm": "patch matrix x kernel matrix in cache-sized tiles",
+    "pointwise": "1x1 kernel: the input itself is the patch matrix",
+    "depthwise": "groups == c_in: shifted multiply-adds, no patch matrix",
+    "winograd_f4": "3x3 stride 1: Winograd F(4x4, 3x3), 4x fewer multiplications",
+    "winograd_f2": "3x3 stride 1: Winograd F(2x2, 3x3), 2.25x fewer multiplications",
+    "fft": "large kernel: per-frequency products of FFT spectra",
+}
+
+_measured: dict[tuple[ConvSpec, str], str] = {}
+
+
+def measured_plans() -> dict[tuple[ConvSpec, str], str]:
+    """The winners that ``algorithm="measure"`` has timed so far, by (spec, dtype)."""
+    return dict(_measured)
+
+
+def choose(
+    spec: ConvSpec, algorithm: str = "auto", *, func: str = "conv2d", itemsize: int = 4
+) -> Plan:
+    """Pick an algorithm for ``spec`` ("auto"), or check that a named one applies.
+
+    Raises PatchconvError for an unknown name or a named algorithm that does not apply.
+    """
+    if not isinstance(algorithm, str):
+        raise TypeError(f"{func}: algorithm must be a string; got {algorithm!r}")
+    if algorithm not in ("auto", "measure", *ALGORITHMS):
         raise PatchconvError(
-            f"{func}: algorithm must be 'auto' or one of {ALGORITHMS}; got {algorithm!r}"
+            f"{func}: algorithm must be 'auto' or one of {('measure', *ALGORITHMS)}; "
+            f"got {algorithm!r}"
         )
-    return Plan(algorithm, "requested by name")
+    reasons = applicable(spec)
+    skipped = tuple((n, why) for n, why in reasons.items() if why is not None and n != "winograd")
+    costs = estimates(spec, itemsize)
+    ranked = tuple(sorted(((n, s * 1e3) for n, s in costs.items()), key=lambda p: p[1]))
+    if algorithm in ("auto", "measure"):
+        best = ranked[0][0]
+        if len(ranked) > 1:
+            why = f"{_REASONS[best]}; cheapest by the cost model ({ranked[0][1]:.3g} ms est.)"
+        else:
+            why = f"{_REASONS[best]}; the only algorithm that applies"
+        return Plan(best, why, ranked, skipped)
+    name = algorithm
+    if name == "winograd":
+        why_not = reasons["winograd_f4"]
+        if why_not is None:
+            name = min(("winograd_f4", "winograd_f2"), key=lambda n: costs[n])
+    else:
+        why_not = reasons[name]
+    if why_not is not None:
+        raise PatchconvError(f"{func}: algorithm {algorithm!r} does not apply: {why_not}")
+    return Plan(name, f"{_REASONS[name]}; requested by name", ranked, skipped)
+
+
+Runner = Callable[..., np.ndarray]
+
+
+def _runner(name: str) -> Runner:
+    if name == "gemm":
+        return gemm.forward
+    if name == "pointwise":
+        return pointwise.forward
+    if name == "depthwise":
+        return depthwise.forward
+    if name == "winograd_f4":
+        return lambda *a: winograd.forward(*a, m=4)
+    if name == "winograd_f2":
+        return lambda *a: winograd.forward(*a, m=2)
+    if name == "fft":
+        return fft.forward
+    raise AssertionError(name)  # pragma: no cover
+
+
+def _measure(
+    plan: Plan,
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    spec: ConvSpec,
+    workspace_limit: int,
+) -> Plan:
+    """Time every applicable algorithm once (after a warm-up) and keep the fastest."""
+    key = (spec, x.dtype.str)
+    if key not in _measured:
+        timings = []
+        for name, _ in plan.estimates:
+            run = _runner(name)
+            run(x, kernel, bias, spec, workspace_limit)  # warm-up: compile, fault in buffers
+            start = time.perf_counter()
+            run(x, kernel, bias, spec, workspace_limit)
+            timings.append((time.perf_counter() - start, name))
+        _measured[key] = min(timings)[1]
+    best = _measured[key]
+    return Plan(best, f"{_REASONS[best]}; fastest when measured", plan.estimates, plan.skipped)
 
 
 def forward(
@@ -45,6 +308,99 @@ def forward(
     bias: np.ndarray | None,
     spec: ConvSpec,
     workspace_limit: int,
-) -> np.ndarray:
-    """Run the planned algorithm's forward pass (NHWC in, NHWC out)."""
-    return gemm.forward(x, kernel, bias, spec, workspace_limit)
+    *,
+    measure: bool = False,
+) -> tuple[np.ndarray, Plan]:
+    """Run the planned algorithm's forward pass (NHWC in, NHWC out); returns the plan run."""
+    if measure:
+        plan = _measure(plan, x, kernel, bias, spec, workspace_limit)
+    name = plan.algorithm
+    if (
+        name == "gemm"
+        and spec.groups == 1
+        and spec.n * spec.oh * spec.ow * spec.patch_size <= (gemm.SMALL_ELEMENTS)
+    ):
+        return gemm.small_forward(x, kernel, bias, spec), plan
+    return _runner(name)(x, kernel, bias, spec, workspace_limit), plan
+
+
+def _transposed(spec: ConvSpec, kernel: np.ndarray) -> tuple[ConvSpec, np.ndarray] | None:
+    """grad_x of a stride-1 layer as a forward convolution of grad_out, or None.
+
+    ``grad_x[y] = sum_i grad_out[y + top - i*d] * kernel[i]``: a correlation of grad_out with
+    the flipped kernel (input and output channels swapped per group), padded by
+    ``(kh - 1) * d - top`` above and ``(kh - 1) * d - bottom`` below.
+    """
+    if spec.strides != (1, 1):
+        return None
+    (pt, pb), (pl, pr) = spec.pads
+    eh = (spec.kh - 1) * spec.dilation[0]
+    ew = (spec.kw - 1) * spec.dilation[1]
+    pads = ((eh - pt, eh - pb), (ew - pl, ew - pr))
+    if min(pads[0] + pads[1]) < 0:
+        return None  # padding wider than the kernel: some inputs see no output
+    g, cg, cog = spec.groups, spec.c_in_group, spec.c_out_group
+    flipped = kernel[::-1, ::-1].reshape(spec.kh, spec.kw, cg, g, cog)
+    kt = np.ascontiguousarray(
+        flipped.transpose(0, 1, 4, 3, 2).reshape(spec.kh, spec.kw, cog, g * cg)
+    )  # (kh, kw, c_out/G, c_in): kt[i, j, q, g*cg + c] = kernel[-1-i, -1-j, c, g*cog + q]
+    tspec = ConvSpec(
+        n=spec.n,
+        h=spec.oh,
+        w=spec.ow,
+        c_in=spec.c_out,
+        c_out=spec.c_in,
+        kh=spec.kh,
+        kw=spec.kw,
+        strides=(1, 1),
+        dilation=spec.dilation,
+        pads=pads,
+        groups=g,
+        data_format="channels_last",
+        oh=spec.h,
+        ow=spec.w,
+    )
+    return tspec, kt
+
+
+def backward(
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    kernel: np.ndarray,
+    spec: ConvSpec,
+    workspace_limit: int,
+    *,
+    algorithm: str = "auto",
+    func: str = "conv2d_backward",
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """grad_x and grad_kernel (NHWC, HWIO) through the same family of algorithms.
+
+    grad_x: at stride 1, a forward convolution of ``grad_out`` with the flipped, transposed
+    kernel, so it takes whichever algorithm the chooser picks for that (Winograd for 3x3
+    layers); otherwise col2im of ``grad_out @ kernel^T`` per tile. grad_kernel: pointwise and
+    depthwise layers have their own kernels; everything else accumulates
+    ``patches^T @ grad_out`` tile by tile. Returns the two gradients and what ran.
+    """
+    itemsize = x.dtype.itemsize
+    plan = choose(spec, algorithm, func=func, itemsize=itemsize)
+    name = plan.algorithm
+    used: dict[str, Any] = {"forward_plan": plan}
+    if name in ("pointwise", "depthwise"):
+        module = pointwise if name == "pointwise" else depthwise
+        grad_x, grad_kernel = module.backward(grad_out, x, kernel, spec, workspace_limit)
+        used["grad_x"] = used["grad_kernel"] = name
+        assert grad_x is not None and grad_kernel is not None
+        return grad_x, grad_kernel, used
+    _, grad_kernel = gemm.backward(grad_out, x, kernel, spec, workspace_limit, need_x=False)
+    used["grad_kernel"] = "gemm"
+    transposed = _transposed(spec, kernel)
+    if transposed is not None:
+        tspec, kt = transposed
+        tplan = choose(tspec, "auto", func=func, itemsize=itemsize)
+        grad_x, _ = forward(tplan, grad_out, kt, None, tspec, workspace_limit)
+        used["grad_x"] = f"{tplan.algorithm} (transposed convolution)"
+    else:
+        grad_x, _ = gemm.backward(grad_out, x, kernel, spec, workspace_limit, need_kernel=False)
+        used["grad_x"] = "gemm (col2im)"
+    assert grad_x is not None and grad_kernel is not None
+    return grad_x, grad_kernel, used

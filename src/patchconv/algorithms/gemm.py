@@ -1,19 +1,41 @@
 """The seed's algorithm: patch matrix times kernel matrix, one tile at a time.
 
 Each tile's patches are written into one reused buffer (no padded copy of the input, never the
-whole patch matrix unless it fits the workspace), then one matrix product per tile does all
-groups at once: ``[P, K] @ [K, c_out]`` for ``groups == 1``, a batched
-``[G, P, K/G] @ [G, K/G, c_out/G]`` otherwise.
+whole patch matrix unless it fits the workspace), the copy split over the cores, then one matrix
+product per tile does all groups at once: ``[P, K] @ [K, c_out]`` for ``groups == 1``, a batched
+``[G, P, K/G] @ [G, K/G, c_out/G]`` otherwise (no Python loop over groups).
+
+Tiny calls (the seed's ``(1, 4, 4, 3)`` image) skip tiling: one gather with a cached index
+array builds the whole patch matrix, then one product.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import lru_cache
+
 import numpy as np
 
-from patchconv._patches import Tile, fill_patches, iter_tiles, scatter_patches
+from patchconv._patches import Tile, fill_patches, im2col, iter_tiles, scatter_patches
 from patchconv._spec import ConvSpec
+from patchconv.algorithms._runtime import blas_per_thread, n_workers, parallel_for, scratch
 
-__all__ = ["backward", "forward", "kernel_matrices"]
+__all__ = [
+    "SMALL_ELEMENTS",
+    "TILE_BYTES",
+    "backward",
+    "forward",
+    "kernel_matrices",
+    "small_forward",
+]
+
+# Patch bytes per tile (per core) when the workspace allows: about one core's L2 cache, so the
+# product reads the patches its own core has just written.
+TILE_BYTES = 2 * 2**20
+# Patch-matrix elements below which a call takes the gather fast path.
+SMALL_ELEMENTS = 4096
+# Bytes of patches below which one thread fills a tile (thread hand-off costs ~20 us).
+_PARALLEL_FILL_BYTES = 256 * 1024
 
 
 def kernel_matrices(kernel: np.ndarray, spec: ConvSpec) -> np.ndarray:
@@ -24,11 +46,6 @@ def kernel_matrices(kernel: np.ndarray, spec: ConvSpec) -> np.ndarray:
     k_group = spec.kh * spec.kw * spec.c_in_group
     mats = kernel.reshape(k_group, spec.groups, spec.c_out_group)  # (K/G, G, c_out/G)
     return np.ascontiguousarray(mats.transpose(1, 0, 2))  # (G, K/G, c_out/G)
-
-
-def _buffer(spec: ConvSpec, tiles: list[Tile], dtype: np.dtype) -> np.ndarray:
-    largest = max(t.positions for t in tiles)
-    return np.empty(largest * spec.patch_size, dtype=dtype)
 
 
 def _tile_view(flat: np.ndarray, spec: ConvSpec, tile: Tile) -> np.ndarray:
@@ -44,6 +61,122 @@ def _block(arr: np.ndarray, tile: Tile) -> np.ndarray:
     return view.reshape(tile.positions, arr.shape[-1])
 
 
+def _split_axis(tile: Tile) -> int:
+    """The first of (images, rows, columns) with more than one entry (0 if none)."""
+    tn, tr, _ = tile.shape
+    return 0 if tn > 1 else (1 if tr > 1 else 2)
+
+
+def _sub_tile(tile: Tile, axis: int, lo: int, hi: int) -> Tile:
+    if axis == 0:
+        return tile._replace(n0=tile.n0 + lo, n1=tile.n0 + hi)
+    if axis == 1:
+        return tile._replace(r0=tile.r0 + lo, r1=tile.r0 + hi)
+    return tile._replace(c0=tile.c0 + lo, c1=tile.c0 + hi)
+
+
+def fill_parallel(buf: np.ndarray, x: np.ndarray, spec: ConvSpec, tile: Tile) -> None:
+    """:func:`fill_patches` with the tile cut along its outermost axis, one piece per core.
+
+    Each piece writes a disjoint, contiguous slice of ``buf`` (tn, tr, tc, G, kh, kw, cg).
+    """
+    axis = _split_axis(tile)
+    length = tile.shape[axis]
+    min_items = max(1, _PARALLEL_FILL_BYTES // max(1, buf.nbytes // length))
+
+    def piece(lo: int, hi: int) -> None:
+        index = (slice(None),) * axis + (slice(lo, hi),)
+        fill_patches(buf[index], x, spec, _sub_tile(tile, axis, lo, hi))
+
+    parallel_for(piece, length, min_items=min_items)
+
+
+def _scatter_parallel(grad_x: np.ndarray, buf: np.ndarray, spec: ConvSpec, tile: Tile) -> None:
+    """:func:`scatter_patches` split over images (distinct images never share a pixel)."""
+    tn = tile.shape[0]
+
+    def piece(lo: int, hi: int) -> None:
+        scatter_patches(grad_x, buf[lo:hi], spec, tile._replace(n0=tile.n0 + lo, n1=tile.n0 + hi))
+
+    min_items = max(1, _PARALLEL_FILL_BYTES // max(1, buf.nbytes // tn))
+    parallel_for(piece, tn, min_items=min_items)
+
+
+@lru_cache(maxsize=64)
+def _gather_index(spec: ConvSpec) -> np.ndarray:
+    """Flat indices into ``x.ravel()`` (one past the end for padding) of every patch entry,
+    ``(n*oh*ow, kh*kw*c_in)``; for groups == 1 only."""
+    idx = np.arange(spec.n * spec.h * spec.w * spec.c_in).reshape(spec.n, spec.h, spec.w, -1)
+    pad = spec.n * spec.h * spec.w * spec.c_in  # the appended zero
+    (pt, pb), (pl, pr) = spec.pads
+    padded = np.pad(idx, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=pad)
+    unpadded = replace(spec, h=spec.h + pt + pb, w=spec.w + pl + pr, pads=((0, 0), (0, 0)))
+    return np.ascontiguousarray(im2col(padded, unpadded))  # (n*oh*ow, K)
+
+
+def small_forward(
+    x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, spec: ConvSpec
+) -> np.ndarray:
+    """A tiny call: one cached-index gather builds the patch matrix, one product."""
+    idx = _gather_index(spec)
+    flat = np.empty(x.size + 1, dtype=x.dtype)
+    flat[:-1] = x.reshape(-1)
+    flat[-1] = 0
+    cols = flat[idx]  # (n*oh*ow, kh*kw*c_in)
+    out = cols @ kernel.reshape(-1, spec.c_out)  # (n*oh*ow, c_out)
+    if bias is not None:
+        out += bias
+    return out.reshape(spec.n, spec.oh, spec.ow, spec.c_out)
+
+
+def _workers() -> int:
+    return n_workers() if blas_per_thread() else 1
+
+
+def _tiles(spec: ConvSpec, itemsize: int, workspace_limit: int, workers: int) -> list[Tile]:
+    """Cache-sized tiles, at least one per worker where the output allows, all of them together
+    in flight within the workspace limit."""
+    per_position = spec.patch_size * itemsize
+    budget = min(TILE_BYTES, max(1, workspace_limit // workers))
+    if workers > 1:  # several tiles per core, so a core slowed by other work takes fewer
+        positions = spec.n * spec.oh * spec.ow
+        share = -(-positions // (workers * 4))
+        budget = min(budget, max(min(positions, 256), share) * per_position)
+    return list(iter_tiles(spec, per_position, budget))
+
+
+def _forward_tiles(
+    tiles: list[Tile],
+    x: np.ndarray,
+    mats: np.ndarray,
+    bias: np.ndarray | None,
+    out: np.ndarray,
+    spec: ConvSpec,
+    workspace_limit: int,
+    *,
+    parallel_fill: bool,
+) -> None:
+    """Fill and multiply ``tiles`` one after the other in this thread's reused buffer."""
+    largest = max(t.positions for t in tiles)
+    flat = scratch("gemm.patches", largest * spec.patch_size, x.dtype, limit=workspace_limit)
+    g, k_group, cog = spec.groups, mats.shape[1], spec.c_out_group
+    for tile in tiles:
+        patches = _tile_view(flat, spec, tile)
+        if parallel_fill:
+            fill_parallel(patches, x, spec, tile)
+        else:
+            fill_patches(patches, x, spec, tile)
+        p = tile.positions
+        out_block = _block(out, tile)  # (P, c_out)
+        if g == 1:
+            np.matmul(patches.reshape(p, k_group), mats[0], out=out_block)
+        else:
+            per_group = patches.reshape(p, g, k_group).transpose(1, 0, 2)  # (G, P, K/G)
+            np.matmul(per_group, mats, out=out_block.reshape(p, g, cog).transpose(1, 0, 2))
+        if bias is not None:
+            out_block += bias
+
+
 def forward(
     x: np.ndarray,
     kernel: np.ndarray,
@@ -51,27 +184,71 @@ def forward(
     spec: ConvSpec,
     workspace_limit: int,
 ) -> np.ndarray:
-    """NHWC ``x`` (any strides), HWIO ``kernel`` -> NHWC output, all in ``x.dtype``."""
-    itemsize = x.dtype.itemsize
-    tiles = list(iter_tiles(spec, spec.patch_size * itemsize, workspace_limit))
-    flat = _buffer(spec, tiles, x.dtype)
+    """NHWC ``x`` (any strides), HWIO ``kernel`` -> NHWC output, all in ``x.dtype``.
+
+    With per-thread BLAS each core takes its own run of tiles from copy to product (the tile
+    stays in that core's cache); otherwise the copy is split over the cores and the product
+    runs multi-threaded.
+    """
+    workers = _workers()
+    tiles = _tiles(spec, x.dtype.itemsize, workspace_limit, workers)
     mats = kernel_matrices(kernel, spec)  # (G, K/G, c_out/G)
     out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=x.dtype)
+    if workers > 1 and len(tiles) > 1:
+        parallel_for(
+            lambda lo, hi: _forward_tiles(
+                tiles[lo:hi], x, mats, bias, out, spec, workspace_limit, parallel_fill=False
+            ),
+            len(tiles),
+            workers=workers,
+        )
+    else:
+        _forward_tiles(tiles, x, mats, bias, out, spec, workspace_limit, parallel_fill=True)
+    return out
+
+
+def _backward_tiles(
+    tiles: list[Tile],
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    mats: np.ndarray,
+    grad_mats: np.ndarray | None,
+    grad_x: np.ndarray | None,
+    spec: ConvSpec,
+    workspace_limit: int,
+    *,
+    parallel_copy: bool,
+) -> None:
+    largest = max(t.positions for t in tiles)
+    flat = scratch("gemm.patches", largest * spec.patch_size, x.dtype, limit=workspace_limit)
     g, k_group, cog = spec.groups, mats.shape[1], spec.c_out_group
     for tile in tiles:
-        patches = _tile_view(flat, spec, tile)
-        fill_patches(patches, x, spec, tile)
         p = tile.positions
-        out_block = _block(out, tile)  # (P, c_out)
-        if g == 1:
-            np.matmul(patches.reshape(p, k_group), mats[0], out=out_block)
-        else:
-            per_group = patches.reshape(p, g, k_group).transpose(1, 0, 2)  # (G, P, K/G)
-            res = np.matmul(per_group, mats)  # (G, P, c_out/G)
-            out_block.reshape(p, g, cog)[...] = res.transpose(1, 0, 2)
-        if bias is not None:
-            out_block += bias
-    return out
+        go = _block(grad_out, tile)  # (P, c_out)
+        patches = _tile_view(flat, spec, tile)
+        if grad_mats is not None:
+            if parallel_copy:
+                fill_parallel(patches, x, spec, tile)
+            else:
+                fill_patches(patches, x, spec, tile)
+            if g == 1:
+                grad_mats[0] += patches.reshape(p, k_group).T @ go
+            else:
+                pt = patches.reshape(p, g, k_group).transpose(1, 2, 0)  # (G, K/G, P)
+                grad_mats += np.matmul(pt, go.reshape(p, g, cog).transpose(1, 0, 2))
+        if grad_x is not None:
+            if g == 1:
+                np.matmul(go, mats[0].T, out=patches.reshape(p, k_group))
+            else:
+                np.matmul(
+                    go.reshape(p, g, cog).transpose(1, 0, 2),
+                    mats.transpose(0, 2, 1),
+                    out=patches.reshape(p, g, k_group).transpose(1, 0, 2),
+                )  # (G, P, K/G) written as (P, G, K/G)
+            if parallel_copy:
+                _scatter_parallel(grad_x, patches, spec, tile)
+            else:
+                scatter_patches(grad_x, patches, spec, tile)
 
 
 def backward(
@@ -85,32 +262,39 @@ def backward(
     need_kernel: bool = True,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Gradients of the forward map: ``grad_kernel = patches^T @ grad_out`` and
-    ``grad_x = col2im(grad_out @ kernel_matrix^T)``, tile by tile, in ``x.dtype``."""
-    itemsize = x.dtype.itemsize
-    tiles = list(iter_tiles(spec, spec.patch_size * itemsize, workspace_limit))
-    flat = _buffer(spec, tiles, x.dtype)
+    ``grad_x = col2im(grad_out @ kernel_matrix^T)``, tile by tile, in ``x.dtype``.
+
+    With per-thread BLAS and several images, each core takes its own images (their input
+    pixels are disjoint, so the col2im sums never race) and its own partial ``grad_kernel``.
+    """
     mats = kernel_matrices(kernel, spec)  # (G, K/G, c_out/G)
-    g, k_group, cog = spec.groups, mats.shape[1], spec.c_out_group
-    grad_mats = np.zeros_like(mats) if need_kernel else None
     grad_x = np.zeros((spec.n, spec.h, spec.w, spec.c_in), dtype=x.dtype) if need_x else None
-    for tile in tiles:
-        p = tile.positions
-        go = _block(grad_out, tile)  # (P, c_out)
-        patches = _tile_view(flat, spec, tile)
-        if grad_mats is not None:
-            fill_patches(patches, x, spec, tile)
-            if g == 1:
-                grad_mats[0] += patches.reshape(p, k_group).T @ go
-            else:
-                pt = patches.reshape(p, g, k_group).transpose(1, 2, 0)  # (G, K/G, P)
-                grad_mats += np.matmul(pt, go.reshape(p, g, cog).transpose(1, 0, 2))
-        if grad_x is not None:
-            if g == 1:
-                np.matmul(go, mats[0].T, out=patches.reshape(p, k_group))
-            else:
-                cols = np.matmul(go.reshape(p, g, cog).transpose(1, 0, 2), mats.transpose(0, 2, 1))
-                patches.reshape(p, g, k_group)[...] = cols.transpose(1, 0, 2)  # (P, G, K/G)
-            scatter_patches(grad_x, patches, spec, tile)
+    workers = min(_workers(), spec.n)
+    itemsize = x.dtype.itemsize
+    if workers > 1:
+        partials: list[np.ndarray] = []
+
+        def images(lo: int, hi: int) -> None:
+            sub = replace(spec, n=hi - lo)
+            tiles = [
+                t._replace(n0=t.n0 + lo, n1=t.n1 + lo)
+                for t in _tiles(sub, itemsize, workspace_limit // workers, 1)
+            ]
+            mine = np.zeros_like(mats) if need_kernel else None
+            _backward_tiles(
+                tiles, grad_out, x, mats, mine, grad_x, spec, workspace_limit, parallel_copy=False
+            )
+            if mine is not None:
+                partials.append(mine)
+
+        parallel_for(images, spec.n, workers=workers, pieces_per_worker=1)
+        grad_mats = np.sum(partials, axis=0) if need_kernel else None
+    else:
+        tiles = _tiles(spec, itemsize, workspace_limit, 1)
+        grad_mats = np.zeros_like(mats) if need_kernel else None
+        _backward_tiles(
+            tiles, grad_out, x, mats, grad_mats, grad_x, spec, workspace_limit, parallel_copy=True
+        )
     grad_kernel = None
     if grad_mats is not None:
         grad_kernel = grad_mats.transpose(1, 0, 2).reshape(

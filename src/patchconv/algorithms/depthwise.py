@@ -1,0 +1,323 @@
+"""Depthwise convolution (groups == c_in) without a patch matrix.
+
+Each output channel ``o`` reads one input channel ``o // m`` (``m = c_out // c_in``, the depth
+multiplier), so a patch matrix would be ``kh*kw`` times the input for a product with ``K = kh*kw``
+rows: all copy, no arithmetic. Instead every output row accumulates its ``kh*kw`` shifted input
+rows times the tap's per-channel weights while the row stays in cache.
+
+With numba (the ``fast`` extra) that loop is compiled once (cached on disk) and runs without the
+GIL, one block of rows per core; without numba the same sums run as NumPy slices, one kernel tap
+at a time over tiles of whole images (still no patch matrix, only slower).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from patchconv._patches import Tile, offset_slices
+from patchconv._spec import ConvSpec
+from patchconv.algorithms._runtime import get_numba, parallel_for
+
+__all__ = ["applies", "backward", "forward", "kernels"]
+
+_kernels: dict[str, Callable[..., Any]] | None = None
+
+
+def applies(spec: ConvSpec) -> str | None:
+    """None if depthwise handles ``spec``, else the reason it does not."""
+    if spec.groups != spec.c_in or spec.c_in_group != 1:
+        return f"depthwise needs groups == c_in; got groups {spec.groups}, c_in {spec.c_in}"
+    return None
+
+
+def _compile() -> dict[str, Callable[..., Any]] | None:
+    """The numba kernels, compiled on first use (and cached on disk), or None without numba."""
+    global _kernels
+    numba = get_numba()
+    if numba is None:
+        return None
+    if _kernels is not None:
+        return _kernels
+    njit = numba.njit(nogil=True, cache=True, fastmath=False, boundscheck=False)
+
+    @njit
+    def fwd_rows(x, k, bias, out, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
+        # x (n, h, w, c_in), k (kh, kw, c_out), bias (c_out,), out (n, oh, ow, c_out);
+        # rows lo:hi of the flattened (n*oh) output.
+        _, h, w, c_in = x.shape
+        kh, kw, c_out = k.shape
+        oh, ow = out.shape[1], out.shape[2]
+        m = c_out // c_in
+        for r in range(lo, hi):
+            b = r // oh
+            i = r - b * oh
+            orow = out[b, i]  # (ow, c_out)
+            for j in range(ow):
+                for o in range(c_out):
+                    orow[j, o] = bias[o]
+            for di in range(kh):
+                y = i * sh - pt + di * dh
+                if y < 0 or y >= h:
+                    continue
+                xrow = x[b, y]  # (w, c_in)
+                for dj in range(kw):
+                    off = dj * dw - pl
+                    j0 = max(0, (-off + sw - 1) // sw)
+                    j1 = min(ow, (w - 1 - off) // sw + 1)
+                    kv = k[di, dj]
+                    if m == 1:
+                        for j in range(j0, j1):
+                            xx = j * sw + off
+                            for c in range(c_in):
+                                orow[j, c] += xrow[xx, c] * kv[c]
+                    else:
+                        for j in range(j0, j1):
+                            xx = j * sw + off
+                            for c in range(c_in):
+                                xv = xrow[xx, c]
+                                for q in range(m):
+                                    orow[j, c * m + q] += xv * kv[c * m + q]
+
+    @numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
+    def fwd_rows_unit(x, kt, bias_row, out, sh, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
+        # Column stride 1, multiplier 1: for each tap, one output row (ow*c floats, in L1)
+        # gains a contiguous run of one input row times the tap's weights tiled along the row
+        # (kt (kh, kw, ow*c)), a flat loop LLVM vectorises.
+        _, h, w, c = x.shape
+        kh, kw, _ = kt.shape
+        oh, ow = out.shape[1], out.shape[2]
+        for r in range(lo, hi):
+            b = r // oh
+            i = r - b * oh
+            orow = out[b, i].reshape(-1)  # (ow*c,)
+            orow[:] = bias_row
+            for di in range(kh):
+                y = i * sh - pt + di * dh
+                if y < 0 or y >= h:
+                    continue
+                xrow = x[b, y].reshape(-1)  # (w*c,)
+                for dj in range(kw):
+                    off = dj * dw - pl
+                    j0 = max(0, -off)
+                    j1 = min(ow, w - off)
+                    if j1 <= j0:
+                        continue
+                    length = (j1 - j0) * c
+                    dst = orow[j0 * c : j0 * c + length]
+                    src = xrow[(j0 + off) * c : (j0 + off) * c + length]
+                    wts = kt[di, dj, j0 * c : j0 * c + length]
+                    for t in range(length):
+                        dst[t] += src[t] * wts[t]
+
+    @njit
+    def grad_x_rows(go, k, gx, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
+        # Gather form: input row (b, y) sums every output row that read it; rows lo:hi of n*h.
+        _, oh, ow, c_out = go.shape
+        _, h, w, c_in = gx.shape
+        kh, kw, _ = k.shape
+        m = c_out // c_in
+        for r in range(lo, hi):
+            b = r // h
+            y = r - b * h
+            grow = gx[b, y]  # (w, c_in)
+            for xx in range(w):
+                for c in range(c_in):
+                    grow[xx, c] = 0.0
+            for di in range(kh):
+                num = y + pt - di * dh
+                if num < 0 or num % sh != 0:
+                    continue
+                i = num // sh
+                if i >= oh:
+                    continue
+                gorow = go[b, i]  # (ow, c_out)
+                for dj in range(kw):
+                    off = dj * dw - pl
+                    j0 = max(0, (-off + sw - 1) // sw)
+                    j1 = min(ow, (w - 1 - off) // sw + 1)
+                    kv = k[di, dj]
+                    for j in range(j0, j1):
+                        xx = j * sw + off
+                        if m == 1:
+                            for c in range(c_in):
+                                grow[xx, c] += gorow[j, c] * kv[c]
+                        else:
+                            for c in range(c_in):
+                                acc = grow[xx, c]
+                                for q in range(m):
+                                    acc += gorow[j, c * m + q] * kv[c * m + q]
+                                grow[xx, c] = acc
+
+    @njit
+    def grad_k_rows(go, x, gk, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
+        # gk (kh, kw, c_out) float64 partial sums over output rows lo:hi of n*oh.
+        _, oh, ow, c_out = go.shape
+        _, h, w, c_in = x.shape
+        kh, kw, _ = gk.shape
+        m = c_out // c_in
+        row = np.empty(c_out, dtype=go.dtype)
+        for r in range(lo, hi):
+            b = r // oh
+            i = r - b * oh
+            gorow = go[b, i]
+            for di in range(kh):
+                y = i * sh - pt + di * dh
+                if y < 0 or y >= h:
+                    continue
+                xrow = x[b, y]
+                for dj in range(kw):
+                    off = dj * dw - pl
+                    j0 = max(0, (-off + sw - 1) // sw)
+                    j1 = min(ow, (w - 1 - off) // sw + 1)
+                    for o in range(c_out):
+                        row[o] = 0.0
+                    for j in range(j0, j1):
+                        xx = j * sw + off
+                        if m == 1:
+                            for c in range(c_in):
+                                row[c] += gorow[j, c] * xrow[xx, c]
+                        else:
+                            for c in range(c_in):
+                                xv = xrow[xx, c]
+                                for q in range(m):
+                                    row[c * m + q] += gorow[j, c * m + q] * xv
+                    for o in range(c_out):
+                        gk[di, dj, o] += row[o]
+
+    _kernels = {
+        "fwd": fwd_rows,
+        "fwd_unit": fwd_rows_unit,
+        "grad_x": grad_x_rows,
+        "grad_k": grad_k_rows,
+    }
+    return _kernels
+
+
+def kernels() -> dict[str, Callable[..., Any]] | None:
+    """The compiled kernels (compiling them now if needed), or None without numba."""
+    return _compile()
+
+
+def _geometry(spec: ConvSpec) -> tuple[int, ...]:
+    (pt, _), (pl, _) = spec.pads
+    return (*spec.strides, *spec.dilation, pt, pl)
+
+
+def _rows_min(spec: ConvSpec) -> int:
+    """Output rows per thread hand-off: about 64 K multiply-adds."""
+    per_row = spec.ow * spec.c_out * spec.kh * spec.kw
+    return max(1, 65536 // max(1, per_row))
+
+
+def forward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    spec: ConvSpec,
+    workspace_limit: int,
+) -> np.ndarray:
+    """NHWC ``x``, HWIO ``kernel (kh, kw, 1, c_out)`` -> NHWC output."""
+    k = np.ascontiguousarray(kernel.reshape(spec.kh, spec.kw, spec.c_out))  # (kh, kw, c_out)
+    out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=x.dtype)
+    compiled = _compile()
+    if compiled is not None:
+        xc = np.ascontiguousarray(x)
+        b = np.zeros(spec.c_out, x.dtype) if bias is None else np.ascontiguousarray(bias)
+        if spec.strides[1] == 1 and spec.c_out == spec.c_in:
+            (pt, _), (pl, _) = spec.pads
+            kt = np.ascontiguousarray(np.tile(k, (1, 1, spec.ow)))  # (kh, kw, ow*c)
+            bias_row = np.tile(b, spec.ow)  # (ow*c,)
+            unit = compiled["fwd_unit"]
+            args = (spec.strides[0], *spec.dilation, pt, pl)
+            parallel_for(
+                lambda lo, hi: unit(xc, kt, bias_row, out, *args, lo, hi),
+                spec.n * spec.oh,
+                min_items=_rows_min(spec),
+            )
+            return out
+        geo = _geometry(spec)
+        fwd = compiled["fwd"]
+        parallel_for(
+            lambda lo, hi: fwd(xc, k, b, out, *geo, lo, hi),
+            spec.n * spec.oh,
+            min_items=_rows_min(spec),
+        )
+        return out
+    m = spec.c_out_group
+
+    def images(lo: int, hi: int) -> None:
+        tile = Tile(lo, hi, 0, spec.oh, 0, spec.ow)
+        dst = out[lo:hi]
+        dst[...] = 0 if bias is None else bias
+        src = x[lo:hi]
+        for i, j, rows, cols, in_rows, in_cols in offset_slices(spec, tile):
+            if rows is None:
+                continue
+            part = src[:, in_rows, in_cols, :, None] * k[i, j].reshape(spec.c_in, m)
+            dst[:, rows, cols] += part.reshape(*part.shape[:3], spec.c_out)
+
+    parallel_for(images, spec.n)
+    return out
+
+
+def backward(
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    kernel: np.ndarray,
+    spec: ConvSpec,
+    workspace_limit: int,
+    *,
+    need_x: bool = True,
+    need_kernel: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Gradients of the depthwise forward map, again without a patch matrix."""
+    k = np.ascontiguousarray(kernel.reshape(spec.kh, spec.kw, spec.c_out))
+    go = np.ascontiguousarray(grad_out)
+    xc = np.ascontiguousarray(x)
+    m = spec.c_out_group
+    grad_x = np.empty((spec.n, spec.h, spec.w, spec.c_in), dtype=x.dtype) if need_x else None
+    grad_k = None
+    compiled = _compile()
+    geo = _geometry(spec)
+    if compiled is not None:
+        if grad_x is not None:
+            gx_kernel = compiled["grad_x"]
+            gx = grad_x
+            parallel_for(
+                lambda lo, hi: gx_kernel(go, k, gx, *geo, lo, hi),
+                spec.n * spec.h,
+                min_items=_rows_min(spec),
+            )
+        if need_kernel:
+            gk_kernel = compiled["grad_k"]
+            partials: list[np.ndarray] = []
+
+            def rows(lo: int, hi: int) -> None:
+                part = np.zeros((spec.kh, spec.kw, spec.c_out))
+                gk_kernel(go, xc, part, *geo, lo, hi)
+                partials.append(part)
+
+            parallel_for(rows, spec.n * spec.oh, min_items=_rows_min(spec))
+            grad_k = np.sum(partials, axis=0)
+    else:
+        whole = Tile(0, spec.n, 0, spec.oh, 0, spec.ow)
+        if grad_x is not None:
+            grad_x[...] = 0
+        if need_kernel:
+            grad_k = np.zeros((spec.kh, spec.kw, spec.c_out))
+        for i, j, rows_, cols_, in_rows, in_cols in offset_slices(spec, whole):
+            if rows_ is None:
+                continue
+            g = go[:, rows_, cols_].reshape(*go[:, rows_, cols_].shape[:3], spec.c_in, m)
+            if grad_x is not None:
+                grad_x[:, in_rows, in_cols] += (g * k[i, j].reshape(spec.c_in, m)).sum(axis=-1)
+            if grad_k is not None:
+                xs = xc[:, in_rows, in_cols]
+                grad_k[i, j] = np.einsum("nhwcm,nhwc->cm", g, xs, dtype=np.float64).reshape(-1)
+    grad_kernel = None
+    if grad_k is not None:
+        grad_kernel = grad_k.astype(x.dtype).reshape(spec.kh, spec.kw, 1, spec.c_out)
+    return grad_x, grad_kernel

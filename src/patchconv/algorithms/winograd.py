@@ -1,0 +1,325 @@
+"""Winograd's minimal filtering, F(4x4, 3x3) and F(2x2, 3x3), for 3x3 stride-1 layers.
+
+A 3x3 cross-correlation producing an ``m x m`` output block from an ``a x a`` input block
+(``a = m + 2``) can be written (Lavin and Gray, 2016) as
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A
+
+where ``*`` is elementwise per channel pair, summed over input channels. With all channels, the
+elementwise step is ``a*a`` independent matrix products ``V[xi] (tiles, c_in) @ U[xi]
+(c_in, c_out)``: F(4x4, 3x3) does 36 multiplications per 16 outputs instead of 9*16 = 144, four
+times fewer; F(2x2, 3x3) does 16 per 4 instead of 36, 2.25 times fewer.
+
+The transforms are products with the small constant matrices ``B^T``, ``G``, ``A^T`` (their zero
+entries skipped). The kernel transform is one product per call. The output is processed in
+blocks of tiles sized for the cache: input transform (one block of tiles per core), ``a*a``
+BLAS products, output transform straight into the NHWC result; each core takes its own blocks
+through all three steps with single-threaded BLAS.
+
+Accuracy: the transforms multiply by entries up to 8 (F(4x4)) or 1 (F(2x2)), so rounding
+errors grow. Measured against a float64 reference on random normal data (see
+tests/test_algorithms_winograd.py), the largest error relative to the largest output is about
+1e-6 for F(2x2) and 2e-6 to 5e-6 for F(4x4) in float32 (direct: about 5e-7), within the float32
+tolerance (1e-5); in float64 both stay near 1e-15.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from patchconv._spec import ConvSpec
+from patchconv.algorithms._runtime import (
+    blas_per_thread,
+    get_numba,
+    n_workers,
+    parallel_for,
+    scratch,
+)
+
+__all__ = ["BLOCK_BYTES", "TRANSFORMS", "applies", "forward", "kernel_transform"]
+
+# Bytes of transformed input plus product per block of tiles (per core): about one core's L2,
+# so a block's V and M stay in cache between the transforms and the products.
+BLOCK_BYTES = 2 * 2**20
+
+
+def _f23() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bt = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+    at = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+    return bt, g, at
+
+
+def _f43() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bt = np.array(
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        dtype=np.float64,
+    )
+    g = np.array(
+        [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ],
+        dtype=np.float64,
+    )
+    at = np.array(
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+        dtype=np.float64,
+    )
+    return bt, g, at
+
+
+# Output block size m -> (B^T (a, a), G (a, 3), A^T (m, a)).
+TRANSFORMS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {2: _f23(), 4: _f43()}
+
+
+def applies(spec: ConvSpec) -> str | None:
+    """None if Winograd handles ``spec``, else the reason it does not."""
+    if (spec.kh, spec.kw) != (3, 3):
+        return f"winograd needs a 3x3 kernel; got {spec.kh}x{spec.kw}"
+    if spec.strides != (1, 1):
+        return f"winograd needs strides 1; got {spec.strides}"
+    if spec.dilation != (1, 1):
+        return f"winograd needs dilation_rate 1; got {spec.dilation}"
+    if spec.groups != 1:
+        return f"winograd needs groups 1; got {spec.groups}"
+    return None
+
+
+def kernel_transform(
+    kernel: np.ndarray, m: int, dtype: np.dtype, *, workspace_limit: int | None = None
+) -> np.ndarray:
+    """HWIO 3x3 kernel -> ``U = G g G^T`` as ``(a*a, c_in, c_out)``, in ``dtype``.
+
+    One product ``kron(G, G) (a*a, 9) @ kernel (9, c_in*c_out)``: a single pass over the kernel.
+    With ``workspace_limit``, the result lives in a reused work buffer (valid until the next
+    call on this thread).
+    """
+    _, g, _ = TRANSFORMS[m]
+    a = m + 2
+    c_in, c_out = kernel.shape[2:]
+    kron = np.kron(g, g).astype(dtype)  # (a*a, 9): [(r, s), (i, j)] = G[r, i] G[s, j]
+    size = a * a * c_in * c_out
+    if workspace_limit is None:
+        u = np.empty((a * a, c_in, c_out), dtype=dtype)
+    else:
+        u = scratch("winograd.u", size, dtype, limit=workspace_limit).reshape(a * a, c_in, c_out)
+    np.matmul(kron, kernel.reshape(9, c_in * c_out), out=u.reshape(a * a, c_in * c_out))
+    return u
+
+
+_kernels: dict[str, Callable[..., Any]] | None = None
+
+
+def _compile() -> dict[str, Callable[..., Any]] | None:
+    global _kernels
+    numba = get_numba()
+    if numba is None:
+        return None
+    if _kernels is not None:
+        return _kernels
+    njit = numba.njit(nogil=True, cache=True, fastmath=False, boundscheck=False)
+
+    @njit
+    def input_transform(x, bt, pt, pl, m, th, tw, t0, lo, hi, v):  # type: ignore[no-untyped-def]
+        # Tiles t0+lo : t0+hi (flattened over n, th, tw) -> v[:, lo:hi, :] (a*a, T, c_in).
+        _, h, w, c = x.shape
+        a = bt.shape[0]
+        d = np.zeros((a, a, c), dtype=v.dtype)
+        tmp = np.empty((a, a, c), dtype=v.dtype)
+        for t in range(lo, hi):
+            tt = t0 + t
+            b = tt // (th * tw)
+            rem = tt - b * th * tw
+            ty = rem // tw
+            tx = rem - ty * tw
+            y0 = ty * m - pt
+            x0 = tx * m - pl
+            for i in range(a):
+                y = y0 + i
+                inside_y = 0 <= y < h
+                for j in range(a):
+                    xx = x0 + j
+                    if inside_y and 0 <= xx < w:
+                        for q in range(c):
+                            d[i, j, q] = x[b, y, xx, q]
+                    else:
+                        for q in range(c):
+                            d[i, j, q] = 0.0
+            for r in range(a):  # tmp = B^T d
+                for j in range(a):
+                    for q in range(c):
+                        tmp[r, j, q] = 0.0
+                for i in range(a):
+                    coef = bt[r, i]
+                    if coef != 0.0:
+                        for j in range(a):
+                            for q in range(c):
+                                tmp[r, j, q] += coef * d[i, j, q]
+            for r in range(a):  # v = tmp B
+                for s in range(a):
+                    vv = v[r * a + s, t]
+                    for q in range(c):
+                        vv[q] = 0.0
+                    for j in range(a):
+                        coef = bt[s, j]
+                        if coef != 0.0:
+                            for q in range(c):
+                                vv[q] += coef * tmp[r, j, q]
+
+    @njit
+    def output_transform(mm, at, bias, out, th, tw, t0, lo, hi):  # type: ignore[no-untyped-def]
+        # mm (a*a, T, c_out) for tiles t0+lo : t0+hi -> out (n, oh, ow, c_out), bias added.
+        _, oh, ow, c = out.shape
+        m, a = at.shape
+        tmp = np.empty((m, a, c), dtype=mm.dtype)
+        y = np.empty(c, dtype=mm.dtype)
+        for t in range(lo, hi):
+            tt = t0 + t
+            b = tt // (th * tw)
+            rem = tt - b * th * tw
+            ty = rem // tw
+            tx = rem - ty * tw
+            for r in range(m):  # tmp = A^T M
+                for j in range(a):
+                    for q in range(c):
+                        tmp[r, j, q] = 0.0
+                for i in range(a):
+                    coef = at[r, i]
+                    if coef != 0.0:
+                        for j in range(a):
+                            src = mm[i * a + j, t]
+                            for q in range(c):
+                                tmp[r, j, q] += coef * src[q]
+            for r in range(m):  # y = tmp A
+                oy = ty * m + r
+                if oy >= oh:
+                    break
+                for s in range(m):
+                    ox = tx * m + s
+                    if ox >= ow:
+                        break
+                    for q in range(c):
+                        y[q] = bias[q]
+                    for j in range(a):
+                        coef = at[s, j]
+                        if coef != 0.0:
+                            for q in range(c):
+                                y[q] += coef * tmp[r, j, q]
+                    dst = out[b, oy, ox]
+                    for q in range(c):
+                        dst[q] = y[q]
+
+    _kernels = {"in": input_transform, "out": output_transform}
+    return _kernels
+
+
+def kernels() -> dict[str, Callable[..., Any]] | None:
+    """The compiled transforms (compiling them now if needed), or None without numba."""
+    return _compile()
+
+
+def _numpy_block(
+    x: np.ndarray,
+    bt: np.ndarray,
+    at: np.ndarray,
+    u: np.ndarray,
+    bias: np.ndarray,
+    out: np.ndarray,
+    spec: ConvSpec,
+    m: int,
+    b0: int,
+    b1: int,
+) -> None:
+    """Without numba: images b0:b1 with the transforms as dense matrix products (einsum)."""
+    a = m + 2
+    th, tw = -(-spec.oh // m), -(-spec.ow // m)
+    (pt, _), (pl, _) = spec.pads
+    hp, wp = th * m + 2, tw * m + 2
+    xp = np.zeros((b1 - b0, hp, wp, spec.c_in), dtype=x.dtype)
+    ys, xs = max(0, pt), max(0, pl)  # where x's row/col 0 lands
+    rows = min(spec.h, hp - ys)
+    cols = min(spec.w, wp - xs)
+    xp[:, ys : ys + rows, xs : xs + cols] = x[b0:b1, :rows, :cols]
+    st = xp.strides
+    tiles = np.lib.stride_tricks.as_strided(
+        xp,
+        (b1 - b0, th, tw, a, a, spec.c_in),
+        (st[0], m * st[1], m * st[2], st[1], st[2], st[3]),
+        writeable=False,
+    )
+    btc = bt.astype(x.dtype)
+    v = np.einsum("ri,nyxijc,sj->rsnyxc", btc, tiles, btc, optimize=True)  # (a, a, n, th, tw, c)
+    mm = np.matmul(v.reshape(a * a, -1, spec.c_in), u)  # (a*a, T, c_out)
+    mm = mm.reshape(a, a, b1 - b0, th, tw, spec.c_out)
+    atc = at.astype(x.dtype)
+    y = np.einsum("ri,ijnyxc,sj->nyrxsc", atc, mm, atc, optimize=True)  # (n, th, m, tw, m, c)
+    y = y.reshape(b1 - b0, th * m, tw * m, spec.c_out)
+    out[b0:b1] = y[:, : spec.oh, : spec.ow] + bias
+
+
+def forward(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    spec: ConvSpec,
+    workspace_limit: int,
+    *,
+    m: int = 4,
+) -> np.ndarray:
+    """NHWC ``x``, 3x3 HWIO ``kernel`` -> NHWC output by F(m x m, 3x3), ``m`` in (2, 4)."""
+    bt, _, at = TRANSFORMS[m]
+    a = m + 2
+    dtype = x.dtype
+    u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit)  # (a*a, c_in, c_out)
+    b = np.zeros(spec.c_out, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
+    out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=dtype)
+    th, tw = -(-spec.oh // m), -(-spec.ow // m)
+    total = spec.n * th * tw
+    compiled = _compile()
+    per_tile = a * a * (spec.c_in + spec.c_out) * dtype.itemsize
+    if compiled is None:
+        per_image = max(1, th * tw * per_tile * 4)  # padded copy, tiles, V, M and Y
+        step = max(1, min(workspace_limit, BLOCK_BYTES * 4) // per_image)
+        for b0 in range(0, spec.n, step):
+            _numpy_block(x, bt, at, u, b, out, spec, m, b0, min(spec.n, b0 + step))
+        return out
+    xc = np.ascontiguousarray(x)
+    btc, atc = bt.astype(dtype), at.astype(dtype)
+    (pt, _), (pl, _) = spec.pads
+    in_t, out_t = compiled["in"], compiled["out"]
+    per_thread = blas_per_thread()
+    workers = n_workers() if per_thread else 1
+    # Each block reads all of U once: with deep channels make blocks big enough to amortise it.
+    target = max(BLOCK_BYTES, u.nbytes // 2)
+    block = max(1, min(target, workspace_limit // workers) // per_tile)
+    if workers > 1:  # several blocks per core, so a core slowed by other work takes fewer
+        block = min(block, max(-(-total // (workers * 4)), min(64, -(-total // workers))))
+    blocks = [(t0, min(block, total - t0)) for t0 in range(0, total, block)]
+
+    def run(lo: int, hi: int) -> None:
+        vbuf = scratch("winograd.v", a * a * block * spec.c_in, dtype, limit=workspace_limit)
+        mbuf = scratch("winograd.m", a * a * block * spec.c_out, dtype, limit=workspace_limit)
+        for t0, nt in blocks[lo:hi]:
+            v = vbuf[: a * a * nt * spec.c_in].reshape(a * a, nt, spec.c_in)
+            mm = mbuf[: a * a * nt * spec.c_out].reshape(a * a, nt, spec.c_out)
+            in_t(xc, btc, pt, pl, m, th, tw, t0, 0, nt, v)
+            np.matmul(v, u, out=mm)  # (a*a, T, c_in) @ (a*a, c_in, c_out)
+            out_t(mm, atc, b, out, th, tw, t0, 0, nt)
+
+    parallel_for(run, len(blocks), workers=workers)
+    return out
