@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "DATA_FORMATS",
+    "PADDING_MODES",
     "ConvSpec",
     "PatchconvError",
     "as_float_array",
@@ -26,6 +27,7 @@ __all__ = [
     "compute_dtype",
     "conv_spec",
     "normalize_padding",
+    "normalize_padding_mode",
     "normalize_pair",
 ]
 
@@ -39,6 +41,15 @@ _PADDING_NAMES = {
 }
 
 PadPairs = tuple[tuple[int, int], tuple[int, int]]
+
+# PyTorch's Conv2d padding_mode values -> np.pad's mode names ("zeros" pads inside the
+# algorithms and never calls np.pad).
+PADDING_MODES = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "circular": "wrap",
+}
 
 
 class PatchconvError(ValueError):
@@ -68,6 +79,7 @@ class ConvSpec:
     data_format: str
     oh: int
     ow: int
+    padding_mode: str = "zeros"
 
     @property
     def c_in_group(self) -> int:
@@ -95,6 +107,21 @@ class ConvSpec:
         if self.data_format == "channels_first":
             return (self.n, self.c_out, self.oh, self.ow)
         return (self.n, self.oh, self.ow, self.c_out)
+
+    def unpadded(self) -> ConvSpec:
+        """The same convolution run on the input padded beforehand: pads 0, mode "zeros".
+
+        A non-zero ``padding_mode`` is applied explicitly (``np.pad`` on the NHWC input), and
+        the algorithms then see this spec, in which the padded border is ordinary input.
+        """
+        (top, bottom), (left, right) = self.pads
+        return replace(
+            self,
+            h=self.h + top + bottom,
+            w=self.w + left + right,
+            pads=((0, 0), (0, 0)),
+            padding_mode="zeros",
+        )
 
     @property
     def flops(self) -> int:
@@ -181,6 +208,38 @@ def normalize_padding(
     return (pairs[0], pairs[1])
 
 
+def normalize_padding_mode(padding_mode: Any, *, func: str) -> str:
+    """PyTorch's ``padding_mode``: "zeros", "reflect", "replicate" or "circular" (any case)."""
+    if not isinstance(padding_mode, str):
+        raise TypeError(
+            f"{func}: padding_mode must be a string, one of {list(PADDING_MODES)}; got "
+            f"{padding_mode!r}"
+        )
+    mode = padding_mode.lower()
+    if mode not in PADDING_MODES:
+        raise PatchconvError(
+            f"{func}: padding_mode must be one of {list(PADDING_MODES)}; got {padding_mode!r}"
+        )
+    return mode
+
+
+def _check_mode_pads(
+    mode: str, pads: PadPairs, hw: tuple[int, int], *, func: str, padding: Any
+) -> None:
+    """reflect needs every pad < the input size, circular <= it (PyTorch's rules: a reflection
+    never repeats the edge pixel, a wrap never goes round twice)."""
+    if mode not in ("reflect", "circular"):
+        return
+    for axis, size, pair in zip(("height", "width"), hw, pads, strict=True):
+        big = max(pair)
+        if (mode == "reflect" and big >= size) or (mode == "circular" and big > size):
+            rule = "smaller than" if mode == "reflect" else "at most"
+            raise PatchconvError(
+                f"{func}: padding_mode {mode!r} needs each pad {rule} the input {axis} ({size}); "
+                f"got padding {padding!r} -> {pair} on the {axis}"
+            )
+
+
 def check_workspace_limit(limit_bytes: object, *, func: str) -> int:
     """A workspace limit must be a positive int number of bytes."""
     if not _is_int(limit_bytes):
@@ -235,6 +294,7 @@ def conv_spec(
     dilation_rate: Any = 1,
     groups: Any = 1,
     data_format: Any = "channels_last",
+    padding_mode: Any = "zeros",
     func: str = "conv2d",
 ) -> ConvSpec:
     """Check every argument of a 2-D convolution and resolve all sizes.
@@ -251,6 +311,7 @@ def conv_spec(
             f"{func}: data_format must be 'channels_last' or 'channels_first'; got {data_format!r}"
         )
     data_format = data_format.lower()
+    mode = normalize_padding_mode(padding_mode, func=func)
     if len(x_shape) != 4:
         layout = "(n, h, w, c_in)" if data_format == "channels_last" else "(n, c_in, h, w)"
         raise PatchconvError(
@@ -305,6 +366,7 @@ def conv_spec(
         strides=stride_pair,
         dilation=dilation_pair,
     )
+    _check_mode_pads(mode, pads, (h, w), func=func, padding=padding)
     out_hw = []
     for axis, size, k, s, d, (lo, hi) in zip(
         ("height", "width"), (h, w), (kh, kw), stride_pair, dilation_pair, pads, strict=True
@@ -333,4 +395,5 @@ def conv_spec(
         data_format=data_format,
         oh=out_hw[0],
         ow=out_hw[1],
+        padding_mode=mode,
     )

@@ -15,6 +15,7 @@ from patchconv._config import get_workspace_limit
 from patchconv._patches import col2im as _col2im
 from patchconv._patches import im2col as _im2col
 from patchconv._spec import (
+    PADDING_MODES,
     ConvSpec,
     PatchconvError,
     as_float_array,
@@ -67,7 +68,9 @@ def _spec_and_plan(
     if hit is not None:
         return hit
     spec = conv_spec(x_shape, kernel_shape, bias_shape, func=func, **options)
-    plan = algorithms.choose(spec, algorithm, func=func, itemsize=itemsize)
+    # A padded mode runs as a "valid" convolution of the explicitly padded input.
+    run_spec = spec if spec.padding_mode == "zeros" else spec.unpadded()
+    plan = algorithms.choose(run_spec, algorithm, func=func, itemsize=itemsize)
     if key is not None:
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.clear()
@@ -93,6 +96,35 @@ def _from_nhwc(arr: np.ndarray, spec: ConvSpec) -> np.ndarray:
     return arr
 
 
+def _pad_input(x_nhwc: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """x padded by ``spec.padding_mode`` ("reflect", "replicate", "circular"):
+    (n, h + top + bottom, w + left + right, c_in)."""
+    (top, bottom), (left, right) = spec.pads
+    mode: Any = PADDING_MODES[spec.padding_mode]  # np.pad's name for it
+    return np.pad(x_nhwc, ((0, 0), (top, bottom), (left, right), (0, 0)), mode=mode)
+
+
+def _fold_border(grad_xp: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """The adjoint of :func:`_pad_input`: the gradient of every border pixel added onto the
+    input pixel it copies. (n, h + top + bottom, w + left + right, c) -> (n, h, w, c).
+
+    The padding is one index map per axis (np.pad of ``arange(size)`` says which input row each
+    padded row copies), so its adjoint is one scatter-add per axis over the few border rows.
+    """
+    out = grad_xp
+    for axis, size, (lo, hi) in ((1, spec.h, spec.pads[0]), (2, spec.w, spec.pads[1])):
+        if lo == hi == 0:
+            continue
+        mode: Any = PADDING_MODES[spec.padding_mode]
+        source = np.pad(np.arange(size), (lo, hi), mode=mode)  # padded row -> input row
+        lead: tuple[Any, ...] = (slice(None),) * axis
+        folded = out[(*lead, slice(lo, lo + size))].copy()  # the interior, (n, size, ., c)
+        for i in (*range(lo), *range(lo + size, lo + size + hi)):
+            folded[(*lead, int(source[i]))] += out[(*lead, i)]
+        out = folded
+    return out
+
+
 def _workspace(workspace_limit: int | None, func: str) -> int:
     if workspace_limit is None:
         return get_workspace_limit()
@@ -110,6 +142,7 @@ def conv2d(
     dilation_rate: int | tuple[int, int] = 1,
     groups: int = 1,
     data_format: str = "channels_last",
+    padding_mode: str = "zeros",
     algorithm: str = "auto",
     workspace_limit: int | None = None,
     return_plan: Literal[False] = False,
@@ -127,6 +160,7 @@ def conv2d(
     dilation_rate: int | tuple[int, int] = 1,
     groups: int = 1,
     data_format: str = "channels_last",
+    padding_mode: str = "zeros",
     algorithm: str = "auto",
     workspace_limit: int | None = None,
     return_plan: Literal[True],
@@ -143,6 +177,7 @@ def conv2d(
     dilation_rate: int | tuple[int, int] = 1,
     groups: int = 1,
     data_format: str = "channels_last",
+    padding_mode: str = "zeros",
     algorithm: str = "auto",
     workspace_limit: int | None = None,
     return_plan: bool = False,
@@ -169,6 +204,12 @@ def conv2d(
     groups : int
         Divides ``c_in`` and ``c_out``; ``groups == c_in`` is a depthwise convolution.
     data_format : {"channels_last", "channels_first"}
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+        What fills the padding, PyTorch's ``Conv2d(padding_mode=...)``: zeros (Keras, ONNX);
+        the input mirrored without repeating the edge (``np.pad`` "reflect", each pad smaller
+        than the input); the edge pixel repeated (``np.pad`` "edge"); or the input wrapped
+        around (``np.pad`` "wrap", each pad at most the input size). The non-zero modes pad
+        explicitly, then convolve with padding 0.
     algorithm : str
         "auto" (the cost model picks), "measure" (time every algorithm that applies once per
         shape and dtype, then reuse the fastest), or a name from
@@ -219,6 +260,7 @@ def conv2d(
             "dilation_rate": dilation_rate,
             "groups": groups,
             "data_format": data_format,
+            "padding_mode": padding_mode,
         },
         algorithm,
         work.itemsize,
@@ -226,12 +268,15 @@ def conv2d(
     )
     limit = _workspace(workspace_limit, func)
     x_nhwc = _to_nhwc(x, spec).astype(work, copy=False)
+    run_spec = spec
+    if spec.padding_mode != "zeros":
+        x_nhwc, run_spec = _pad_input(x_nhwc, spec), spec.unpadded()
     out, ran = algorithms.forward(
         plan,
         x_nhwc,
         kernel.astype(work, copy=False),
         None if bias_arr is None else bias_arr.astype(work, copy=False),
-        spec,
+        run_spec,
         limit,
         measure=algorithm == "measure",
     )
@@ -288,6 +333,7 @@ def conv2d_backward(
     dilation_rate: int | tuple[int, int] = 1,
     groups: int = 1,
     data_format: str = "channels_last",
+    padding_mode: str = "zeros",
     use_bias: bool = True,
     workspace_limit: int | None = None,
     algorithm: str = "auto",
@@ -302,6 +348,9 @@ def conv2d_backward(
     ----------
     grad_out : array_like, the shape :func:`conv2d` returned
     x, kernel : array_like, as given to :func:`conv2d`
+    strides, padding, dilation_rate, groups, data_format, padding_mode
+        As given to :func:`conv2d`. With a non-zero ``padding_mode`` the gradient of each
+        border pixel is added onto the input pixel it copies.
     use_bias : bool
         If False, ``grad_bias`` is None.
     algorithm : str
@@ -336,6 +385,7 @@ def conv2d_backward(
         dilation_rate=dilation_rate,
         groups=groups,
         data_format=data_format,
+        padding_mode=padding_mode,
         func=func,
     )
     if tuple(grad_out.shape) != spec.out_shape:
@@ -346,15 +396,21 @@ def conv2d_backward(
     limit = _workspace(workspace_limit, func)
     work, out_dtype = compute_dtype(grad_out.dtype, x.dtype, kernel.dtype)
     go = np.ascontiguousarray(_to_nhwc(grad_out, spec), dtype=work)  # (n, oh, ow, c_out)
+    x_nhwc = _to_nhwc(x, spec).astype(work, copy=False)
+    run_spec = spec
+    if spec.padding_mode != "zeros":
+        x_nhwc, run_spec = _pad_input(x_nhwc, spec), spec.unpadded()
     grad_x, grad_kernel, _ = algorithms.backward(
         go,
-        _to_nhwc(x, spec).astype(work, copy=False),
+        x_nhwc,
         kernel.astype(work, copy=False),
-        spec,
+        run_spec,
         limit,
         algorithm=algorithm,
         func=func,
     )
+    if spec.padding_mode != "zeros":
+        grad_x = _fold_border(grad_x, spec)  # (n, h, w, c_in)
     grad_bias = go.sum(axis=(0, 1, 2)).astype(out_dtype) if use_bias else None
     return ConvGrads(
         _from_nhwc(grad_x, spec).astype(out_dtype, copy=False),
@@ -372,6 +428,7 @@ def conv_output_shape(
     dilation_rate: int | tuple[int, int] = 1,
     groups: int = 1,
     data_format: str = "channels_last",
+    padding_mode: str = "zeros",
 ) -> tuple[int, int, int, int]:
     """The shape :func:`conv2d` would return, with the same checks, computing nothing.
 
@@ -387,6 +444,7 @@ def conv_output_shape(
         dilation_rate=dilation_rate,
         groups=groups,
         data_format=data_format,
+        padding_mode=padding_mode,
         func="conv_output_shape",
     ).out_shape
 

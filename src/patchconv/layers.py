@@ -20,6 +20,7 @@ from patchconv._spec import (
     as_float_array,
     conv_spec,
     normalize_padding,
+    normalize_padding_mode,
     normalize_pair,
 )
 from patchconv.functional import conv2d
@@ -131,6 +132,11 @@ class Conv2D:
         Makes the initial weights reproducible.
     dtype : str
         The weights' dtype; inputs are cast to it, as Keras' layers do.
+    name : str, optional
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+        PyTorch's ``Conv2d`` option (Keras has none: always "zeros"); see
+        :func:`patchconv.conv2d`. It appears in :meth:`get_config` only when not "zeros", so
+        the config of a Keras-style layer stays Keras' own.
 
     Examples
     --------
@@ -156,6 +162,7 @@ class Conv2D:
         seed: int | None = None,
         dtype: str = "float32",
         name: str | None = None,
+        padding_mode: str = "zeros",
     ) -> None:
         func = "Conv2D"
         self.filters = _positive_int(filters, name="filters")
@@ -174,6 +181,7 @@ class Conv2D:
             )
         self.data_format = data_format.lower()
         self.padding = padding.lower() if isinstance(padding, str) else padding
+        self.padding_mode = normalize_padding_mode(padding_mode, func=func)
         # Check the padding form now (any size will do) so a bad value fails at construction.
         normalize_padding(
             self.padding,
@@ -241,6 +249,7 @@ class Conv2D:
             "dilation_rate": self.dilation_rate,
             "groups": self.groups,
             "data_format": self.data_format,
+            "padding_mode": self.padding_mode,
         }
 
     def __call__(self, x: Any) -> np.ndarray:
@@ -318,7 +327,7 @@ class Conv2D:
         padding = self.padding
         if isinstance(padding, tuple):
             padding = [list(p) if isinstance(p, tuple) else p for p in padding]
-        return {
+        config: dict[str, Any] = {
             "name": self.name,
             "filters": self.filters,
             "kernel_size": list(self.kernel_size),
@@ -333,6 +342,9 @@ class Conv2D:
             "seed": self.seed,
             "dtype": self.dtype.name,
         }
+        if self.padding_mode != "zeros":
+            config["padding_mode"] = self.padding_mode
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Conv2D:
@@ -347,7 +359,8 @@ class Conv2D:
         return cls(**options)
 
     def __repr__(self) -> str:
+        mode = "" if self.padding_mode == "zeros" else f", padding_mode={self.padding_mode!r}"
         return (
             f"Conv2D(filters={self.filters}, kernel_size={self.kernel_size}, "
-            f"strides={self.strides}, padding={self.padding!r})"
+            f"strides={self.strides}, padding={self.padding!r}{mode})"
         )
