@@ -267,14 +267,14 @@ def _torch_pads(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int]
     return ((ph, ph), (pw, pw))
 
 
-def _check(entry: Mapping[str, Any], rules: Mapping[str, Any], where: str) -> None:
+def _check(entry: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
     for key, allowed in rules.items():
         value = entry.get(key, allowed)
         if isinstance(value, list):
             value = tuple(value)
         ok = value in allowed if isinstance(allowed, list) else value == allowed
         if not ok:
-            raise PatchconvError(f"{where}: {key}={value!r} is not supported (only {allowed!r})")
+            raise PatchconvError(f"{key}={value!r} is not supported (only {allowed!r})")
 
 
 def _layer(
@@ -341,7 +341,7 @@ def _layer(
 
         return nn.Dense(int(e["out_features"]), use_bias=bias), linear_weights
     if kind == "BatchNorm2d":
-        _check(e, {"track_running_stats": True}, where)
+        _check(e, {"track_running_stats": True})
         affine = bool(e.get("affine", True))
         momentum = e.get("momentum", 0.1)
         layer = nn.BatchNormalization(
@@ -358,22 +358,22 @@ def _layer(
 
         return layer, bn_weights
     if kind in ("MaxPool2d", "AvgPool2d"):
-        _check(e, {"ceil_mode": False}, where)
+        _check(e, {"ceil_mode": False})
         size = _pair(e["kernel_size"])
         stride = size if e.get("stride") in (None, [], ()) else _pair(e["stride"])
         ph, pw = _pair(e.get("padding", 0))
         pads = ((ph, ph), (pw, pw))
         if kind == "MaxPool2d":
-            _check(e, {"dilation": [1, (1, 1)], "return_indices": False}, where)
+            _check(e, {"dilation": [1, (1, 1)], "return_indices": False})
             return nn.MaxPool2D(size, stride, pads, cf), no_weights
-        _check(e, {"divisor_override": None}, where)
+        _check(e, {"divisor_override": None})
         include = bool(e.get("count_include_pad", True))
         return nn.AveragePool2D(size, stride, pads, cf, include), no_weights
     if kind == "AdaptiveAvgPool2d":
-        _check(e, {"output_size": [1, (1, 1)]}, where)
+        _check(e, {"output_size": [1, (1, 1)]})
         return nn.GlobalAveragePooling2D(cf, keepdims=True), no_weights
     if kind == "Flatten":
-        _check(e, {"start_dim": 1, "end_dim": -1}, where)
+        _check(e, {"start_dim": 1, "end_dim": -1})
         return nn.Flatten(cf), no_weights
     if kind == "ReLU":
         return nn.ReLU(), no_weights
@@ -389,7 +389,7 @@ def _layer(
         dim = e.get("dim")
         if dim is None:
             raise PatchconvError(
-                f"{where}: Softmax(dim=None) (PyTorch's implicit dim) is not supported; give dim"
+                "Softmax(dim=None) (PyTorch's implicit dim) is not supported; give dim"
             )
         return nn.Softmax(int(dim)), no_weights
     if kind == "Dropout":
@@ -403,7 +403,7 @@ def _layer(
         )
         return nn.ZeroPadding2D(((top, bottom), (left, right)), cf), no_weights
     raise PatchconvError(
-        f"{where}: module type {kind!r} is not supported; supported: {sorted(SUPPORTED_MODULES)}"
+        f"module type {kind!r} is not supported; supported: {sorted(SUPPORTED_MODULES)}"
     )
 
 
