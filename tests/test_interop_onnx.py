@@ -238,3 +238,54 @@ def test_non_constant_weight_and_unsupported_attribute(tmp_path: Path) -> None:
         PatchconvError, match=r"node 'pool' \(MaxPool\): attribute ceil_mode=1 is not supported"
     ):
         from_onnx(_graph_model(nodes, {}, (1, 1, 5, 5), (1, 1, 3, 3)))
+
+
+def test_add_branches_gradients_config_and_saving(tmp_path: Path) -> None:
+    """The residual block trains like any layer: finite differences, config, save/load."""
+    rng = np.random.default_rng(0)
+    block = AddBranches(
+        [[nn.Conv2D(2, 3, padding="same", dtype="float64", seed=0), nn.Tanh(dtype="float64")], []],
+        dtype="float64",
+    )
+    x = rng.standard_normal((2, 5, 5, 2))
+    g = rng.standard_normal((2, 5, 5, 2))
+    block.forward(x, training=True)
+    grad_x = block.backward(g)
+    (grad_kernel, _) = block.grads()
+    eps = 1e-6
+    for index in [(0, 1, 2, 0), (1, 4, 0, 1)]:
+        bump = np.zeros_like(x)
+        bump[index] = eps
+        numeric = ((block(x + bump) - block(x - bump)) * g).sum() / (2 * eps)
+        np.testing.assert_allclose(grad_x[index], numeric, rtol=1e-6)
+    kernel = block.branches[0][0].kernel
+    kernel[1, 1, 0, 1] += eps
+    up = (block(x) * g).sum()
+    kernel[1, 1, 0, 1] -= 2 * eps
+    down = (block(x) * g).sum()
+    kernel[1, 1, 0, 1] += eps
+    np.testing.assert_allclose(grad_kernel[1, 1, 0, 1], (up - down) / (2 * eps), rtol=1e-6)
+
+    again = AddBranches.from_config(block.get_config())
+    model = nn.Sequential([block])
+    copy = nn.Sequential([again])
+    model.build(x.shape)
+    copy.build(x.shape)
+    model.save_weights(tmp_path / "w.npz")
+    copy.load_weights(tmp_path / "w.npz")
+    np.testing.assert_array_equal(copy.predict(x), model.predict(x))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_imported_resnet_trains(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    module = _resnet_like()
+    module[-1] = tnn.Identity()  # logits, for the softmax cross-entropy
+    model = from_onnx(_export(module, x[:1], tmp_path / "r.onnx", fold=False))
+    y = np.arange(8) % 4
+    model.compile(nn.Adam(1e-2), nn.SoftmaxCrossEntropy())
+    before = model.evaluate(x, y)["loss"]
+    losses = [model.train_on_batch(x, y)["loss"] for _ in range(10)]
+    assert losses[-1] < 0.9 * losses[0], losses
+    # BatchNorm's moving statistics (ONNX momentum 0.9) follow more slowly.
+    assert model.evaluate(x, y)["loss"] < before

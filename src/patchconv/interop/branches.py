@@ -159,6 +159,28 @@ class AddBranches(Layer):
             ],
         }
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AddBranches:
+        """A new, unbuilt block from :meth:`get_config` (layer classes from
+        :data:`patchconv.nn.LAYERS`, and AddBranches itself)."""
+        from patchconv.nn import LAYERS
+
+        known: dict[str, Any] = {**LAYERS, "AddBranches": cls}
+        options = dict(config)
+        branches = []
+        for branch in options.pop("branches", []):
+            layers = []
+            for entry in branch:
+                name = entry.get("class_name")
+                if name not in known:
+                    raise PatchconvError(
+                        f"AddBranches.from_config: unknown layer class {name!r}; known: "
+                        f"{sorted(known)}"
+                    )
+                layers.append(known[name].from_config(dict(entry.get("config", {}))))
+            branches.append(layers)
+        return cls(branches, **options)
+
     def __repr__(self) -> str:
         inner = ", ".join(f"[{', '.join(type(la).__name__ for la in b)}]" for b in self.branches)
         return f"AddBranches({inner})"
