@@ -139,6 +139,8 @@ def test_weights_h5_with_config_matches(saved: tuple) -> None:
     model, folder, x, expected = saved
     ours = from_keras(folder / "model.weights.h5", config=model.to_json())
     assert_close(ours.predict(x), expected, np.float32)
+    bare = from_keras(folder / "model.weights.h5", config=model.get_config())
+    assert_close(bare.predict(x), expected, np.float32)
 
 
 def test_live_model_matches(saved: tuple) -> None:

@@ -349,6 +349,18 @@ def _layer_list(model_config: Mapping[str, Any], *, func: str) -> tuple[str, lis
     return str(kind), layers
 
 
+def _wrap_config(config: Any) -> dict[str, Any]:
+    """``model.get_config()`` (a bare dict with "layers") or ``{"class_name", "config"}``."""
+    if isinstance(config, Mapping) and "class_name" not in config and "layers" in config:
+        chained = any(entry.get("inbound_nodes") for entry in config["layers"])
+        return {"class_name": "Functional" if chained else "Sequential", "config": dict(config)}
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"from_keras: config must be a dict or a JSON string; got {type(config).__name__}"
+        )
+    return dict(config)
+
+
 def _input_shape(
     model_config: Mapping[str, Any], layers: list[dict[str, Any]]
 ) -> tuple[int, ...] | None:
@@ -445,7 +457,7 @@ def from_keras(
                     f"{func}: {str(model_or_path)!r} holds weights only; pass config= "
                     "(model.to_json() or {'class_name': ..., 'config': model.get_config()})"
                 )
-            model_config = json.loads(config) if isinstance(config, str) else dict(config)
+            model_config = _wrap_config(json.loads(config) if isinstance(config, str) else config)
         stored = data.weights
 
         def from_file(index: int, lname: str, h5name: str) -> list[np.ndarray] | None:
