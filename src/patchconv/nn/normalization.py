@@ -45,8 +45,8 @@ class BatchNormalization(Layer):
     >>> from patchconv import nn
     >>> bn = nn.BatchNormalization()
     >>> y = bn(np.array([[0.0], [2.0]]), training=True)
-    >>> np.round(y.ravel(), 3).tolist(), [w.shape for w in bn.get_weights()]
-    ([-0.999, 0.999], [(1,), (1,), (1,), (1,)])
+    >>> np.round(y.ravel(), 4).tolist(), [w.shape for w in bn.get_weights()]
+    ([-0.9995, 0.9995], [(1,), (1,), (1,), (1,)])
     """
 
     weight_attrs = ("gamma", "beta", "moving_mean", "moving_variance")
