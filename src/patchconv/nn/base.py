@@ -25,7 +25,7 @@ __all__ = ["Layer", "check_data_format", "float_dtype", "spatial_axes"]
 
 def _snake(name: str) -> str:
     """``GlobalAveragePooling2D`` -> ``global_average_pooling2d`` (Keras' default layer names)."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()
 
 
 def check_data_format(data_format: Any, *, func: str) -> str:
