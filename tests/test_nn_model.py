@@ -526,3 +526,21 @@ def test_runtime_errors_name_both_values() -> None:
         match=r"SGD.step: each grad must have its param's shape; got param \(2,\), grad \(3,\)",
     ):
         nn.SGD().step([np.zeros(2)], [np.zeros(3)])
+
+
+def test_importing_nn_and_its_tasks_pulls_in_numpy_only() -> None:
+    """tqdm, scikit-learn and matplotlib are imported inside the functions that use them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json; before = set(sys.modules); import patchconv.nn, "
+        "patchconv.nn.training, patchconv.nn.datasets, patchconv.nn.plot; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+    )
+    new = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert not set(new) & {"sklearn", "tqdm", "matplotlib", "torch", "scipy", "threadpoolctl"}, new

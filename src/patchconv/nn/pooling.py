@@ -167,32 +167,28 @@ class MaxPool2D(_Pool2D):
         arr = self._prepare(x)
         pads, oh, ow = self._geometry(arr.shape)
         xp = self._pad(arr, pads, -np.inf)
-        out: np.ndarray | None = None
-        best = None
-        for k, (i, j) in enumerate(self._offsets()):
-            block = xp[self._window(i, j, oh, ow)]
-            if out is None:
-                out = block.copy()
-                best = np.zeros(block.shape, dtype=np.int16)
-                continue
-            assert best is not None
-            wins = block > out  # strict: the first maximum keeps the gradient
-            np.copyto(out, block, where=wins)
-            best[wins] = k
-        assert out is not None
-        self._cache = (arr.shape, xp.shape, pads, best, out.shape)
+        offsets = self._offsets()
+        out = xp[self._window(*offsets[0], oh, ow)].copy()
+        for i, j in offsets[1:]:
+            np.maximum(out, xp[self._window(i, j, oh, ow)], out=out)
+        self._cache = (arr.shape, xp, pads, out)
         return out
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise self._no_forward()
-        x_shape, xp_shape, pads, best, out_shape = self._cache
-        g = self._check_grad(grad_out, out_shape)
+        x_shape, xp, pads, out = self._cache
+        g = self._check_grad(grad_out, out.shape)
         _, oh, ow = self._geometry(x_shape)
-        grad_xp = np.zeros(xp_shape, dtype=g.dtype)
-        for k, (i, j) in enumerate(self._offsets()):
+        grad_xp = np.zeros(xp.shape, dtype=g.dtype)
+        taken = np.zeros(out.shape, dtype=bool)  # windows whose maximum has been found
+        for i, j in self._offsets():
+            window = self._window(i, j, oh, ow)
+            hit = xp[window] == out
+            hit &= ~taken  # only the first maximum in row-major order takes the gradient
+            taken |= hit
             # Within one offset, distinct windows touch distinct inputs, so += is exact.
-            grad_xp[self._window(i, j, oh, ow)] += np.where(best == k, g, 0)
+            grad_xp[window] += g * hit
         return self._crop(grad_xp, pads)
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "colors_model",
     "digits_model",
     "random_channel_contrast",
+    "task_optimizer",
     "train_task",
 ]
 
@@ -167,6 +168,14 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
+def task_optimizer(task: str, epochs: int, steps_per_epoch: int) -> Adam:
+    """Adam at the task's learning rate for the first three quarters of the epochs, then at a
+    fifth of it."""
+    lr = TASKS[task].learning_rate
+    drop_after = max(1, (3 * epochs) // 4) * steps_per_epoch
+    return Adam(PiecewiseConstantDecay([drop_after - 1], [lr, lr / 5]))
+
+
 def _data(task: str, seed: int, colorblind: bool) -> Split:
     if task == "digits":
         return load_digits(seed=seed)
@@ -223,11 +232,7 @@ def train_task(
     data = _data(task, seed, colorblind)
     model = digits_model(seed) if task == "digits" else colors_model(seed)
     steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
-    drop_after = max(1, (3 * epochs) // 4) * steps_per_epoch
-    lr = defaults.learning_rate
-    model.compile(
-        Adam(PiecewiseConstantDecay([drop_after - 1], [lr, lr / 5])), SoftmaxCrossEntropy()
-    )
+    model.compile(task_optimizer(task, epochs, steps_per_epoch), SoftmaxCrossEntropy())
     result_kernel = model.layers[0]
     assert isinstance(result_kernel, Conv2D) and result_kernel.kernel is not None
     initial_kernel = result_kernel.kernel.copy()
