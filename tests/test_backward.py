@@ -1,0 +1,148 @@
+"""conv2d_backward: PyTorch autograd over hundreds of random configurations, float64 finite
+differences, adjoint identities, and tiling that never changes a gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import patchconv
+from conftest import assert_close
+from reference import pads_for
+from strategies import Case, conv_cases
+
+AUTOGRAD_EXAMPLES = 400
+
+
+def _pair(v: int | tuple[int, int]) -> list[int]:
+    return list(np.broadcast_to(v, 2))
+
+
+def torch_conv_grads(case: Case, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """grad_x, grad_kernel (HWIO), grad_bias from PyTorch autograd; every padding form is made
+    explicit with F.pad, so asymmetric padding is covered too."""
+    opts = case.options
+    x_t = torch.from_numpy(np.ascontiguousarray(case.x)).requires_grad_(True)
+    k_t = torch.from_numpy(np.ascontiguousarray(case.kernel.transpose(3, 2, 0, 1)))
+    k_t.requires_grad_(True)  # OIHW leaf
+    b_t = torch.zeros(case.kernel.shape[3], dtype=x_t.dtype, requires_grad=True)
+    x_nchw = x_t if opts["data_format"] == "channels_first" else x_t.permute(0, 3, 1, 2)
+    kh, kw = case.kernel.shape[:2]
+    strides, dilation = _pair(opts["strides"]), _pair(opts["dilation_rate"])
+    top, bottom, left, right = pads_for(
+        opts["padding"], x_nchw.shape[2], x_nchw.shape[3], kh, kw, strides, dilation
+    )
+    out = F.conv2d(
+        F.pad(x_nchw, (left, right, top, bottom)),
+        k_t,
+        b_t,
+        stride=strides,
+        dilation=dilation,
+        groups=opts["groups"],
+    )
+    if opts["data_format"] == "channels_last":
+        out = out.permute(0, 2, 3, 1)
+    out.backward(torch.from_numpy(g))
+    assert x_t.grad is not None and k_t.grad is not None and b_t.grad is not None
+    return x_t.grad.numpy(), k_t.grad.numpy().transpose(2, 3, 1, 0), b_t.grad.numpy()
+
+
+@settings(max_examples=AUTOGRAD_EXAMPLES)
+@given(conv_cases(dtypes=(np.float32, np.float64)), st.integers(0, 2**31))
+def test_gradients_match_pytorch_autograd(case: Case, seed: int) -> None:
+    """Within the gradient tolerances (1e-4 float32, 1e-10 float64, relative to the result)."""
+    out_shape = patchconv.conv_output_shape(case.x.shape, case.kernel.shape, **case.options)
+    g = np.random.default_rng(seed).standard_normal(out_shape).astype(case.x.dtype)
+    grads = patchconv.conv2d_backward(g, case.x, case.kernel, **case.options)
+    gx, gk, gb = torch_conv_grads(case, g)
+    assert grads.grad_x.dtype == grads.grad_kernel.dtype == case.x.dtype
+    assert grads.grad_x.shape == case.x.shape and grads.grad_kernel.shape == case.kernel.shape
+    assert_close(grads.grad_x, gx, case.x.dtype, grad=True)
+    assert_close(grads.grad_kernel, gk, case.x.dtype, grad=True)
+    assert grads.grad_bias is not None
+    assert_close(grads.grad_bias, gb, case.x.dtype, grad=True)
+
+
+def _probe(shape: tuple[int, ...], rng: np.random.Generator, count: int) -> list[tuple[int, ...]]:
+    """Every index of a small array, or ``count`` random ones of a larger one."""
+    size = int(np.prod(shape))
+    flat = np.arange(size) if size <= count else rng.choice(size, count, replace=False)
+    return [tuple(int(i) for i in np.unravel_index(f, shape)) for f in flat]
+
+
+@settings(max_examples=120)
+@given(conv_cases(dtypes=(np.float64,), bias=True), st.integers(0, 2**31))
+def test_gradients_match_float64_finite_differences(case: Case, seed: int) -> None:
+    """Central differences of L = <conv2d(x, kernel, bias), g>, entry by entry."""
+    rng = np.random.default_rng(seed)
+    assert case.bias is not None
+    x, kernel, bias = case.x.copy(), case.kernel.copy(), case.bias.copy()
+    out = patchconv.conv2d(x, kernel, bias, **case.options)
+    g = rng.standard_normal(out.shape)
+    grads = patchconv.conv2d_backward(g, x, kernel, **case.options)
+    assert grads.grad_bias is not None
+    eps = 1e-3  # L is linear in each argument, so only rounding limits the difference
+
+    def loss() -> float:
+        return float(np.vdot(patchconv.conv2d(x, kernel, bias, **case.options), g))
+
+    scale = float(np.abs(out).sum() * np.abs(g).max()) + 1.0
+    for arr, grad in ((x, grads.grad_x), (kernel, grads.grad_kernel), (bias, grads.grad_bias)):
+        for idx in _probe(arr.shape, rng, 24):
+            arr[idx] += eps
+            up = loss()
+            arr[idx] -= 2 * eps
+            down = loss()
+            arr[idx] += eps
+            fd = (up - down) / (2 * eps)
+            np.testing.assert_allclose(grad[idx], fd, rtol=1e-8, atol=1e-10 * scale / eps)
+
+
+@given(conv_cases(dtypes=(np.float64,), bias=False), st.integers(1, 3000))
+def test_adjoint_identities_hold_under_any_tiling(case: Case, limit: int) -> None:
+    """<conv(x), g> == <x, grad_x> == <kernel, grad_kernel> with the patch matrix built in
+    tiles of at most ``limit`` bytes, and the tiled gradients equal the untiled ones."""
+    out = patchconv.conv2d(case.x, case.kernel, **case.options)
+    g = np.random.default_rng(3).standard_normal(out.shape)
+    tiled = patchconv.conv2d_backward(
+        g, case.x, case.kernel, use_bias=False, workspace_limit=limit, **case.options
+    )
+    whole = patchconv.conv2d_backward(g, case.x, case.kernel, use_bias=False, **case.options)
+    assert tiled.grad_bias is None
+    inner = np.vdot(out, g)
+    np.testing.assert_allclose(np.vdot(case.x, tiled.grad_x), inner, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        np.vdot(case.kernel, tiled.grad_kernel), inner, rtol=1e-10, atol=1e-10
+    )
+    assert_close(tiled.grad_x, whole.grad_x, np.float64, grad=True)
+    assert_close(tiled.grad_kernel, whole.grad_kernel, np.float64, grad=True)
+
+
+@given(conv_cases(dtypes=(np.float64,), bias=False))
+def test_col2im_is_the_adjoint_of_im2col_in_both_formats(case: Case) -> None:
+    size = case.kernel.shape[:2]
+    cols = patchconv.im2col(case.x, size, **case.options)
+    c = np.random.default_rng(4).standard_normal(cols.shape)
+    back = patchconv.col2im(c, case.x.shape, size, **case.options)
+    np.testing.assert_allclose(np.vdot(cols, c), np.vdot(case.x, back), rtol=1e-12, atol=1e-12)
+
+
+def test_grad_kernel_is_patches_transposed_times_grad_out() -> None:
+    """The seed's picture: grad_kernel = patches^T @ grad_out, grad_x = col2im(grad_out @ K^T)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, 5, 3))
+    kernel = rng.standard_normal((3, 2, 3, 4))
+    opts = {"strides": (2, 1), "padding": "same"}
+    g = rng.standard_normal(patchconv.conv_output_shape(x.shape, kernel.shape, **opts))
+    cols = patchconv.im2col(x, (3, 2), **opts)  # (n*oh*ow, kh*kw*c_in)
+    grads = patchconv.conv2d_backward(g, x, kernel, **opts)
+    g2 = g.reshape(-1, 4)  # (n*oh*ow, c_out)
+    np.testing.assert_allclose(grads.grad_kernel.reshape(-1, 4), cols.T @ g2, rtol=1e-12)
+    np.testing.assert_allclose(
+        grads.grad_x,
+        patchconv.col2im(g2 @ kernel.reshape(-1, 4).T, x.shape, (3, 2), **opts),
+        rtol=1e-12,
+    )

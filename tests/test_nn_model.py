@@ -1,0 +1,546 @@
+"""Sequential, the optimizers and weight files: whole-network gradients against PyTorch (an NCHW
+model represented exactly), update rules against Keras' optimizers, training behaviour, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_close
+from patchconv import PatchconvError, nn
+
+
+def small_cnn(
+    data_format: str = "channels_last", dtype: str = "float64", seed: int = 0
+) -> nn.Sequential:
+    return nn.Sequential(
+        [
+            nn.ZeroPadding2D(1, data_format=data_format),
+            nn.Conv2D(
+                4, 3, strides=1, data_format=data_format, activation="relu", dtype=dtype, seed=seed
+            ),
+            nn.BatchNormalization(axis=1 if data_format == "channels_first" else -1, dtype=dtype),
+            nn.MaxPool2D(2, data_format=data_format),
+            nn.DepthwiseConv2D(
+                2,
+                depth_multiplier=2,
+                padding="same",
+                data_format=data_format,
+                bias_initializer="random_normal",
+                dtype=dtype,
+                seed=seed + 1,
+            ),
+            nn.AveragePool2D(2, strides=1, data_format=data_format),
+            nn.Flatten(data_format=data_format),
+            nn.Dense(6, activation="tanh", dtype=dtype, seed=seed + 2),
+            nn.Dense(3, dtype=dtype, seed=seed + 3),
+        ]
+    )
+
+
+def test_channels_first_model_equals_pytorch_exactly() -> None:
+    """An NCHW PyTorch network and the same weights in patchconv.nn (channels_first): outputs,
+    the loss, and every gradient, Flatten's (c, h, w) order included."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 9, 9))  # NCHW
+    labels = np.array([0, 2, 1, 1, 0])
+    model = small_cnn("channels_first")
+    model.build(x.shape)
+    ws = model.get_weights()
+    conv_k, conv_b, gamma, beta, mm, mv, dw_k, dw_b, d1_k, d1_b, d2_k, d2_b = ws
+    t = {
+        k: torch.from_numpy(np.ascontiguousarray(v)).requires_grad_(True)
+        for k, v in {
+            "conv_w": conv_k.transpose(3, 2, 0, 1),
+            "conv_b": conv_b,
+            "gamma": gamma,
+            "beta": beta,
+            "dw_w": dw_k.transpose(2, 3, 0, 1).reshape(-1, 1, 2, 2),
+            "dw_b": dw_b,
+            "d1_w": d1_k.T,
+            "d1_b": d1_b,
+            "d2_w": d2_k.T,
+            "d2_b": d2_b,
+        }.items()
+    }
+    x_t = torch.from_numpy(x).requires_grad_(True)
+    h = F.relu(F.conv2d(F.pad(x_t, (1, 1, 1, 1)), t["conv_w"], t["conv_b"]))
+    h = F.batch_norm(
+        h,
+        torch.from_numpy(mm.copy()),
+        torch.from_numpy(mv.copy()),
+        t["gamma"],
+        t["beta"],
+        True,
+        0.01,
+        1e-3,
+    )
+    h = F.max_pool2d(h, 2)
+    h = F.conv2d(F.pad(h, (0, 1, 0, 1)), t["dw_w"], t["dw_b"], groups=4)  # "same" for 2x2
+    h = F.avg_pool2d(h, 2, 1)
+    h = torch.tanh(F.linear(torch.flatten(h, 1), t["d1_w"], t["d1_b"]))
+    logits_t = F.linear(h, t["d2_w"], t["d2_b"])
+    loss_t = F.cross_entropy(logits_t, torch.from_numpy(labels))
+    loss_t.backward()
+
+    logits = model.forward(x, training=True)
+    loss, grad = nn.SoftmaxCrossEntropy().value_and_grad(labels, logits)
+    grad_x = model.backward(grad)
+    assert_close(logits, logits_t.detach().numpy(), np.float64)
+    np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-12)
+    assert_close(grad_x, x_t.grad.numpy(), np.float64, grad=True)
+    expected = {
+        "conv_w": lambda a: a.transpose(2, 3, 1, 0),
+        "conv_b": None,
+        "gamma": None,
+        "beta": None,
+        "dw_w": lambda a: a.reshape(4, 2, 2, 2).transpose(2, 3, 0, 1),
+        "dw_b": None,
+        "d1_w": lambda a: a.T,
+        "d1_b": None,
+        "d2_w": lambda a: a.T,
+        "d2_b": None,
+    }
+    mine = model.grads()
+    assert len(mine) == len(expected) == len(model.params())
+    for ours, (key, to_ours) in zip(mine, expected.items(), strict=True):
+        theirs = t[key].grad.numpy()
+        assert_close(ours, to_ours(theirs) if to_ours else theirs, np.float64, grad=True)
+
+
+def test_channels_last_and_first_models_agree_with_transposed_inputs() -> None:
+    """The same weights give the same logits in both layouts once Flatten's order is matched
+    (channels_last flattens (h, w, c), so the first Dense kernel's rows are permuted)."""
+    x = np.random.default_rng(1).standard_normal((3, 9, 9, 2))
+    last, first = small_cnn("channels_last"), small_cnn("channels_first")
+    last.build(x.shape)
+    first.build(x.transpose(0, 3, 1, 2).shape)
+    weights = last.get_weights()
+    d1 = weights[8]  # (h*w*c, 6) rows in (h, w, c) order -> (c, h, w) order
+    c, hw = 8, int(np.sqrt(d1.shape[0] // 8))
+    weights[8] = d1.reshape(hw, hw, c, -1).transpose(2, 0, 1, 3).reshape(d1.shape)
+    first.set_weights(weights)
+    assert_close(first.predict(x.transpose(0, 3, 1, 2)), last.predict(x), np.float64)
+
+
+# -- optimizers ---------------------------------------------------------------------------------
+# Keras keeps hyperparameters in float32 variables: dyadic values make them exact, so the
+# float64 updates must agree to float64 precision; Keras' defaults are compared in float32.
+@pytest.mark.parametrize(
+    "ours, theirs, dtype",
+    [
+        (lambda: nn.SGD(0.125), lambda: keras.optimizers.SGD(0.125), np.float64),
+        (
+            lambda: nn.SGD(0.0625, momentum=0.875),
+            lambda: keras.optimizers.SGD(0.0625, momentum=0.875),
+            np.float64,
+        ),
+        (
+            lambda: nn.SGD(0.0625, momentum=0.75, nesterov=True),
+            lambda: keras.optimizers.SGD(0.0625, momentum=0.75, nesterov=True),
+            np.float64,
+        ),
+        (
+            lambda: nn.Adam(2**-6, beta_1=0.875, beta_2=1 - 2**-10, epsilon=2**-20),
+            lambda: keras.optimizers.Adam(2**-6, beta_1=0.875, beta_2=1 - 2**-10, epsilon=2**-20),
+            np.float64,
+        ),
+        (lambda: nn.Adam(), lambda: keras.optimizers.Adam(), np.float32),
+        (lambda: nn.SGD(), lambda: keras.optimizers.SGD(), np.float32),
+    ],
+    ids=["sgd", "sgd-momentum", "sgd-nesterov", "adam", "adam-defaults", "sgd-defaults"],
+)
+def test_optimizers_follow_keras_update_rules(ours: Any, theirs: Any, dtype: Any) -> None:
+    rng = np.random.default_rng(2)
+    start = [rng.standard_normal((3, 4)).astype(dtype), rng.standard_normal(5).astype(dtype)]
+    params = [p.copy() for p in start]
+    variables = [keras.Variable(p.copy(), dtype=np.dtype(dtype).name) for p in start]
+    opt_ours, opt_theirs = ours(), theirs()
+    for _ in range(5):
+        grads = [rng.standard_normal(p.shape).astype(dtype) for p in start]
+        opt_ours.step(params, grads)
+        opt_theirs.apply_gradients(
+            zip([keras.ops.convert_to_tensor(g) for g in grads], variables, strict=True)
+        )
+    for p, v in zip(params, variables, strict=True):
+        assert p.dtype == dtype
+        assert_close(p, keras.ops.convert_to_numpy(v), dtype)
+    assert opt_ours.iterations == 5
+
+
+def test_piecewise_schedule_changes_the_step() -> None:
+    w = np.zeros(1)
+    opt = nn.SGD(nn.PiecewiseConstantDecay([1], [1.0, 0.1]))
+    for _ in range(3):
+        opt.step([w], [np.ones(1)])
+    np.testing.assert_allclose(w, [-(1.0 + 1.0 + 0.1)])
+    assert opt.get_config()["learning_rate"]["class_name"] == "PiecewiseConstantDecay"
+
+
+# -- fit / evaluate / predict -------------------------------------------------------------------
+def blobs(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes of 6x6 single-channel images: a bright row, a bright column, a bright dot."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.uniform(0, 0.3, (n, 6, 6, 1)).astype(np.float32)
+    pos = rng.integers(0, 6, n)
+    for i in range(n):
+        if y[i] == 0:
+            x[i, pos[i], :, 0] += 1
+        elif y[i] == 1:
+            x[i, :, pos[i], 0] += 1
+        else:
+            x[i, pos[i], (pos[i] + 3) % 6, 0] += 2
+    return x, y
+
+
+def tiny(seed: int = 0) -> nn.Sequential:
+    return nn.Sequential(
+        [
+            nn.Conv2D(6, 3, padding="same", activation="relu", seed=seed),
+            nn.MaxPool2D(2),
+            nn.Flatten(),
+            nn.Dropout(0.1, seed=seed),
+            nn.Dense(3, seed=seed + 1),
+        ],
+        input_shape=(6, 6, 1),
+    )
+
+
+def test_fit_learns_and_is_reproducible_from_its_seeds() -> None:
+    x, y = blobs()
+    runs = []
+    for _ in range(2):
+        model = tiny()
+        model.compile(nn.Adam(0.01), nn.SoftmaxCrossEntropy())
+        history = model.fit(x, y, epochs=6, batch_size=16, verbose=0, seed=3, validation_split=0.25)
+        runs.append((history, model.get_weights()))
+    (h1, w1), (h2, w2) = runs
+    assert h1 == h2
+    for a, b in zip(w1, w2, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert set(h1) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 6 for v in h1.values())
+    assert h1["loss"][-1] < 0.5 * h1["loss"][0]
+    assert h1["val_accuracy"][-1] >= 0.9  # chance is 1/3
+
+
+def test_another_shuffle_seed_gives_another_run() -> None:
+    x, y = blobs()
+    losses = []
+    for seed in (1, 2):
+        model = tiny()
+        model.compile(nn.SGD(0.05), nn.SoftmaxCrossEntropy())
+        losses.append(model.fit(x, y, epochs=1, batch_size=16, verbose=0, seed=seed)["loss"][0])
+    assert losses[0] != losses[1]
+
+
+def test_evaluate_and_predict_agree_and_run_at_inference() -> None:
+    x, y = blobs(50)
+    model = tiny()
+    model.compile("sgd", "softmax_cross_entropy")
+    logits = model.predict(x, batch_size=7)
+    assert logits.shape == (50, 3)
+    # Dropout off, no state: the batch size changes only BLAS' summation order.
+    assert_close(logits, model.predict(x), np.float32)
+    result = model.evaluate(x, y, batch_size=13)
+    value = nn.SoftmaxCrossEntropy()(y, logits)
+    np.testing.assert_allclose(result["loss"], value, rtol=1e-5)
+    assert result["accuracy"] == np.mean(logits.argmax(-1) == y)
+
+
+def test_mse_training_and_train_on_batch() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 3))
+    target = x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3
+    model = nn.Sequential([nn.Dense(1, dtype="float64", seed=0)])
+    model.compile(nn.SGD(0.1, momentum=0.5), "mse")
+    first = model.train_on_batch(x, target)["loss"]
+    model.fit(x, target, epochs=40, batch_size=16, verbose=0, seed=0)
+    assert model.evaluate(x, target)["loss"] < 1e-3 * first
+    assert "accuracy" not in model.evaluate(x, target)
+
+
+def test_fit_shows_a_progress_bar_with_loss_and_accuracy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    x, y = blobs(40)
+    model = tiny()
+    model.compile()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=1, seed=0)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "loss" in err and "accuracy" in err
+    model.fit(x, y, epochs=1, batch_size=8, verbose=2, seed=0)
+    assert "epoch 1/1" in capsys.readouterr().err
+
+
+# -- weights: get/set, .npz files, config -------------------------------------------------------
+def test_save_and_load_weights_round_trip(tmp_path: Path) -> None:
+    x, y = blobs(40)
+    model = tiny()
+    model.compile()
+    model.fit(x, y, epochs=1, verbose=0, seed=0)
+    path = tmp_path / "w.npz"
+    model.save_weights(path, extra={"kernel": model.layers[0].get_weights()[0]})
+    with np.load(path, allow_pickle=False) as data:
+        keys = set(data.files)
+    assert {
+        "layers.0.Conv2D.kernel",
+        "layers.0.Conv2D.bias",
+        "layers.4.Dense.kernel",
+        "kernel",
+    } <= keys
+    fresh = tiny(seed=9)
+    before = fresh.predict(x)
+    fresh.load_weights(path)
+    np.testing.assert_array_equal(fresh.predict(x), model.predict(x))
+    assert not np.array_equal(before, fresh.predict(x))
+    # The optimizer's state stays attached: loading writes into the same arrays.
+    params = fresh.params()
+    fresh.load_weights(path)
+    assert all(a is b for a, b in zip(params, fresh.params(), strict=True))
+
+
+def test_load_weights_refuses_a_mismatched_file(tmp_path: Path) -> None:
+    model = tiny()
+    path = tmp_path / "w.npz"
+    model.save_weights(path)
+    other = nn.Sequential(
+        [
+            nn.Conv2D(5, 3, padding="same"),
+            nn.MaxPool2D(2),
+            nn.Flatten(),
+            nn.Dropout(0.1),
+            nn.Dense(3),
+        ],
+        input_shape=(6, 6, 1),
+    )
+    before = other.get_weights()
+    with pytest.raises(
+        PatchconvError,
+        match=r"layers.0.Conv2D.kernel must have shape \(3, 3, 1, 5\); got \(3, 3, 1, 6\)",
+    ):
+        other.load_weights(path)
+    for a, b in zip(before, other.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # nothing changed
+    deeper = nn.Sequential(
+        [nn.Conv2D(6, 3, padding="same"), nn.MaxPool2D(2), nn.Flatten(), nn.Dense(3), nn.Dense(3)],
+        input_shape=(6, 6, 1),
+    )
+    with pytest.raises(
+        PatchconvError,
+        match=r"does not match this model's layers: missing \['layers.3.Dense.kernel'",
+    ):
+        deeper.load_weights(path)
+    np.savez(tmp_path / "plain.npz", kernel=np.zeros((3, 3, 1, 6)))
+    with pytest.raises(
+        PatchconvError, match=r"is not a patchconv weights file \(no 'format' key\)"
+    ):
+        model.load_weights(tmp_path / "plain.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(PatchconvError, match=r"is not an \.npz weights file"):
+        model.load_weights(tmp_path / "junk.npz")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(PatchconvError, match=r"is not an .npz weights file \(a single array\)"):
+        model.load_weights(tmp_path / "one.npy")
+    np.savez(tmp_path / "pickled.npz", format=np.array(["x", None], dtype=object))
+    with pytest.raises(PatchconvError, match="holds an array we cannot read"):
+        model.load_weights(tmp_path / "pickled.npz")
+    with pytest.raises(PatchconvError, match="build the model first"):
+        nn.Sequential([nn.Dense(2)]).load_weights(path)
+    with pytest.raises(PatchconvError, match=r"extra key 'layers\.0\.x' clashes"):
+        model.save_weights(tmp_path / "x.npz", extra={"layers.0.x": np.zeros(1)})
+
+
+def test_config_round_trip_rebuilds_the_same_network() -> None:
+    model = small_cnn("channels_first", dtype="float32")
+    x = np.random.default_rng(5).standard_normal((2, 2, 9, 9)).astype(np.float32)
+    model.build(x.shape)
+    config = json.loads(json.dumps(model.get_config()))  # JSON-ready
+    clone = nn.Sequential.from_config(config)
+    clone.build(x.shape)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(clone.predict(x), model.predict(x))
+    assert [type(layer).__name__ for layer in clone.layers] == [
+        type(layer).__name__ for layer in model.layers
+    ]
+    with pytest.raises(PatchconvError, match="unknown layer class 'Bogus'"):
+        nn.Sequential.from_config({"layers": [{"class_name": "Bogus", "config": {}}]})
+
+
+def test_layer_names_are_unique_and_summary_lists_every_layer() -> None:
+    model = nn.Sequential([nn.Dense(4), nn.Dense(4), nn.Dense(2)], input_shape=(3,))
+    assert [layer.name for layer in model.layers] == ["dense", "dense_1", "dense_2"]
+    text = model.summary()
+    assert "dense_1 (Dense)" in text and "(None, 4)" in text
+    assert f"Total params: {4 * 4 + 4 + 3 * 4 + 4 + 4 * 2 + 2}" in text
+
+
+def test_set_weights_keras_order_and_counts() -> None:
+    model = small_cnn()
+    model.build((1, 9, 9, 2))
+    names = [n for layer in model.layers for n in layer.weight_names()]
+    assert names == [
+        "kernel",
+        "bias",
+        "gamma",
+        "beta",
+        "moving_mean",
+        "moving_variance",
+        "kernel",
+        "bias",
+        "kernel",
+        "bias",
+        "kernel",
+        "bias",
+    ]
+    with pytest.raises(PatchconvError, match=r"Sequential.set_weights: expected 12 arrays; got 3"):
+        model.set_weights(model.get_weights()[:3])
+    frozen = nn.Dense(2, trainable=False)
+    frozen(np.ones((1, 3)))
+    assert frozen.params() == [] and frozen.grads() == []
+
+
+# -- input checks ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: nn.Dense(0), r"Dense: units must be >= 1; got 0"),
+        (
+            lambda: nn.Dense(2, activation="gelu"),
+            r"Dense: activation must be one of .*; got 'gelu'",
+        ),
+        (lambda: nn.Dropout(1.0), r"Dropout: rate must be in \[0, 1\); got 1.0"),
+        (
+            lambda: nn.MaxPool2D(2, padding="full"),
+            r"MaxPool2D: padding must be one of 'valid', 'same'",
+        ),
+        (
+            lambda: nn.AveragePool2D(2, data_format="NHWC"),
+            r"AveragePool2D: data_format must be 'channels_last' or 'channels_first'; got 'NHWC'",
+        ),
+        (
+            lambda: nn.BatchNormalization(momentum=1.5),
+            r"BatchNormalization: momentum must be in \[0, 1\]; got 1.5",
+        ),
+        (
+            lambda: nn.DepthwiseConv2D(3, depth_multiplier=0),
+            r"DepthwiseConv2D: depth_multiplier must be >= 1; got 0",
+        ),
+        (
+            lambda: nn.Conv2D(2, 3, activation="nope"),
+            r"Conv2D: activation must be one of .*; got 'nope'",
+        ),
+        (lambda: nn.Adam(beta_1=1.0), r"Adam: beta_1 must be in \[0.0, 1.0\); got 1.0"),
+        (lambda: nn.SGD(-0.1), r"SGD: learning_rate must be >= 0.0; got -0.1"),
+        (
+            lambda: nn.PiecewiseConstantDecay([5], [1.0]),
+            r"values must have one more entry than boundaries",
+        ),
+        (lambda: nn.ReLU(max_value=-1), r"ReLU: max_value must be >= 0; got -1"),
+        (lambda: nn.get_loss("hinge"), r"get_loss: loss must be a Loss or one of .*; got 'hinge'"),
+    ],
+)
+def test_constructor_errors(make: Any, match: str) -> None:
+    with pytest.raises(PatchconvError, match=match):
+        make()
+
+
+def test_type_errors_name_the_parameter() -> None:
+    with pytest.raises(TypeError, match=r"Dropout: rate must be a number; got '0.5'"):
+        nn.Dropout("0.5")  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"Sequential.add: layer must be a patchconv.nn Layer; got str"
+    ):
+        nn.Sequential().add("dense")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"ZeroPadding2D: padding must be an int"):
+        nn.ZeroPadding2D("same")
+    with pytest.raises(
+        TypeError,
+        match=r"SoftmaxCrossEntropy: y_true must hold integer class labels; got dtype float64",
+    ):
+        nn.SoftmaxCrossEntropy()(np.array([0.5]), np.zeros((1, 2)))
+
+
+def test_runtime_errors_name_both_values() -> None:
+    dense = nn.Dense(2)
+    dense(np.ones((1, 3)))
+    with pytest.raises(
+        PatchconvError,
+        match=r"Dense: input last axis must equal the kernel's input size \(3\); got x \(1, 4\)",
+    ):
+        dense(np.ones((1, 4)))
+    with pytest.raises(
+        PatchconvError,
+        match=r"Dense.backward: grad_out must have the last output's shape \(1, 2\); got grad_out \(1, 3\)",
+    ):
+        dense.backward(np.ones((1, 3)))
+    with pytest.raises(PatchconvError, match=r"MaxPool2D.backward: call forward before backward"):
+        nn.MaxPool2D().backward(np.ones((1, 1, 1, 1)))
+    with pytest.raises(
+        PatchconvError,
+        match=r"MaxPool2D: pool_size height \(3\) must not exceed the padded input height \(2\)",
+    ):
+        nn.MaxPool2D(3)(np.ones((1, 2, 5, 1)))
+    with pytest.raises(
+        PatchconvError,
+        match=r"MaxPool2D: padding must be smaller than pool_size \(2\) on the height",
+    ):
+        nn.MaxPool2D(2, padding=2)(np.ones((1, 4, 4, 1)))
+    with pytest.raises(
+        PatchconvError,
+        match=r"SoftmaxCrossEntropy: labels must be in \[0, 3\) for 3 classes; got labels in \[0, 3\]",
+    ):
+        nn.SoftmaxCrossEntropy()(np.array([0, 3]), np.zeros((2, 3)))
+    with pytest.raises(
+        PatchconvError,
+        match=r"MeanSquaredError: y_true must have the shape of y_pred; got y_true \(2,\), y_pred \(2, 1\)",
+    ):
+        nn.MeanSquaredError()(np.zeros(2), np.zeros((2, 1)))
+    with pytest.raises(
+        PatchconvError, match=r"Sequential.fit: call compile\(optimizer, loss\) first"
+    ):
+        tiny().fit(np.zeros((2, 6, 6, 1)), np.zeros(2))
+    model = tiny()
+    model.compile()
+    with pytest.raises(
+        PatchconvError,
+        match=r"Sequential.fit: x and y must hold the same number of samples; got x \(2, 6, 6, 1\), y \(3,\)",
+    ):
+        model.fit(np.zeros((2, 6, 6, 1)), np.zeros(3, dtype=int))
+    with pytest.raises(
+        PatchconvError, match=r"validation_split 0.6 of 2 samples leaves 2 for validation and 0"
+    ):
+        model.fit(np.zeros((2, 6, 6, 1)), np.zeros(2, dtype=int), validation_split=0.6, verbose=0)
+    with pytest.raises(PatchconvError, match=r"Sequential.fit: batch_size must be >= 1; got 0"):
+        model.fit(np.zeros((4, 6, 6, 1)), np.zeros(4, dtype=int), batch_size=0)
+    with pytest.raises(
+        PatchconvError,
+        match=r"SGD.step: each grad must have its param's shape; got param \(2,\), grad \(3,\)",
+    ):
+        nn.SGD().step([np.zeros(2)], [np.zeros(3)])
+
+
+def test_importing_nn_and_its_tasks_pulls_in_numpy_only() -> None:
+    """tqdm, scikit-learn and matplotlib are imported inside the functions that use them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json; before = set(sys.modules); import patchconv.nn, "
+        "patchconv.nn.training, patchconv.nn.datasets, patchconv.nn.plot; "
+        "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - before})))"
+    )
+    new = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert not set(new) & {"sklearn", "tqdm", "matplotlib", "torch", "scipy", "threadpoolctl"}, new
