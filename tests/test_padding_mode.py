@@ -229,3 +229,31 @@ def test_edge_cases_that_torch_allows() -> None:
 def test_layer_rejects_a_bad_mode_at_construction() -> None:
     with pytest.raises(PatchconvError, match=r"Conv2D: padding_mode must be one of .* got 'wrap'"):
         patchconv.Conv2D(2, 3, padding_mode="wrap")
+
+
+def test_nn_conv2d_padding_mode_trains_like_torch() -> None:
+    """patchconv.nn.Conv2D(padding_mode=...): forward, input and weight gradients vs PyTorch,
+    and the config round trip through Sequential."""
+    from patchconv import nn
+
+    rng = np.random.default_rng(3)
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="circular").double()
+    layer = nn.Conv2D(
+        4, 3, strides=2, padding=1, data_format="channels_first", padding_mode="circular",
+        dtype="float64",
+    )  # fmt: skip
+    layer.set_weights(
+        [conv.weight.detach().numpy().transpose(2, 3, 1, 0), conv.bias.detach().numpy()]
+    )
+    x = rng.standard_normal((2, 3, 6, 6))
+    x_t = torch.from_numpy(x).requires_grad_(True)
+    out = conv(x_t)
+    g = rng.standard_normal(tuple(out.shape))
+    out.backward(torch.from_numpy(g))
+    assert_close(layer.forward(x, training=True), out.detach().numpy(), np.float64)
+    assert_close(layer.backward(g), x_t.grad.numpy(), np.float64, grad=True)
+    grad_kernel, grad_bias = layer.grads()
+    assert_close(grad_kernel, conv.weight.grad.numpy().transpose(2, 3, 1, 0), np.float64, grad=True)
+    assert_close(grad_bias, conv.bias.grad.numpy(), np.float64, grad=True)
+    again = nn.Sequential.from_config(nn.Sequential([layer]).get_config()).layers[0]
+    assert again.padding_mode == "circular"

@@ -34,6 +34,9 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
     activation : str, optional
         A name from :data:`patchconv.nn.activations.ACTIVATIONS`, applied after the bias.
     trainable : bool
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+        PyTorch's Conv2d option (see :func:`patchconv.conv2d`); the backward pass folds the
+        padded border's gradient back onto the input.
 
     Notes
     -----
@@ -71,6 +74,7 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
         dtype: str = "float32",
         name: str | None = None,
         trainable: bool = True,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__(
             filters,
@@ -86,6 +90,7 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
             seed=seed,
             dtype=dtype,
             name=name,
+            padding_mode=padding_mode,
         )
         self.activation = get_activation(activation, func="Conv2D")
         self.trainable = bool(trainable)
