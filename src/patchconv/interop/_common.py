@@ -18,7 +18,7 @@ from patchconv._spec import PatchconvError
 if TYPE_CHECKING:
     from patchconv.nn import Layer
 
-__all__ = ["as_path", "float_dtype_name", "layer_error", "read_bytes"]
+__all__ = ["as_path", "float_dtype_name", "layer_error", "set_layer_weights"]
 
 T = TypeVar("T")
 
@@ -31,11 +31,6 @@ def as_path(value: Any, *, func: str, name: str = "path") -> str:
     if not os.path.isfile(path):
         raise PatchconvError(f"{func}: {name} {path!r} does not exist or is not a file")
     return str(path)
-
-
-def read_bytes(path: str, *, func: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
 
 
 def float_dtype_name(dtype: Any, *, func: str, where: str) -> str:
