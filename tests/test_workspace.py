@@ -13,7 +13,11 @@ MiB = 2**20
 
 
 def peak_extra_bytes(x: np.ndarray, kernel: np.ndarray, **kwargs: object) -> tuple[int, np.ndarray]:
-    """Peak bytes allocated during one call, beyond its inputs, minus the output it returns."""
+    """Peak bytes allocated during one call, beyond its inputs, minus the output it returns.
+
+    Work buffers kept from earlier calls are released first, so they count here too.
+    """
+    patchconv.release_workspace()
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
