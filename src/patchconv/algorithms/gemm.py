@@ -5,20 +5,33 @@ whole patch matrix unless it fits the workspace), the copy split over the cores,
 product per tile does all groups at once: ``[P, K] @ [K, c_out]`` for ``groups == 1``, a batched
 ``[G, P, K/G] @ [G, K/G, c_out/G]`` otherwise (no Python loop over groups).
 
+With numba, a compiled packing loop writes each patch row as one run of ``kw * c_in`` values
+(a whole kernel row: 84 bytes for a 7x7x3 stem) per kernel row, or ``c_in`` values per offset
+under column dilation, without NumPy's per-slice overhead; without numba (or for grouped and
+non-contiguous inputs) :func:`~patchconv._patches.fill_patches` does the same with slices.
+
 Tiny calls (the seed's ``(1, 4, 4, 3)`` image) skip tiling: one gather with a cached index
 array builds the whole patch matrix, then one product.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
 from patchconv._patches import Tile, fill_patches, im2col, iter_tiles, scatter_patches
 from patchconv._spec import ConvSpec
-from patchconv.algorithms._runtime import blas_per_thread, n_workers, parallel_for, scratch
+from patchconv.algorithms._runtime import (
+    blas_per_thread,
+    get_numba,
+    n_workers,
+    parallel_for,
+    scratch,
+)
 
 __all__ = [
     "SMALL_ELEMENTS",
@@ -26,6 +39,7 @@ __all__ = [
     "backward",
     "forward",
     "kernel_matrices",
+    "pack_patches",
     "small_forward",
 ]
 
@@ -46,6 +60,78 @@ def kernel_matrices(kernel: np.ndarray, spec: ConvSpec) -> np.ndarray:
     k_group = spec.kh * spec.kw * spec.c_in_group
     mats = kernel.reshape(k_group, spec.groups, spec.c_out_group)  # (K/G, G, c_out/G)
     return np.ascontiguousarray(mats.transpose(1, 0, 2))  # (G, K/G, c_out/G)
+
+
+_pack_kernel: Callable[..., Any] | None = None
+
+
+def _compile_pack() -> Callable[..., Any] | None:
+    """The numba packing loop, compiled on first use (cached on disk), or None without numba."""
+    global _pack_kernel
+    numba = get_numba()
+    if numba is None:
+        return None
+    if _pack_kernel is not None:
+        return _pack_kernel
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def pack(xf, h, w, c, out, n0, n1, r0, r1, c0, c1, kh, kw, sh, sw, dh, dw, pt, pl):  # type: ignore[no-untyped-def]
+        # xf: the C-contiguous NHWC input, flat; out: the tile's patch matrix, flat,
+        # (P, kh*kw*c) row-major for positions (images n0:n1, rows r0:r1, columns c0:c1).
+        run = kw * c
+        k = kh * run
+        p = 0
+        for b in range(n0, n1):
+            for r in range(r0, r1):
+                for col in range(c0, c1):
+                    x0 = col * sw - pl
+                    inner = dw == 1 and x0 >= 0 and x0 + kw <= w
+                    for i in range(kh):
+                        y = r * sh - pt + i * dh
+                        d = p * k + i * run
+                        if y < 0 or y >= h:
+                            out[d : d + run] = 0.0
+                            continue
+                        s = ((b * h + y) * w) * c
+                        if inner:
+                            out[d : d + run] = xf[s + x0 * c : s + x0 * c + run]
+                            continue
+                        for j in range(kw):
+                            xx = x0 + j * dw
+                            dj = d + j * c
+                            if 0 <= xx < w:
+                                out[dj : dj + c] = xf[s + xx * c : s + xx * c + c]
+                            else:
+                                out[dj : dj + c] = 0.0
+                    p += 1
+
+    _pack_kernel = pack
+    return pack
+
+
+def pack_patches(buf: np.ndarray, x: np.ndarray, spec: ConvSpec, tile: Tile) -> None:
+    """:func:`~patchconv._patches.fill_patches`, by the compiled loop where it applies
+    (numba installed, groups == 1, C-contiguous ``x``); same result either way."""
+    fits = spec.groups == 1 and x.flags.c_contiguous and buf.flags.c_contiguous
+    kernel = _compile_pack() if fits else None
+    if kernel is None:
+        fill_patches(buf, x, spec, tile)
+        return
+    (pt, _), (pl, _) = spec.pads
+    kernel(
+        x.reshape(-1),
+        spec.h,
+        spec.w,
+        spec.c_in,
+        buf.reshape(-1),
+        *tile,
+        spec.kh,
+        spec.kw,
+        *spec.strides,
+        *spec.dilation,
+        pt,
+        pl,
+    )
 
 
 def _tile_view(flat: np.ndarray, spec: ConvSpec, tile: Tile) -> np.ndarray:
@@ -86,7 +172,7 @@ def fill_parallel(buf: np.ndarray, x: np.ndarray, spec: ConvSpec, tile: Tile) ->
 
     def piece(lo: int, hi: int) -> None:
         index = (slice(None),) * axis + (slice(lo, hi),)
-        fill_patches(buf[index], x, spec, _sub_tile(tile, axis, lo, hi))
+        pack_patches(buf[index], x, spec, _sub_tile(tile, axis, lo, hi))
 
     parallel_for(piece, length, min_items=min_items)
 
@@ -133,6 +219,19 @@ def _workers() -> int:
     return n_workers() if blas_per_thread() else 1
 
 
+def _kernel_heavy(spec: ConvSpec, itemsize: int) -> bool:
+    """True if the kernel matrix outweighs a cache-sized tile of patches (deep layers with few
+    positions: 7x7x512). Every tile re-reads the whole kernel matrix, so such layers take a few
+    large tiles through multi-threaded BLAS instead of many small single-threaded ones."""
+    return spec.patch_size * spec.c_out_group * itemsize > TILE_BYTES
+
+
+def _heavy_tiles(spec: ConvSpec, itemsize: int, workspace_limit: int) -> list[Tile]:
+    kernel_bytes = spec.patch_size * spec.c_out_group * itemsize
+    budget = min(workspace_limit, max(TILE_BYTES, 4 * kernel_bytes))
+    return list(iter_tiles(spec, spec.patch_size * itemsize, budget))
+
+
 def _tiles(spec: ConvSpec, itemsize: int, workspace_limit: int, workers: int) -> list[Tile]:
     """Cache-sized tiles, at least one per worker where the output allows, all of them together
     in flight within the workspace limit."""
@@ -165,7 +264,7 @@ def _forward_tiles(
         if parallel_fill:
             fill_parallel(patches, x, spec, tile)
         else:
-            fill_patches(patches, x, spec, tile)
+            pack_patches(patches, x, spec, tile)
         p = tile.positions
         out_block = _block(out, tile)  # (P, c_out)
         if g == 1:
@@ -190,8 +289,12 @@ def forward(
     stays in that core's cache); otherwise the copy is split over the cores and the product
     runs multi-threaded.
     """
-    workers = _workers()
-    tiles = _tiles(spec, x.dtype.itemsize, workspace_limit, workers)
+    if _kernel_heavy(spec, x.dtype.itemsize):
+        workers = 1
+        tiles = _heavy_tiles(spec, x.dtype.itemsize, workspace_limit)
+    else:
+        workers = _workers()
+        tiles = _tiles(spec, x.dtype.itemsize, workspace_limit, workers)
     mats = kernel_matrices(kernel, spec)  # (G, K/G, c_out/G)
     out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=x.dtype)
     if workers > 1 and len(tiles) > 1:
@@ -230,7 +333,7 @@ def _backward_tiles(
             if parallel_copy:
                 fill_parallel(patches, x, spec, tile)
             else:
-                fill_patches(patches, x, spec, tile)
+                pack_patches(patches, x, spec, tile)
             if g == 1:
                 grad_mats[0] += patches.reshape(p, k_group).T @ go
             else:
@@ -269,8 +372,9 @@ def backward(
     """
     mats = kernel_matrices(kernel, spec)  # (G, K/G, c_out/G)
     grad_x = np.zeros((spec.n, spec.h, spec.w, spec.c_in), dtype=x.dtype) if need_x else None
-    workers = min(_workers(), spec.n)
     itemsize = x.dtype.itemsize
+    heavy = _kernel_heavy(spec, itemsize)
+    workers = 1 if heavy else min(_workers(), spec.n)
     if workers > 1:
         partials: list[np.ndarray] = []
 
@@ -290,7 +394,10 @@ def backward(
         parallel_for(images, spec.n, workers=workers, pieces_per_worker=1)
         grad_mats = np.sum(partials, axis=0) if need_kernel else None
     else:
-        tiles = _tiles(spec, itemsize, workspace_limit, 1)
+        if heavy:
+            tiles = _heavy_tiles(spec, itemsize, workspace_limit)
+        else:
+            tiles = _tiles(spec, itemsize, workspace_limit, 1)
         grad_mats = np.zeros_like(mats) if need_kernel else None
         _backward_tiles(
             tiles, grad_out, x, mats, grad_mats, grad_x, spec, workspace_limit, parallel_copy=True
