@@ -1,7 +1,7 @@
-"""The round-2 fast paths against the loop reference: the compiled patch packing, the
-column-blocked depthwise loop (rows wider than one block) and the few-large-tiles path of
-deep layers, each on random configurations large enough to reach it. Without numba the same tests check
-the NumPy fallbacks."""
+"""The round-2 fast paths: the compiled patch packing, the column-blocked depthwise loop (rows
+wider than one block), the few-large-tiles path of deep layers and both Winograd schedules,
+each on configurations large enough to reach it. Without numba the same tests check the
+NumPy fallbacks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import patchconv
 from conftest import assert_close
 from patchconv._patches import Tile, fill_patches, iter_tiles
 from patchconv._spec import ConvSpec, conv_spec
-from patchconv.algorithms import gemm
+from patchconv.algorithms import gemm, winograd
 from reference import conv2d_reference
 from strategies import paddings
 
@@ -137,3 +137,19 @@ def test_deep_layers_take_few_large_tiles_exactly(
 
 def spec_out(spec: ConvSpec) -> tuple[int, int, int, int]:
     return (spec.n, spec.oh, spec.ow, spec.c_out)
+
+
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_products_split_by_position_or_by_tiles(m: int, split: bool) -> None:
+    """Both Winograd schedules (products split over the cores by transform position, or
+    blocks of tiles per core) agree with the reference."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 10, 11, 6)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(winograd, "_split_products", lambda *args: split)
+        out = patchconv.conv2d(x, kernel, bias, padding="same", algorithm=f"winograd_f{m}")
+    expected = conv2d_reference(x, kernel, bias, padding="same")
+    assert_close(out, expected, np.float32)

@@ -285,13 +285,16 @@ def forward(
     bt, _, at = TRANSFORMS[m]
     a = m + 2
     dtype = x.dtype
-    u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit)  # (a*a, c_in, c_out)
     b = np.zeros(spec.c_out, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
     out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=dtype)
     th, tw = -(-spec.oh // m), -(-spec.ow // m)
     total = spec.n * th * tw
     compiled = _compile()
     per_tile = a * a * (spec.c_in + spec.c_out) * dtype.itemsize
+    if compiled is not None and _split_products(spec, m, dtype.itemsize, workspace_limit):
+        _forward_split(compiled, x, kernel, b, out, spec, m, workspace_limit)
+        return out
+    u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit)  # (a*a, c_in, c_out)
     if compiled is None:
         per_image = max(1, th * tw * per_tile * 4)  # padded copy, tiles, V, M and Y
         step = max(1, min(workspace_limit, BLOCK_BYTES * 4) // per_image)
@@ -323,3 +326,69 @@ def forward(
 
     parallel_for(run, len(blocks), workers=workers)
     return out
+
+
+def _split_products(spec: ConvSpec, m: int, itemsize: int, workspace_limit: int) -> bool:
+    """True if one block can hold every tile and the layer is deep or small enough that
+    splitting the ``a*a`` products (and the kernel transform) over the cores beats splitting
+    the tiles: then ``U`` is read once in all, not once per block of tiles."""
+    if n_workers() < 2 or not blas_per_thread():
+        return False
+    a = m + 2
+    tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
+    vm_bytes = a * a * tiles * (spec.c_in + spec.c_out) * itemsize
+    u_bytes = a * a * spec.c_in * spec.c_out * itemsize
+    return vm_bytes + u_bytes <= workspace_limit and vm_bytes <= max(
+        2 * BLOCK_BYTES * n_workers(), u_bytes
+    )
+
+
+def _forward_split(
+    compiled: dict[str, Callable[..., Any]],
+    x: np.ndarray,
+    kernel: np.ndarray,
+    b: np.ndarray,
+    out: np.ndarray,
+    spec: ConvSpec,
+    m: int,
+    workspace_limit: int,
+) -> None:
+    """All tiles in one block: input transform split by tiles, then each core transforms the
+    kernel for its own share of the ``a*a`` positions and runs their products (single-threaded
+    BLAS), then the output transform split by tiles."""
+    bt, g, at = TRANSFORMS[m]
+    a = m + 2
+    dtype = x.dtype
+    c_in, c_out = spec.c_in, spec.c_out
+    th, tw = -(-spec.oh // m), -(-spec.ow // m)
+    total = spec.n * th * tw
+    xc = np.ascontiguousarray(x)
+    btc, atc = bt.astype(dtype), at.astype(dtype)
+    kron = np.kron(g, g).astype(dtype)  # (a*a, 9)
+    k9 = kernel.reshape(9, c_in * c_out)
+    u = scratch("winograd.u", a * a * c_in * c_out, dtype, limit=workspace_limit)
+    v = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
+    mm = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
+    u2, u3 = u.reshape(a * a, c_in * c_out), u.reshape(a * a, c_in, c_out)
+    v3, m3 = v.reshape(a * a, total, c_in), mm.reshape(a * a, total, c_out)
+    (pt, _), (pl, _) = spec.pads
+    in_t, out_t = compiled["in"], compiled["out"]
+    per_tile = a * a * max(c_in, c_out)
+    min_tiles = max(1, 16384 // per_tile)  # tiles per thread hand-off
+
+    parallel_for(
+        lambda lo, hi: in_t(xc, btc, pt, pl, m, th, tw, 0, lo, hi, v3),
+        total,
+        min_items=min_tiles,
+    )
+
+    def products(lo: int, hi: int) -> None:
+        np.matmul(kron[lo:hi], k9, out=u2[lo:hi])  # U for positions lo:hi
+        np.matmul(v3[lo:hi], u3[lo:hi], out=m3[lo:hi])
+
+    parallel_for(products, a * a, pieces_per_worker=2)
+    parallel_for(
+        lambda lo, hi: out_t(m3, atc, b, out, th, tw, 0, lo, hi),
+        total,
+        min_items=min_tiles,
+    )
