@@ -15,6 +15,9 @@ entries skipped). The kernel transform is one product per call. The output is pr
 blocks of tiles sized for the cache: input transform (one block of tiles per core), ``a*a``
 BLAS products, output transform straight into the NHWC result; each core takes its own blocks
 through all three steps with single-threaded BLAS.
+When every tile fits one block (small images, deep layers), the cores instead split the input
+and output transforms by tiles and the ``a*a`` products by transform position, each core
+transforming only its own share of the kernel, so ``U`` is built and read once in all.
 
 Accuracy: the transforms multiply by entries up to 8 (F(4x4)) or 1 (F(2x2)), so rounding
 errors grow. Measured against a float64 reference on random normal data (see
