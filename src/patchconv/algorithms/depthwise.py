@@ -24,6 +24,8 @@ from patchconv.algorithms._runtime import get_numba, parallel_for
 __all__ = ["applies", "backward", "forward", "kernels"]
 
 _kernels: dict[str, Callable[..., Any]] | None = None
+# Output values per column block of the compiled forward loop: block and weights stay in L1.
+_BLOCK_FLOATS = 1024
 
 
 def applies(spec: ConvSpec) -> str | None:
@@ -83,34 +85,39 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
 
     @numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
     def fwd_rows_unit(x, kt, bias_row, out, sh, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
-        # Column stride 1, multiplier 1: for each tap, one output row (ow*c floats, in L1)
-        # gains a contiguous run of one input row times the tap's weights tiled along the row
-        # (kt (kh, kw, ow*c)), a flat loop LLVM vectorises.
+        # Column stride 1, multiplier 1: each output row is done in blocks of ``jb`` columns
+        # (jb*c floats, a few KiB, in L1); for each tap a block gains a contiguous run of one
+        # input row times the tap's weights tiled over the block (kt (kh, kw, jb*c)), a flat
+        # loop LLVM vectorises, while block and weights stay in L1.
         _, h, w, c = x.shape
-        kh, kw, _ = kt.shape
+        kh, kw, span = kt.shape
+        jb = span // c
         oh, ow = out.shape[1], out.shape[2]
         for r in range(lo, hi):
             b = r // oh
             i = r - b * oh
             orow = out[b, i].reshape(-1)  # (ow*c,)
-            orow[:] = bias_row
-            for di in range(kh):
-                y = i * sh - pt + di * dh
-                if y < 0 or y >= h:
-                    continue
-                xrow = x[b, y].reshape(-1)  # (w*c,)
-                for dj in range(kw):
-                    off = dj * dw - pl
-                    j0 = max(0, -off)
-                    j1 = min(ow, w - off)
-                    if j1 <= j0:
+            for b0 in range(0, ow, jb):
+                b1 = min(ow, b0 + jb)
+                blk = orow[b0 * c : b1 * c]
+                blk[:] = bias_row[: (b1 - b0) * c]
+                for di in range(kh):
+                    y = i * sh - pt + di * dh
+                    if y < 0 or y >= h:
                         continue
-                    length = (j1 - j0) * c
-                    dst = orow[j0 * c : j0 * c + length]
-                    src = xrow[(j0 + off) * c : (j0 + off) * c + length]
-                    wts = kt[di, dj, j0 * c : j0 * c + length]
-                    for t in range(length):
-                        dst[t] += src[t] * wts[t]
+                    xrow = x[b, y].reshape(-1)  # (w*c,)
+                    for dj in range(kw):
+                        off = dj * dw - pl
+                        j0 = max(b0, -off)
+                        j1 = min(b1, w - off)
+                        if j1 <= j0:
+                            continue
+                        length = (j1 - j0) * c
+                        dst = orow[j0 * c : j0 * c + length]
+                        src = xrow[(j0 + off) * c : (j0 + off) * c + length]
+                        wts = kt[di, dj, (j0 - b0) * c : (j0 - b0) * c + length]
+                        for t in range(length):
+                            dst[t] += src[t] * wts[t]
 
     @njit
     def grad_x_rows(go, k, gx, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
@@ -228,8 +235,9 @@ def forward(
         b = np.zeros(spec.c_out, x.dtype) if bias is None else np.ascontiguousarray(bias)
         if spec.strides[1] == 1 and spec.c_out == spec.c_in:
             (pt, _), (pl, _) = spec.pads
-            kt = np.ascontiguousarray(np.tile(k, (1, 1, spec.ow)))  # (kh, kw, ow*c)
-            bias_row = np.tile(b, spec.ow)  # (ow*c,)
+            jb = max(1, min(spec.ow, _BLOCK_FLOATS // spec.c_out))  # columns per block
+            kt = np.ascontiguousarray(np.tile(k, (1, 1, jb)))  # (kh, kw, jb*c)
+            bias_row = np.tile(b, jb)  # (jb*c,)
             unit = compiled["fwd_unit"]
             args = (spec.strides[0], *spec.dilation, pt, pl)
             parallel_for(

@@ -15,6 +15,9 @@ entries skipped). The kernel transform is one product per call. The output is pr
 blocks of tiles sized for the cache: input transform (one block of tiles per core), ``a*a``
 BLAS products, output transform straight into the NHWC result; each core takes its own blocks
 through all three steps with single-threaded BLAS.
+For deep layers whose tiles all fit one block (14x14x256, 7x7x512), the cores instead split
+the input and output transforms by tiles and the ``a*a`` products by transform position, each
+core transforming only its own share of the kernel, so ``U`` is built and read once in all.
 
 Accuracy: the transforms multiply by entries up to 8 (F(4x4)) or 1 (F(2x2)), so rounding
 errors grow. Measured against a float64 reference on random normal data (see
@@ -285,13 +288,16 @@ def forward(
     bt, _, at = TRANSFORMS[m]
     a = m + 2
     dtype = x.dtype
-    u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit)  # (a*a, c_in, c_out)
     b = np.zeros(spec.c_out, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype)
     out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=dtype)
     th, tw = -(-spec.oh // m), -(-spec.ow // m)
     total = spec.n * th * tw
     compiled = _compile()
     per_tile = a * a * (spec.c_in + spec.c_out) * dtype.itemsize
+    if compiled is not None and _split_products(spec, m, dtype.itemsize, workspace_limit):
+        _forward_split(compiled, x, kernel, b, out, spec, m, workspace_limit)
+        return out
+    u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit)  # (a*a, c_in, c_out)
     if compiled is None:
         per_image = max(1, th * tw * per_tile * 4)  # padded copy, tiles, V, M and Y
         step = max(1, min(workspace_limit, BLOCK_BYTES * 4) // per_image)
@@ -323,3 +329,74 @@ def forward(
 
     parallel_for(run, len(blocks), workers=workers)
     return out
+
+
+def _split_products(spec: ConvSpec, m: int, itemsize: int, workspace_limit: int) -> bool:
+    """True if the layer is deep (``U`` of several MB) and one block can hold every tile: then
+    splitting the ``a*a`` products (and the kernel transform) over the cores beats splitting
+    the tiles, as ``U`` is built and read once in all, not once per block of tiles."""
+    if n_workers() < 2 or not blas_per_thread():
+        return False
+    a = m + 2
+    tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
+    vm_bytes = a * a * tiles * (spec.c_in + spec.c_out) * itemsize
+    u_bytes = a * a * spec.c_in * spec.c_out * itemsize
+    # Measured: 14x14x256 and 7x7x512 (U of 9.4 and 37.7 MB) gain 15-22%; 28x28x128 and
+    # 56x56x64 (U of 2.4 and 0.6 MB) lose about 15%, so shallow layers keep the tile blocks.
+    deep = u_bytes >= 2 * BLOCK_BYTES
+    return (
+        deep
+        and vm_bytes + u_bytes <= workspace_limit
+        and vm_bytes <= max(2 * BLOCK_BYTES * n_workers(), u_bytes)
+    )
+
+
+def _forward_split(
+    compiled: dict[str, Callable[..., Any]],
+    x: np.ndarray,
+    kernel: np.ndarray,
+    b: np.ndarray,
+    out: np.ndarray,
+    spec: ConvSpec,
+    m: int,
+    workspace_limit: int,
+) -> None:
+    """All tiles in one block: input transform split by tiles, then each core transforms the
+    kernel for its own share of the ``a*a`` positions and runs their products (single-threaded
+    BLAS), then the output transform split by tiles."""
+    bt, g, at = TRANSFORMS[m]
+    a = m + 2
+    dtype = x.dtype
+    c_in, c_out = spec.c_in, spec.c_out
+    th, tw = -(-spec.oh // m), -(-spec.ow // m)
+    total = spec.n * th * tw
+    xc = np.ascontiguousarray(x)
+    btc, atc = bt.astype(dtype), at.astype(dtype)
+    kron = np.kron(g, g).astype(dtype)  # (a*a, 9)
+    k9 = kernel.reshape(9, c_in * c_out)
+    u = scratch("winograd.u", a * a * c_in * c_out, dtype, limit=workspace_limit)
+    v = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
+    mm = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
+    u2, u3 = u.reshape(a * a, c_in * c_out), u.reshape(a * a, c_in, c_out)
+    v3, m3 = v.reshape(a * a, total, c_in), mm.reshape(a * a, total, c_out)
+    (pt, _), (pl, _) = spec.pads
+    in_t, out_t = compiled["in"], compiled["out"]
+    per_tile = a * a * max(c_in, c_out)
+    min_tiles = max(1, 16384 // per_tile)  # tiles per thread hand-off
+
+    parallel_for(
+        lambda lo, hi: in_t(xc, btc, pt, pl, m, th, tw, 0, lo, hi, v3),
+        total,
+        min_items=min_tiles,
+    )
+
+    def products(lo: int, hi: int) -> None:
+        np.matmul(kron[lo:hi], k9, out=u2[lo:hi])  # U for positions lo:hi
+        np.matmul(v3[lo:hi], u3[lo:hi], out=m3[lo:hi])
+
+    parallel_for(products, a * a, pieces_per_worker=2)
+    parallel_for(
+        lambda lo, hi: out_t(m3, atc, b, out, th, tw, 0, lo, hi),
+        total,
+        min_items=min_tiles,
+    )

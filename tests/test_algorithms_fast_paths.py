@@ -1,0 +1,155 @@
+"""The round-2 fast paths: the compiled patch packing, the column-blocked depthwise loop (rows
+wider than one block), the few-large-tiles path of deep layers and both Winograd schedules,
+each on configurations large enough to reach it. Without numba the same tests check the
+NumPy fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import patchconv
+from conftest import assert_close
+from patchconv._patches import Tile, fill_patches, iter_tiles
+from patchconv._spec import ConvSpec, conv_spec
+from patchconv.algorithms import gemm, winograd
+from reference import conv2d_reference
+from strategies import paddings
+
+
+@settings(max_examples=60)
+@given(
+    n=st.integers(1, 2),
+    hw=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    c_in=st.integers(1, 5),
+    k=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=paddings(),
+    budget=st.integers(1, 4000),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_compiled_packing_equals_the_slice_fill(
+    n: int,
+    hw: tuple[int, int],
+    c_in: int,
+    k: tuple[int, int],
+    strides: tuple[int, int],
+    dilation: tuple[int, int],
+    padding: object,
+    budget: int,
+    seed: int,
+) -> None:
+    """pack_patches writes exactly what fill_patches writes, for every tile of every shape."""
+    kh, kw = k
+    h = max(hw[0], (kh - 1) * dilation[0] + 1)
+    w = max(hw[1], (kw - 1) * dilation[1] + 1)
+    x = np.random.default_rng(seed).standard_normal((n, h, w, c_in)).astype(np.float32)
+    spec = conv_spec(
+        x.shape, (kh, kw, c_in, 2), None, strides=strides, padding=padding, dilation_rate=dilation
+    )
+    for tile in iter_tiles(spec, spec.patch_size * 4, budget):
+        shape = (*tile.shape, 1, kh, kw, c_in)
+        packed = np.full(shape, np.nan, dtype=np.float32)
+        filled = np.full(shape, np.nan, dtype=np.float32)
+        gemm.pack_patches(packed, x, spec, tile)
+        fill_patches(filled, x, spec, tile)
+        np.testing.assert_array_equal(packed, filled)
+
+
+def test_packing_falls_back_for_non_contiguous_input() -> None:
+    x = np.random.default_rng(1).standard_normal((1, 6, 6, 4)).astype(np.float32)[..., ::2]
+    spec = conv_spec(x.shape, (3, 3, 2, 1), None, padding="same")
+    tile = Tile(0, 1, 0, 6, 0, 6)
+    packed = np.empty((*tile.shape, 1, 3, 3, 2), dtype=np.float32)
+    filled = np.empty_like(packed)
+    gemm.pack_patches(packed, x, spec, tile)
+    fill_patches(filled, x, spec, tile)
+    np.testing.assert_array_equal(packed, filled)
+
+
+@settings(max_examples=20)
+@given(
+    c=st.sampled_from([48, 64, 96]),
+    w=st.integers(20, 48),
+    k=st.integers(1, 7),
+    stride_h=st.integers(1, 2),
+    dilation=st.integers(1, 2),
+    padding=st.sampled_from(["same", "valid"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_depthwise_column_blocks_match_the_reference(
+    c: int, w: int, k: int, stride_h: int, dilation: int, padding: str, seed: int
+) -> None:
+    """Output rows wider than one column block (1024 values) are summed block by block."""
+    rng = np.random.default_rng(seed)
+    h = (k - 1) * dilation + 3
+    x = rng.standard_normal((1, h, w, c)).astype(np.float32)
+    kernel = rng.standard_normal((k, k, 1, c)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    options = {
+        "strides": (stride_h, 1),
+        "padding": padding,
+        "dilation_rate": dilation,
+        "groups": c,
+    }
+    out, plan = patchconv.conv2d(
+        x, kernel, bias, algorithm="depthwise", return_plan=True, **options
+    )
+    assert plan.algorithm == "depthwise"
+    assert_close(out, conv2d_reference(x, kernel, bias, **options), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "c_out", "padding", "limit"),
+    [
+        ((2, 3, 3, 512), 160, "same", None),  # kernel matrix 2.9 MB > one tile: heavy path
+        ((3, 4, 5, 300), 300, "valid", None),
+        ((2, 3, 3, 512), 160, "same", 300_000),  # heavy path with tiles of single rows
+    ],
+)
+def test_deep_layers_take_few_large_tiles_exactly(
+    shape: tuple[int, int, int, int], c_out: int, padding: str, limit: int | None
+) -> None:
+    """The few-large-tiles path gives the values of the many-small-tiles path (which the
+    property tests pin to the reference), forward and backward."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    kernel = (rng.standard_normal((3, 3, shape[-1], c_out)) * 0.05).astype(np.float32)
+    spec = conv_spec(x.shape, kernel.shape, None, padding=padding)
+    assert gemm._kernel_heavy(spec, 4)
+    opts: dict[str, object] = {"padding": padding, "algorithm": "gemm"}
+    if limit is not None:
+        opts["workspace_limit"] = limit
+    g = rng.standard_normal(spec_out(spec)).astype(np.float32)
+    out = patchconv.conv2d(x, kernel, **opts)
+    got = patchconv.conv2d_backward(g, x, kernel, **opts)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gemm, "_kernel_heavy", lambda spec, itemsize: False)
+        expected = patchconv.conv2d(x, kernel, **opts)
+        ref = patchconv.conv2d_backward(g, x, kernel, **opts)
+    assert_close(out, expected, np.float32)
+    assert_close(got.grad_x, ref.grad_x, np.float32, grad=True)
+    assert_close(got.grad_kernel, ref.grad_kernel, np.float32, grad=True)
+
+
+def spec_out(spec: ConvSpec) -> tuple[int, int, int, int]:
+    return (spec.n, spec.oh, spec.ow, spec.c_out)
+
+
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_products_split_by_position_or_by_tiles(m: int, split: bool) -> None:
+    """Both Winograd schedules (products split over the cores by transform position, or
+    blocks of tiles per core) agree with the reference."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 10, 11, 6)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(winograd, "_split_products", lambda *args: split)
+        out = patchconv.conv2d(x, kernel, bias, padding="same", algorithm=f"winograd_f{m}")
+    expected = conv2d_reference(x, kernel, bias, padding="same")
+    assert_close(out, expected, np.float32)
