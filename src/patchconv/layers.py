@@ -86,6 +86,13 @@ INITIALIZERS["uniform"] = INITIALIZERS["random_uniform"]
 INITIALIZERS["normal"] = INITIALIZERS["random_normal"]
 
 
+def check_initializer(name: Any, *, label: str, func: str) -> str:
+    """An initializer name (any case) -> its canonical lower-case key, or a clear error."""
+    if not isinstance(name, str) or name.lower() not in INITIALIZERS:
+        raise PatchconvError(f"{func}: {label} must be one of {sorted(INITIALIZERS)}; got {name!r}")
+    return name.lower()
+
+
 def initialize(
     name: str,
     shape: tuple[int, ...],
@@ -191,17 +198,13 @@ class Conv2D:
             strides=self.strides,
             dilation=self.dilation_rate,
         )
-        for label, init_name in (
-            ("kernel_initializer", kernel_initializer),
-            ("bias_initializer", bias_initializer),
-        ):
-            if not isinstance(init_name, str) or init_name.lower() not in INITIALIZERS:
-                raise PatchconvError(
-                    f"{func}: {label} must be one of {sorted(INITIALIZERS)}; got {init_name!r}"
-                )
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = kernel_initializer.lower()
-        self.bias_initializer = bias_initializer.lower()
+        self.kernel_initializer = check_initializer(
+            kernel_initializer, label="kernel_initializer", func=func
+        )
+        self.bias_initializer = check_initializer(
+            bias_initializer, label="bias_initializer", func=func
+        )
         self.seed = seed
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float16, np.float32, np.float64):

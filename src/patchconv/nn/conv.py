@@ -16,7 +16,7 @@ from patchconv import layers as base_layers
 from patchconv._spec import PatchconvError, as_float_array, conv_spec, normalize_padding
 from patchconv._spec import normalize_pair as _pair
 from patchconv.functional import conv2d, conv2d_backward
-from patchconv.layers import INITIALIZERS, initialize
+from patchconv.layers import check_initializer, initialize
 from patchconv.nn.activations import ACTIVATIONS, get_activation
 from patchconv.nn.base import Layer, check_data_format
 
@@ -216,16 +216,12 @@ class DepthwiseConv2D(Layer):
             strides=self.strides,
             dilation=self.dilation_rate,
         )
-        for label, init_name in (
-            ("depthwise_initializer", depthwise_initializer),
-            ("bias_initializer", bias_initializer),
-        ):
-            if not isinstance(init_name, str) or init_name.lower() not in INITIALIZERS:
-                raise PatchconvError(
-                    f"{func}: {label} must be one of {sorted(INITIALIZERS)}; got {init_name!r}"
-                )
-        self.depthwise_initializer = depthwise_initializer.lower()
-        self.bias_initializer = bias_initializer.lower()
+        self.depthwise_initializer = check_initializer(
+            depthwise_initializer, label="depthwise_initializer", func=func
+        )
+        self.bias_initializer = check_initializer(
+            bias_initializer, label="bias_initializer", func=func
+        )
         self.activation = get_activation(activation, func=func)
         self.use_bias = bool(use_bias)
         self.seed = seed

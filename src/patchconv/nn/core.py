@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import PatchconvError
-from patchconv.layers import INITIALIZERS, _positive_int, initialize
+from patchconv.layers import _positive_int, check_initializer, initialize
 from patchconv.nn.activations import (
     ACTIVATIONS,
     get_activation,
@@ -74,16 +74,12 @@ class Dense(Layer):
         self.units = _positive_int(units, name="units", func="Dense")
         self.activation = get_activation(activation, func="Dense")
         self.use_bias = bool(use_bias)
-        for label, init_name in (
-            ("kernel_initializer", kernel_initializer),
-            ("bias_initializer", bias_initializer),
-        ):
-            if not isinstance(init_name, str) or init_name.lower() not in INITIALIZERS:
-                raise PatchconvError(
-                    f"Dense: {label} must be one of {sorted(INITIALIZERS)}; got {init_name!r}"
-                )
-        self.kernel_initializer = kernel_initializer.lower()
-        self.bias_initializer = bias_initializer.lower()
+        self.kernel_initializer = check_initializer(
+            kernel_initializer, label="kernel_initializer", func="Dense"
+        )
+        self.bias_initializer = check_initializer(
+            bias_initializer, label="bias_initializer", func="Dense"
+        )
         self.seed = seed
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import PatchconvError
-from patchconv.layers import INITIALIZERS, initialize
+from patchconv.layers import check_initializer, initialize
 from patchconv.nn.base import Layer
 
 __all__ = ["BatchNormalization"]
@@ -85,12 +85,7 @@ class BatchNormalization(Layer):
             "moving_mean_initializer": moving_mean_initializer,
             "moving_variance_initializer": moving_variance_initializer,
         }
-        for label, init_name in inits.items():
-            if not isinstance(init_name, str) or init_name.lower() not in INITIALIZERS:
-                raise PatchconvError(
-                    f"{func}: {label} must be one of {sorted(INITIALIZERS)}; got {init_name!r}"
-                )
-        self.initializers = {k: v.lower() for k, v in inits.items()}
+        self.initializers = {k: check_initializer(v, label=k, func=func) for k, v in inits.items()}
         self.axis = axis
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
