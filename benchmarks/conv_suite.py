@@ -4,7 +4,9 @@ Method: for every layer, all peers are timed in interleaved rounds (the peer ord
 each round); in a round a peer runs a few back-to-back calls and keeps their median, and the
 result is the median over rounds. After each peer's turn the runner sleeps ``pause`` seconds,
 because OpenBLAS' (and ONNX Runtime's) worker threads keep spinning ~100 ms after a call and
-would steal a core from the next peer. NumPy's own 2048^3 float32 matmul is measured in the
+would steal a core from the next peer; then each peer makes one untimed call before its timed
+burst (about 0.1 s of calls), so every library is measured in steady state, as in a loop over
+batches, not waking from the pause. NumPy's own 2048^3 float32 matmul is measured in the
 same run as the machine's BLAS reference. Load averages are recorded before and after.
 
 Memory: peak bytes allocated during one patchconv call beyond its inputs and output, by
@@ -46,7 +48,7 @@ class Options:
     layers: list[Layer]
     peers: list[str]
     rounds: int = 5
-    min_time: float = 0.03  # seconds of back-to-back calls per peer per round
+    min_time: float = 0.1  # seconds of back-to-back calls per peer per round
     pause: float = 0.15
     backward: bool = True
     memory: bool = True
@@ -79,6 +81,10 @@ def interleaved(
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
+            # One untimed call first, for every peer alike: after the pause a library's worker
+            # threads (ours, OpenMP's, OpenBLAS') may be asleep, and the timed burst should
+            # measure steady-state calls as in a loop over batches, not the wake-up.
+            calls[name]()
             samples[name].append(_timed(calls[name], min_time))
             time.sleep(pause)
     return {name: statistics.median(v) for name, v in samples.items()}
