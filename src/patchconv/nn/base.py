@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from patchconv._spec import DATA_FORMATS, PatchconvError, as_float_array
+from patchconv.nn.activations import ACTIVATIONS
 
 __all__ = ["Layer", "check_data_format", "float_dtype", "spatial_axes"]
 
@@ -130,6 +131,24 @@ class Layer:
 
     def _no_forward(self) -> PatchconvError:
         return PatchconvError(f"{type(self).__name__}.backward: call forward before backward")
+
+    # For layers that end in an activation (Conv2D, DepthwiseConv2D, Dense).
+    activation: str = "linear"
+    _fused: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def _activate(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """``activation(z)``, keeping ``(x, z, y)`` for :meth:`_activation_grad`."""
+        y = ACTIVATIONS[self.activation][0](z)
+        self._fused = (x, z, y)
+        return y
+
+    def _activation_grad(self, grad_out: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The last forward's input and the gradient of its pre-activation ``z``."""
+        if self._fused is None:
+            raise self._no_forward()
+        x, z, y = self._fused
+        g = self._check_grad(grad_out, y.shape).astype(self.dtype, copy=False)
+        return x, ACTIVATIONS[self.activation][1](g, z, y)
 
     # -- weights --------------------------------------------------------------------------
     def weight_names(self) -> list[str]:

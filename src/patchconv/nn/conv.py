@@ -17,7 +17,7 @@ from patchconv._spec import PatchconvError, as_float_array, conv_spec, normalize
 from patchconv._spec import normalize_pair as _pair
 from patchconv.functional import conv2d, conv2d_backward
 from patchconv.layers import check_initializer, initialize
-from patchconv.nn.activations import ACTIVATIONS, get_activation
+from patchconv.nn.activations import get_activation
 from patchconv.nn.base import Layer, check_data_format
 
 __all__ = ["Conv2D", "DepthwiseConv2D"]
@@ -96,7 +96,6 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
         self.trainable = bool(trainable)
         self.input_shape: tuple[int, ...] | None = None
         self._grads: dict[str, np.ndarray] = {}
-        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def build(self, input_shape: Sequence[int]) -> None:
         super().build(input_shape)
@@ -112,17 +111,11 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
         assert self.kernel is not None
         arr = arr.astype(self.dtype, copy=False)
         z = conv2d(arr, self.kernel, self.bias, **self._conv_options())
-        y = ACTIVATIONS[self.activation][0](z)
-        self._cache = (arr, z, y)
-        return y
+        return self._activate(arr, z)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        if self._cache is None:
-            raise self._no_forward()
-        x, z, y = self._cache
+        x, gz = self._activation_grad(grad_out)
         assert self.kernel is not None
-        g = self._check_grad(grad_out, y.shape).astype(self.dtype, copy=False)
-        gz = ACTIVATIONS[self.activation][1](g, z, y)
         grads = conv2d_backward(gz, x, self.kernel, use_bias=self.use_bias, **self._conv_options())
         self._grads = {"kernel": grads.grad_kernel}
         if grads.grad_bias is not None:
@@ -227,7 +220,6 @@ class DepthwiseConv2D(Layer):
         self.seed = seed
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None
-        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def built(self) -> bool:
@@ -286,17 +278,11 @@ class DepthwiseConv2D(Layer):
                 f"({self.kernel.shape[2]}); got x {arr.shape}, kernel {self.kernel.shape}"
             )
         z = conv2d(arr, self._grouped_kernel(), self.bias, **self._conv_options(c_in))
-        y = ACTIVATIONS[self.activation][0](z)
-        self._cache = (arr, z, y)
-        return y
+        return self._activate(arr, z)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        if self._cache is None:
-            raise self._no_forward()
-        x, z, y = self._cache
+        x, gz = self._activation_grad(grad_out)
         assert self.kernel is not None
-        g = self._check_grad(grad_out, y.shape).astype(self.dtype, copy=False)
-        gz = ACTIVATIONS[self.activation][1](g, z, y)
         c_in = self.kernel.shape[2]
         grads = conv2d_backward(
             gz, x, self._grouped_kernel(), use_bias=self.use_bias, **self._conv_options(c_in)

@@ -83,7 +83,6 @@ class Dense(Layer):
         self.seed = seed
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None
-        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def built(self) -> bool:
@@ -117,17 +116,11 @@ class Dense(Layer):
         z = arr @ self.kernel  # (..., units)
         if self.bias is not None:
             z += self.bias
-        y = ACTIVATIONS[self.activation][0](z)
-        self._cache = (arr, z, y)
-        return y
+        return self._activate(arr, z)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        if self._cache is None:
-            raise self._no_forward()
-        x, z, y = self._cache
+        x, gz = self._activation_grad(grad_out)
         assert self.kernel is not None
-        g = self._check_grad(grad_out, y.shape).astype(self.dtype, copy=False)
-        gz = ACTIVATIONS[self.activation][1](g, z, y)
         g2 = gz.reshape(-1, self.units)  # (n*..., units)
         self._grads = {"kernel": x.reshape(-1, x.shape[-1]).T @ g2}  # (in, units)
         if self.use_bias:
