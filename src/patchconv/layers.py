@@ -114,6 +114,29 @@ def initialize(
     return np.asarray(INITIALIZERS[key](tuple(shape), rng), dtype=dtype)
 
 
+def padding_to_config(padding: Any) -> Any:
+    """A padding value in JSON-ready form: nested tuples become lists (strings and ints stay)."""
+    if isinstance(padding, tuple):
+        return [list(p) if isinstance(p, tuple) else p for p in padding]
+    return padding
+
+
+def padding_from_config(padding: Any) -> Any:
+    """The inverse of :func:`padding_to_config`: nested lists become tuples again."""
+    if isinstance(padding, list):
+        return tuple(tuple(p) if isinstance(p, list) else p for p in padding)
+    return padding
+
+
+def input_channels(input_shape: Sequence[int], data_format: str, *, func: str) -> int:
+    """c_in of a 4-D input shape in ``data_format``, or a clear error naming ``func``."""
+    if len(input_shape) != 4:
+        raise PatchconvError(
+            f"{func}: input must be 4-D; got ndim {len(input_shape)}, shape {tuple(input_shape)}"
+        )
+    return int(input_shape[1] if data_format == "channels_first" else input_shape[-1])
+
+
 def _positive_int(value: Any, *, name: str, func: str = "Conv2D") -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
         raise TypeError(f"{func}: {name} must be an int; got {value!r}")
@@ -219,12 +242,7 @@ class Conv2D:
         return self.kernel is not None
 
     def _channels(self, input_shape: Sequence[int]) -> int:
-        if len(input_shape) != 4:
-            raise PatchconvError(
-                f"Conv2D: input must be 4-D; got ndim {len(input_shape)}, shape "
-                f"{tuple(input_shape)}"
-            )
-        return int(input_shape[1] if self.data_format == "channels_first" else input_shape[-1])
+        return input_channels(input_shape, self.data_format, func="Conv2D")
 
     def kernel_shape(self, c_in: int) -> tuple[int, int, int, int]:
         """Keras' kernel shape for ``c_in`` input channels."""
@@ -327,9 +345,7 @@ class Conv2D:
     # -- config ---------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments as a JSON-ready dict (Keras' names)."""
-        padding = self.padding
-        if isinstance(padding, tuple):
-            padding = [list(p) if isinstance(p, tuple) else p for p in padding]
+        padding = padding_to_config(self.padding)
         config: dict[str, Any] = {
             "name": self.name,
             "filters": self.filters,
@@ -356,9 +372,7 @@ class Conv2D:
         for key in ("kernel_size", "strides", "dilation_rate"):
             if isinstance(options.get(key), list):
                 options[key] = tuple(options[key])
-        padding = options.get("padding")
-        if isinstance(padding, list):
-            options["padding"] = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
+        options["padding"] = padding_from_config(options.get("padding", "valid"))
         return cls(**options)
 
     def __repr__(self) -> str:

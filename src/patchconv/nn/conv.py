@@ -16,7 +16,13 @@ from patchconv import layers as base_layers
 from patchconv._spec import PatchconvError, as_float_array, conv_spec, normalize_padding
 from patchconv._spec import normalize_pair as _pair
 from patchconv.functional import conv2d, conv2d_backward
-from patchconv.layers import check_initializer, initialize
+from patchconv.layers import (
+    check_initializer,
+    initialize,
+    input_channels,
+    padding_from_config,
+    padding_to_config,
+)
 from patchconv.nn.activations import get_activation
 from patchconv.nn.base import Layer, check_data_format
 
@@ -226,12 +232,7 @@ class DepthwiseConv2D(Layer):
         return self.kernel is not None
 
     def _channels(self, input_shape: Sequence[int]) -> int:
-        if len(input_shape) != 4:
-            raise PatchconvError(
-                f"DepthwiseConv2D: input must be 4-D; got ndim {len(input_shape)}, shape "
-                f"{tuple(input_shape)}"
-            )
-        return int(input_shape[1] if self.data_format == "channels_first" else input_shape[-1])
+        return input_channels(input_shape, self.data_format, func="DepthwiseConv2D")
 
     def build(self, input_shape: Sequence[int]) -> None:
         c_in = self._channels(input_shape)
@@ -307,9 +308,7 @@ class DepthwiseConv2D(Layer):
         super().set_weights(weights)
 
     def get_config(self) -> dict[str, Any]:
-        padding = self.padding
-        if isinstance(padding, tuple):
-            padding = [list(p) if isinstance(p, tuple) else p for p in padding]
+        padding = padding_to_config(self.padding)
         return {
             **super().get_config(),
             "kernel_size": list(self.kernel_size),
@@ -328,7 +327,5 @@ class DepthwiseConv2D(Layer):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> DepthwiseConv2D:
         options = dict(config)
-        padding = options.get("padding")
-        if isinstance(padding, list):
-            options["padding"] = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
+        options["padding"] = padding_from_config(options.get("padding", "valid"))
         return cls(**options)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import PadPairs, PatchconvError, normalize_padding, normalize_pair
+from patchconv.layers import padding_from_config, padding_to_config
 from patchconv.nn.base import Layer, check_data_format, spatial_axes
 
 __all__ = ["AveragePool2D", "GlobalAveragePooling2D", "MaxPool2D"]
@@ -120,9 +121,7 @@ class _Pool2D(Layer):
         return [(i, j) for i in range(self.pool_size[0]) for j in range(self.pool_size[1])]
 
     def get_config(self) -> dict[str, Any]:
-        padding = self.padding
-        if isinstance(padding, tuple):
-            padding = [list(p) if isinstance(p, tuple) else p for p in padding]
+        padding = padding_to_config(self.padding)
         return {
             **super().get_config(),
             "pool_size": list(self.pool_size),
@@ -134,9 +133,7 @@ class _Pool2D(Layer):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Layer:
         options = dict(config)
-        padding = options.get("padding")
-        if isinstance(padding, list):
-            options["padding"] = tuple(tuple(p) if isinstance(p, list) else p for p in padding)
+        options["padding"] = padding_from_config(options.get("padding", "valid"))
         return cls(**options)
 
 
