@@ -19,7 +19,7 @@ from torch import nn as tnn
 from conftest import assert_close
 from patchconv import PatchconvError, nn
 from patchconv.interop import from_onnx
-from patchconv.interop.branches import AddBranches
+from patchconv.nn.branches import AddBranches
 
 
 class _Residual(tnn.Module):

@@ -247,7 +247,7 @@ class _Converter:
     ) -> tuple[list[Any], str, OnnxNode | None]:
         """Layers from ``tensor`` (through ``first`` if given) up to the graph output or the
         Add that merges this branch; returns (layers, last tensor, merging Add or None)."""
-        from patchconv.interop.branches import AddBranches
+        from patchconv.nn.branches import AddBranches
 
         layers: list[Any] = []
         nxt = [first] if first is not None else None
@@ -454,7 +454,7 @@ def from_onnx(path_or_model: Any) -> Any:
     Tanh, Softmax, MaxPool, AveragePool, GlobalAveragePool, Flatten, Reshape to (batch, -1),
     BatchNormalization (inference), Dropout and Identity (inference: dropped), and residual
     blocks (a tensor read by two branches summed by an Add, as
-    :class:`~patchconv.interop.branches.AddBranches`). Anything else raises PatchconvError
+    :class:`~patchconv.nn.AddBranches`). Anything else raises PatchconvError
     naming the node and op.
     """
     from patchconv import nn

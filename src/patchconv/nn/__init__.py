@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from patchconv.nn.activations import ACTIVATIONS
 from patchconv.nn.base import Layer
+from patchconv.nn.branches import AddBranches
 from patchconv.nn.conv import Conv2D, DepthwiseConv2D
 from patchconv.nn.core import (
     Activation,
@@ -63,6 +64,7 @@ __all__ = [
     "SGD",
     "Activation",
     "Adam",
+    "AddBranches",
     "AveragePool2D",
     "AveragePooling2D",
     "BatchNormalization",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import PatchconvError, as_float_array
-from patchconv.nn import conv, core, normalization, pooling, reshaping
+from patchconv.nn import branches, conv, core, normalization, pooling, reshaping
 from patchconv.nn.base import Layer
 from patchconv.nn.losses import Loss, get_loss
 from patchconv.nn.optimizers import Optimizer, get_optimizer
@@ -28,7 +28,7 @@ __all__ = ["LAYERS", "Sequential"]
 #: Every layer class by name, for :meth:`Sequential.from_config` (and importers).
 LAYERS: dict[str, type[Layer]] = {
     cls.__name__: cls
-    for module in (conv, core, normalization, pooling, reshaping)
+    for module in (branches, conv, core, normalization, pooling, reshaping)
     for cls in (getattr(module, name) for name in module.__all__)
 }
 

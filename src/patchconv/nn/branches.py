@@ -1,4 +1,4 @@
-"""AddBranches: the sum of parallel stacks of layers, for residual blocks read from ONNX graphs.
+"""AddBranches: the sum of parallel stacks of layers (residual blocks, e.g. read from ONNX).
 
 ``AddBranches([[conv, bn, relu, conv, bn], []])`` is a ResNet block with an identity skip
 (an empty branch is the identity); ``AddBranches([[conv, bn], [conv_1x1]])`` one with a
@@ -163,7 +163,7 @@ class AddBranches(Layer):
     def from_config(cls, config: dict[str, Any]) -> AddBranches:
         """A new, unbuilt block from :meth:`get_config` (layer classes from
         :data:`patchconv.nn.LAYERS`, and AddBranches itself)."""
-        from patchconv.nn import LAYERS
+        from patchconv.nn.model import LAYERS  # model imports this module: import late
 
         known: dict[str, Any] = {**LAYERS, "AddBranches": cls}
         options = dict(config)
