@@ -197,7 +197,7 @@ def run(opts: Options) -> dict[str, Any]:
             "numpy": np.__version__,
             "blas": blas_info(),
             "numba": patchconv.algorithms._runtime.get_numba() is not None,
-            "blas_per_thread": patchconv.algorithms._runtime.blas_per_thread(),
+            "blas_pinned": patchconv.algorithms._runtime.blas_pinned(),
         },
         "peers": opts.peers,
         "rounds": opts.rounds,
@@ -287,7 +287,7 @@ def render(result: dict[str, Any]) -> str:
     yes = {True: "yes", False: "no"}
     lines.append(
         f"machine: {m['cpus']} cpus, NumPy {m['numpy']}, BLAS {blas or 'unknown'}, numba "
-        f"{yes[m['numba']]}, per-thread BLAS {yes[m['blas_per_thread']]}"
+        f"{yes[m['numba']]}, BLAS pinned to 1 thread in calls {yes[m['blas_pinned']]}"
     )
     lines.append(
         "load average before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(

@@ -34,7 +34,12 @@ import numpy as np
 
 from patchconv._spec import ConvSpec, PatchconvError
 from patchconv.algorithms import depthwise, fft, gemm, pointwise, winograd
-from patchconv.algorithms._runtime import get_numba, n_workers, release_workspace
+from patchconv.algorithms._runtime import (
+    get_numba,
+    n_workers,
+    release_workspace,
+    single_threaded_blas,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -312,16 +317,18 @@ def forward(
     measure: bool = False,
 ) -> tuple[np.ndarray, Plan]:
     """Run the planned algorithm's forward pass (NHWC in, NHWC out); returns the plan run."""
-    if measure:
-        plan = _measure(plan, x, kernel, bias, spec, workspace_limit)
     name = plan.algorithm
     if (
-        name == "gemm"
+        not measure
+        and name == "gemm"
         and spec.groups == 1
         and spec.n * spec.oh * spec.ow * spec.patch_size <= (gemm.SMALL_ELEMENTS)
     ):
         return gemm.small_forward(x, kernel, bias, spec), plan
-    return _runner(name)(x, kernel, bias, spec, workspace_limit), plan
+    with single_threaded_blas():  # our threads split the work (see _runtime)
+        if measure:
+            plan = _measure(plan, x, kernel, bias, spec, workspace_limit)
+        return _runner(plan.algorithm)(x, kernel, bias, spec, workspace_limit), plan
 
 
 def _transposed(spec: ConvSpec, kernel: np.ndarray) -> tuple[ConvSpec, np.ndarray] | None:
@@ -381,6 +388,19 @@ def backward(
     depthwise layers have their own kernels; everything else accumulates
     ``patches^T @ grad_out`` tile by tile. Returns the two gradients and what ran.
     """
+    with single_threaded_blas():  # our threads split the work (see _runtime)
+        return _backward(grad_out, x, kernel, spec, workspace_limit, algorithm, func)
+
+
+def _backward(
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    kernel: np.ndarray,
+    spec: ConvSpec,
+    workspace_limit: int,
+    algorithm: str,
+    func: str,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     itemsize = x.dtype.itemsize
     plan = choose(spec, algorithm, func=func, itemsize=itemsize)
     name = plan.algorithm

@@ -5,10 +5,14 @@ Threads: NumPy slicing copies, NumPy ufuncs, pocketfft and numba ``nogil`` kerne
 GIL, so splitting a tile's copy over the machine's cores with plain threads scales. The pool is
 created on first use and sized to the CPUs this process may run on.
 
-BLAS: inside a parallel section every thread runs its own single-threaded matrix products
-(OpenBLAS' per-thread ``openblas_set_num_threads_local``), so each core takes a cache-sized tile
-from copy to product and BLAS' spinning worker threads never compete with ours. Where that call
-is missing (another BLAS), :func:`blas_per_thread` is False and algorithms fall back to one
+BLAS: while a patchconv call runs, NumPy's OpenBLAS is held to one thread
+(:func:`single_threaded_blas`, process-wide and counted, so overlapping calls from several
+threads restore it only when the last one ends) and every large product is split over our own
+threads instead. OpenBLAS' thread count is global (``openblas_set_num_threads_local`` sets it
+for the whole process too), and its workers spin for a while after each threaded product, so
+mixing its threads with ours left a core fighting over the other (measured: the same 3x3 layer
+at 4.7 ms or 8.3 ms depending on which thread set the count last). Where OpenBLAS' setter is
+missing (another BLAS), :func:`blas_pinned` is False and algorithms fall back to one
 multi-threaded product per tile.
 
 Scratch buffers: first touching a fresh page costs about 1.4 us per 4 KiB on the VMs this runs
@@ -20,11 +24,12 @@ asks for the same role; together they never exceed the workspace limit in force,
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
@@ -32,12 +37,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "blas_per_thread",
+    "blas_pinned",
     "get_numba",
+    "matmul",
     "n_workers",
     "parallel_for",
     "release_workspace",
     "scratch",
+    "single_threaded_blas",
     "split_range",
 ]
 
@@ -54,12 +61,15 @@ def n_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_blas_local: Callable[[int], int] | None = None
+_blas: tuple[Callable[[int], None], Callable[[], int]] | None = None
 _blas_tried = False
+_blas_lock = threading.Lock()
+_blas_depth = 0
+_blas_saved = 0
 
 
-def _find_blas_local() -> Callable[[int], int] | None:
-    """OpenBLAS' ``openblas_set_num_threads_local`` from NumPy's own BLAS, if it has one."""
+def _find_openblas() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    """OpenBLAS' ``openblas_set_num_threads`` / ``get`` from NumPy's own BLAS, if it has them."""
     import ctypes
     import glob
 
@@ -70,34 +80,65 @@ def _find_blas_local() -> Callable[[int], int] | None:
         for path in sorted(glob.glob(pattern)):
             try:
                 lib = ctypes.CDLL(path)
-                fn = lib.openblas_set_num_threads_local
-            except (OSError, AttributeError):
+            except OSError:
                 continue
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_int]
-            return fn
+            for prefix, suffix in _OPENBLAS_NAMES:
+                try:
+                    setter = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}")
+                    getter = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}")
+                except AttributeError:
+                    continue
+                setter.restype, setter.argtypes = None, [ctypes.c_int]
+                getter.restype, getter.argtypes = ctypes.c_int, []
+                return setter, getter
     return None
 
 
-def _blas_setter() -> Callable[[int], int] | None:
-    global _blas_local, _blas_tried
+# Symbol spellings: NumPy's wheels bundle scipy-openblas (64-bit integers, renamed symbols).
+_OPENBLAS_NAMES = (("scipy_", "64_"), ("scipy_", ""), ("", "64_"), ("", ""))
+
+
+def _openblas() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    global _blas, _blas_tried
     if not _blas_tried:
         _blas_tried = True
-        if os.environ.get("PATCHCONV_BLAS_PER_THREAD", "1") != "0":
-            _blas_local = _find_blas_local()
-    return _blas_local
+        if os.environ.get("PATCHCONV_PIN_BLAS", "1") != "0":
+            _blas = _find_openblas()
+    return _blas
 
 
-def blas_per_thread() -> bool:
-    """True if each of our threads can run single-threaded BLAS (NumPy's OpenBLAS >= 0.3.27)."""
-    return _blas_setter() is not None and n_workers() > 1
+def blas_pinned() -> bool:
+    """True if patchconv holds NumPy's OpenBLAS to one thread during its calls and splits the
+    products over its own threads (several CPUs and OpenBLAS' thread setter found)."""
+    return _openblas() is not None and n_workers() > 1
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """NumPy's OpenBLAS at one thread inside, restored when the outermost such block ends."""
+    global _blas_depth, _blas_saved
+    blas = _openblas() if n_workers() > 1 else None
+    if blas is None:
+        yield
+        return
+    setter, getter = blas
+    with _blas_lock:
+        if _blas_depth == 0:
+            _blas_saved = getter()
+            if _blas_saved != 1:
+                setter(1)
+        _blas_depth += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0 and _blas_saved != 1:
+                setter(_blas_saved)
 
 
 def _mark_pool_thread() -> None:
     _pool_threads.add(threading.get_ident())
-    setter = _blas_setter()
-    if setter is not None:
-        setter(1)
 
 
 def _get_pool() -> ThreadPoolExecutor:
@@ -132,8 +173,7 @@ def parallel_for(
     The range is cut into about ``pieces_per_worker`` pieces per core (each at least
     ``min_items`` long) that the threads take in turn, so a core slowed by other programs
     simply takes fewer pieces. Small work stays on the calling thread, as does a call made
-    from a pool thread (no nested waiting on the same pool). When the work is split, every
-    piece runs single-threaded BLAS (see the module notes).
+    from a pool thread (no nested waiting on the same pool).
     """
     if n <= 0:
         return
@@ -153,15 +193,10 @@ def parallel_for(
     pool = _get_pool()
     futures: Sequence[Future[Any]] = [pool.submit(worker) for _ in range(workers - 1)]
     error: BaseException | None = None
-    setter = _blas_setter()
-    previous = setter(1) if setter is not None else 0
     try:
         worker()
     except BaseException as exc:  # wait for the others before re-raising
         error = exc
-    finally:
-        if setter is not None:
-            setter(previous)
     for fut in futures:
         try:
             fut.result()
@@ -169,6 +204,43 @@ def parallel_for(
             error = error or exc
     if error is not None:
         raise error
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, accumulate: bool = False) -> None:
+    """``out = a @ b`` (``out += a @ b`` with ``accumulate``) for 2-D operands, split over the
+    cores when BLAS is pinned to one thread: by rows of ``a`` or by columns of ``b``, whichever
+    makes each core re-read the smaller operand. Called from a pool thread it runs as is."""
+    m, n = a.shape[0], b.shape[1]
+    work = m * n * a.shape[1]
+    if not blas_pinned() or work < _SPLIT_WORK:
+        if accumulate:
+            out += a @ b
+        else:
+            np.matmul(a, b, out=out)
+        return
+    if b.nbytes <= a.nbytes and m >= 2 * _SPLIT_MIN:
+
+        def rows(lo: int, hi: int) -> None:
+            if accumulate:
+                out[lo:hi] += a[lo:hi] @ b
+            else:
+                np.matmul(a[lo:hi], b, out=out[lo:hi])
+
+        parallel_for(rows, m, min_items=_SPLIT_MIN, pieces_per_worker=1)
+        return
+
+    def cols(lo: int, hi: int) -> None:
+        if accumulate:
+            out[:, lo:hi] += a @ b[:, lo:hi]
+        else:
+            np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+
+    parallel_for(cols, n, min_items=min(_SPLIT_MIN, max(1, n // n_workers())), pieces_per_worker=1)
+
+
+# Below this many multiply-adds a product stays on one core (thread hand-off costs ~50 us).
+_SPLIT_WORK = 1 << 21
+_SPLIT_MIN = 32
 
 
 class _Scratch:

@@ -27,8 +27,9 @@ import numpy as np
 from patchconv._patches import Tile, fill_patches, im2col, iter_tiles, scatter_patches
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import (
-    blas_per_thread,
+    blas_pinned,
     get_numba,
+    matmul,
     n_workers,
     parallel_for,
     scratch,
@@ -233,7 +234,7 @@ def small_forward(
 
 
 def _workers() -> int:
-    return n_workers() if blas_per_thread() else 1
+    return n_workers() if blas_pinned() else 1
 
 
 def _kernel_heavy(spec: ConvSpec, itemsize: int) -> bool:
@@ -300,7 +301,9 @@ def _forward_tiles(
 
             parallel_for(columns, cog, min_items=_SPLIT_COLUMNS_MIN, pieces_per_worker=1)
             continue
-        if g == 1:
+        if g == 1 and parallel_fill:
+            matmul(patches.reshape(p, k_group), mats[0], out_block)
+        elif g == 1:
             np.matmul(patches.reshape(p, k_group), mats[0], out=out_block)
         else:
             per_group = patches.reshape(p, g, k_group).transpose(1, 0, 2)  # (G, P, K/G)
@@ -318,9 +321,9 @@ def forward(
 ) -> np.ndarray:
     """NHWC ``x`` (any strides), HWIO ``kernel`` -> NHWC output, all in ``x.dtype``.
 
-    With per-thread BLAS each core takes its own run of tiles from copy to product (the tile
-    stays in that core's cache); otherwise the copy is split over the cores and the product
-    runs multi-threaded.
+    With BLAS pinned to one thread each core takes its own run of tiles from copy to product
+    (the tile stays in that core's cache); otherwise the copy is split over the cores and the
+    product runs multi-threaded.
     """
     heavy = _kernel_heavy(spec, x.dtype.itemsize)
     if heavy:
@@ -349,7 +352,7 @@ def forward(
             spec,
             workspace_limit,
             parallel_fill=True,
-            split_columns=heavy and blas_per_thread(),
+            split_columns=heavy and blas_pinned(),
         )
     return out
 
@@ -378,13 +381,17 @@ def _backward_tiles(
                 fill_parallel(patches, x, spec, tile)
             else:
                 pack_patches(patches, x, spec, tile)
-            if g == 1:
+            if g == 1 and parallel_copy:
+                matmul(patches.reshape(p, k_group).T, go, grad_mats[0], accumulate=True)
+            elif g == 1:
                 grad_mats[0] += patches.reshape(p, k_group).T @ go
             else:
                 pt = patches.reshape(p, g, k_group).transpose(1, 2, 0)  # (G, K/G, P)
                 grad_mats += np.matmul(pt, go.reshape(p, g, cog).transpose(1, 0, 2))
         if grad_x is not None:
-            if g == 1:
+            if g == 1 and parallel_copy:
+                matmul(go, mats[0].T, patches.reshape(p, k_group))
+            elif g == 1:
                 np.matmul(go, mats[0].T, out=patches.reshape(p, k_group))
             else:
                 np.matmul(
@@ -411,7 +418,7 @@ def backward(
     """Gradients of the forward map: ``grad_kernel = patches^T @ grad_out`` and
     ``grad_x = col2im(grad_out @ kernel_matrix^T)``, tile by tile, in ``x.dtype``.
 
-    With per-thread BLAS and several images, each core takes its own images (their input
+    With BLAS pinned to one thread and several images, each core takes its own images (their input
     pixels are disjoint, so the col2im sums never race) and its own partial ``grad_kernel``.
     """
     mats = kernel_matrices(kernel, spec)  # (G, K/G, c_out/G)

@@ -12,7 +12,7 @@ import numpy as np
 
 from patchconv._patches import iter_tiles, valid_range
 from patchconv._spec import ConvSpec
-from patchconv.algorithms._runtime import blas_per_thread, parallel_for, scratch
+from patchconv.algorithms._runtime import blas_pinned, matmul, parallel_for, scratch
 from patchconv.algorithms.gemm import kernel_matrices
 
 __all__ = ["applies", "backward", "forward"]
@@ -33,10 +33,16 @@ def _interior(spec: ConvSpec) -> tuple[int, int, int, int, int, int]:
     return rl, max(rl, rh), cl, max(cl, ch), ih, iw
 
 
-def _product(a: np.ndarray, mats: np.ndarray, spec: ConvSpec, out: np.ndarray) -> None:
-    """``out (P, c_out) = a (P, c_in) @ kernel``, all groups in one batched product."""
+def _product(
+    a: np.ndarray, mats: np.ndarray, spec: ConvSpec, out: np.ndarray, *, split: bool = True
+) -> None:
+    """``out (P, c_out) = a (P, c_in) @ kernel``, all groups in one batched product; with
+    ``split`` a single-group product is spread over the cores."""
     if spec.groups == 1:
-        np.matmul(a, mats[0], out=out)
+        if split:
+            matmul(a, mats[0], out)
+        else:
+            np.matmul(a, mats[0], out=out)
         return
     p, g = a.shape[0], spec.groups
     np.matmul(
@@ -64,11 +70,11 @@ def forward(
         flat_out = out.reshape(-1, spec.c_out)  # (P, c_out)
 
         def row_block(lo: int, hi: int) -> None:
-            _product(pixels[lo:hi], mats, spec, flat_out[lo:hi])
+            _product(pixels[lo:hi], mats, spec, flat_out[lo:hi], split=False)
             if bias is not None:
                 flat_out[lo:hi] += bias
 
-        if blas_per_thread():
+        if blas_pinned():
             parallel_for(row_block, pixels.shape[0], min_items=256)
         else:
             row_block(0, pixels.shape[0])
@@ -139,14 +145,15 @@ def backward(
         if grad_mats is not None:
             a = np.ascontiguousarray(x[sel]).reshape(p, spec.c_in)  # (P, c_in)
             if g == 1:
-                grad_mats[0] = a.T @ go
+                matmul(a.T, go, grad_mats[0])
             else:
                 grad_mats[...] = np.matmul(
                     a.reshape(p, g, cg).transpose(1, 2, 0), go.reshape(p, g, cog).transpose(1, 0, 2)
                 )  # (G, cg, P) @ (G, P, cog)
         if grad_x is not None:
             if g == 1:
-                back = go @ mats[0].T  # (P, c_in)
+                back = np.empty((p, spec.c_in), dtype=np.result_type(go, mats))
+                matmul(go, mats[0].T, back)  # (P, c_in)
             else:
                 back = np.matmul(
                     go.reshape(p, g, cog).transpose(1, 0, 2), mats.transpose(0, 2, 1)

@@ -35,7 +35,7 @@ import numpy as np
 
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import (
-    blas_per_thread,
+    blas_pinned,
     get_numba,
     n_workers,
     parallel_for,
@@ -308,7 +308,7 @@ def forward(
     btc, atc = bt.astype(dtype), at.astype(dtype)
     (pt, _), (pl, _) = spec.pads
     in_t, out_t = compiled["in"], compiled["out"]
-    per_thread = blas_per_thread()
+    per_thread = blas_pinned()
     workers = n_workers() if per_thread else 1
     # Each block reads all of U once: with deep channels make blocks big enough to amortise it.
     target = max(BLOCK_BYTES, u.nbytes // 2)
@@ -335,7 +335,7 @@ def _split_products(spec: ConvSpec, m: int, itemsize: int, workspace_limit: int)
     """True if the layer is deep (``U`` of several MB) and one block can hold every tile: then
     splitting the ``a*a`` products (and the kernel transform) over the cores beats splitting
     the tiles, as ``U`` is built and read once in all, not once per block of tiles."""
-    if n_workers() < 2 or not blas_per_thread():
+    if n_workers() < 2 or not blas_pinned():
         return False
     a = m + 2
     tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)

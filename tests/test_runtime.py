@@ -1,0 +1,99 @@
+"""The shared runtime: NumPy's BLAS held to one thread during a call and given back after it,
+and the product split over the cores."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import patchconv
+from conftest import assert_close
+from patchconv.algorithms import _runtime
+
+
+def _blas_threads() -> int:
+    blas = _runtime._openblas()
+    assert blas is not None
+    return blas[1]()
+
+
+needs_pinning = pytest.mark.skipif(
+    not _runtime.blas_pinned(), reason="needs NumPy's OpenBLAS and two or more CPUs"
+)
+
+
+@needs_pinning
+def test_blas_is_one_thread_inside_and_restored_after() -> None:
+    before = _blas_threads()
+    seen: list[int] = []
+    with _runtime.single_threaded_blas():
+        seen.append(_blas_threads())
+        with _runtime.single_threaded_blas():  # nested: still one, not restored early
+            seen.append(_blas_threads())
+        seen.append(_blas_threads())
+    assert seen == [1, 1, 1]
+    assert _blas_threads() == before
+
+
+@needs_pinning
+def test_overlapping_calls_from_threads_restore_once_the_last_ends() -> None:
+    before = _blas_threads()
+    inside = threading.Event()
+    release = threading.Event()
+
+    def other() -> None:
+        with _runtime.single_threaded_blas():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert inside.wait(10)
+    with _runtime.single_threaded_blas():
+        pass
+    still = _blas_threads()  # the other thread's block is still open
+    release.set()
+    t.join()
+    assert still == 1
+    assert _blas_threads() == before
+
+
+@needs_pinning
+@pytest.mark.parametrize("algorithm", ["gemm", "winograd_f4", "pointwise", "fft", "depthwise"])
+def test_a_call_gives_numpys_blas_threads_back(algorithm: str) -> None:
+    """The old per-section setter was process-wide, so a call could leave NumPy's BLAS at one
+    thread (or at two inside our parallel sections); now every call restores the count."""
+    rng = np.random.default_rng(0)
+    c = 8
+    x = rng.standard_normal((4, 20, 20, c)).astype(np.float32)
+    k = 1 if algorithm == "pointwise" else 3
+    c_out, groups = (c, c) if algorithm == "depthwise" else (6, 1)
+    kernel = rng.standard_normal((k, k, c // groups, c_out)).astype(np.float32)
+    before = _blas_threads()
+    assert before > 1
+    for _ in range(3):
+        out = patchconv.conv2d(x, kernel, padding="same", groups=groups, algorithm=algorithm)
+        assert _blas_threads() == before
+        patchconv.conv2d_backward(np.ones_like(out), x, kernel, padding="same", groups=groups)
+        assert _blas_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [(3000, 200, 40), (40, 200, 3000), (7, 5, 3), (600, 900, 700)],
+)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_split_matmul_equals_numpy(m: int, k: int, n: int, accumulate: bool) -> None:
+    """Split by rows (tall a), by columns (wide b) or not at all (small), with or without
+    accumulating; also through a transposed view as the gradients use it."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((k, m)).astype(np.float32).T  # non-contiguous view
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    start = rng.standard_normal((m, n)).astype(np.float32)
+    out = start.copy()
+    with _runtime.single_threaded_blas():
+        _runtime.matmul(a, b, out, accumulate=accumulate)
+    expected = (start if accumulate else 0) + a.astype(np.float64) @ b
+    assert_close(out, expected.astype(np.float32), np.float32)
