@@ -153,3 +153,48 @@ def test_winograd_products_split_by_position_or_by_tiles(m: int, split: bool) ->
         out = patchconv.conv2d(x, kernel, bias, padding="same", algorithm=f"winograd_f{m}")
     expected = conv2d_reference(x, kernel, bias, padding="same")
     assert_close(out, expected, np.float32)
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the Winograd weight gradient needs numba")
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("shape", "c_out", "padding"),
+    [
+        ((3, 17, 22, 6), 5, "same"),
+        ((2, 9, 8, 4), 7, "valid"),
+        ((1, 11, 13, 3), 2, ((2, 0), (1, 2))),
+    ],
+)
+def test_winograd_weight_gradient_equals_the_patch_matrix_one(
+    shape: tuple[int, int, int, int], c_out: int, padding: object, dtype: type, m: int
+) -> None:
+    """``G^T (sum over tiles of V^T @ A dY A^T) G`` gives ``patches^T @ grad_out``, with edge
+    tiles cut by the output and blocks of tiles spread over the cores; the backward of a
+    layer whose forward plan is Winograd takes it."""
+    from patchconv import algorithms
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(dtype)
+    kernel = rng.standard_normal((3, 3, shape[-1], c_out)).astype(dtype)
+    spec = conv_spec(x.shape, kernel.shape, None, padding=padding)
+    g = rng.standard_normal(spec_out(spec)).astype(dtype)
+    _, expected = gemm.backward(g, x, kernel, spec, 2**28, need_x=False)
+    assert expected is not None
+    got = winograd.grad_kernel(g, x, spec, 2**28, m=m)
+    assert got.dtype == dtype
+    assert_close(got, expected, dtype, grad=True)
+    _, via_backward, used = algorithms.backward(
+        g, x, kernel, spec, 2**28, algorithm=f"winograd_f{m}"
+    )
+    assert used["grad_kernel"].startswith(f"winograd_f{m}")
+    assert_close(via_backward, expected, dtype, grad=True)
+
+
+def test_deep_layers_keep_the_patch_matrix_weight_gradient() -> None:
+    """A layer whose partial dU would pass 4 MB (14x14x256) keeps gemm for grad_kernel."""
+    spec = conv_spec((8, 14, 14, 256), (3, 3, 256, 256), None, padding="same")
+    assert not winograd.grad_kernel_applies(spec, 4, 2**28)
+    small = conv_spec((8, 28, 28, 128), (3, 3, 128, 128), None, padding="same")
+    assert winograd.grad_kernel_applies(small, 4, 2**28) == (winograd.kernels() is not None)
+    assert not winograd.grad_kernel_applies(small, 4, 2**20)  # partials over the workspace

@@ -385,7 +385,8 @@ def backward(
     grad_x: at stride 1, a forward convolution of ``grad_out`` with the flipped, transposed
     kernel, so it takes whichever algorithm the chooser picks for that (Winograd for 3x3
     layers); otherwise col2im of ``grad_out @ kernel^T`` per tile. grad_kernel: pointwise and
-    depthwise layers have their own kernels; everything else accumulates
+    depthwise layers have their own kernels; a layer whose forward plan is Winograd sums
+    ``V^T @ (A dY A^T)`` per transform position (with numba); everything else accumulates
     ``patches^T @ grad_out`` tile by tile. Returns the two gradients and what ran.
     """
     with single_threaded_blas():  # our threads split the work (see _runtime)
@@ -411,8 +412,15 @@ def _backward(
         used["grad_x"] = used["grad_kernel"] = name
         assert grad_x is not None and grad_kernel is not None
         return grad_x, grad_kernel, used
-    _, grad_kernel = gemm.backward(grad_out, x, kernel, spec, workspace_limit, need_x=False)
-    used["grad_kernel"] = "gemm"
+    if name.startswith("winograd") and winograd.grad_kernel_applies(
+        spec, itemsize, workspace_limit
+    ):
+        m = 4 if name == "winograd_f4" else 2
+        grad_kernel = winograd.grad_kernel(grad_out, x, spec, workspace_limit, m=m)
+        used["grad_kernel"] = f"{name} (a*a products of transformed tiles)"
+    else:
+        _, grad_kernel = gemm.backward(grad_out, x, kernel, spec, workspace_limit, need_x=False)
+        used["grad_kernel"] = "gemm"
     transposed = _transposed(spec, kernel)
     if transposed is not None:
         tspec, kt = transposed

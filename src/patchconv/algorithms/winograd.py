@@ -28,6 +28,7 @@ tolerance (1e-5); in float64 both stay near 1e-15.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,15 @@ from patchconv.algorithms._runtime import (
     scratch,
 )
 
-__all__ = ["BLOCK_BYTES", "TRANSFORMS", "applies", "forward", "kernel_transform"]
+__all__ = [
+    "BLOCK_BYTES",
+    "TRANSFORMS",
+    "applies",
+    "forward",
+    "grad_kernel",
+    "grad_kernel_applies",
+    "kernel_transform",
+]
 
 # Bytes of transformed input plus product per block of tiles (per core): about one core's L2,
 # so a block's V and M stay in cache between the transforms and the products.
@@ -227,7 +236,47 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
                     for q in range(c):
                         dst[q] = y[q]
 
-    _kernels = {"in": input_transform, "out": output_transform}
+    @njit
+    def grad_output_transform(go, at, th, tw, t0, lo, hi, gm):  # type: ignore[no-untyped-def]
+        # The adjoint of output_transform: grad_out tiles t0+lo : t0+hi (m x m, zeros past the
+        # edge) -> gm[:, lo:hi, :] (a*a, T, c_out) = A dY A^T.
+        _, oh, ow, c = go.shape
+        m, a = at.shape
+        tmp = np.empty((a, m, c), dtype=gm.dtype)
+        for t in range(lo, hi):
+            tt = t0 + t
+            b = tt // (th * tw)
+            rem = tt - b * th * tw
+            ty = rem // tw
+            tx = rem - ty * tw
+            for i in range(a):  # tmp = A dY, (a, m)
+                for s in range(m):
+                    for q in range(c):
+                        tmp[i, s, q] = 0.0
+                for r in range(m):
+                    coef = at[r, i]
+                    oy = ty * m + r
+                    if coef == 0.0 or oy >= oh:
+                        continue
+                    for s in range(m):
+                        ox = tx * m + s
+                        if ox >= ow:
+                            break
+                        src = go[b, oy, ox]
+                        for q in range(c):
+                            tmp[i, s, q] += coef * src[q]
+            for i in range(a):  # gm = tmp A^T
+                for j in range(a):
+                    dst = gm[i * a + j, t]
+                    for q in range(c):
+                        dst[q] = 0.0
+                    for s in range(m):
+                        coef = at[s, j]
+                        if coef != 0.0:
+                            for q in range(c):
+                                dst[q] += coef * tmp[i, s, q]
+
+    _kernels = {"in": input_transform, "out": output_transform, "grad_out": grad_output_transform}
     return _kernels
 
 
@@ -400,3 +449,66 @@ def _forward_split(
         total,
         min_items=min_tiles,
     )
+
+
+def grad_kernel_applies(spec: ConvSpec, itemsize: int, workspace_limit: int) -> bool:
+    """True if :func:`grad_kernel` runs for ``spec``: Winograd applies, numba is installed and
+    the layer is not deep: a partial ``dU`` (``a*a*c_in*c_out``) per core under 4 MB and a
+    quarter of the workspace limit. Deep layers (14x14x256: 8.0 ms by gemm, 15.5 ms here)
+    have too few tiles to pay for building and summing the partials."""
+    if applies(spec) is not None or get_numba() is None:
+        return False
+    du_bytes = 36 * spec.c_in * spec.c_out * itemsize
+    return du_bytes < 2 * BLOCK_BYTES and du_bytes * n_workers() <= workspace_limit // 4
+
+
+def grad_kernel(
+    grad_out: np.ndarray, x: np.ndarray, spec: ConvSpec, workspace_limit: int, *, m: int = 4
+) -> np.ndarray:
+    """``dL/dkernel`` (3, 3, c_in, c_out) of a Winograd-able layer in ``a*a`` small products.
+
+    The forward map of one tile is ``Y = A^T [U * V] A`` with ``U = G W G^T`` and
+    ``V = B^T D B``, so ``dU[xi] = sum over tiles of V[xi]^T (c_in, T) @ dM[xi] (T, c_out)``
+    with ``dM = A dY A^T`` (the adjoint of the output transform), and ``dW = G^T dU G``: 4x
+    (F(4x4)) fewer multiplications than ``patches^T @ grad_out``. Each core takes blocks of
+    tiles into its own partial ``dU``; the partials are summed at the end.
+    """
+    compiled = _compile()
+    assert compiled is not None
+    bt, g, at = TRANSFORMS[m]
+    a = m + 2
+    dtype = x.dtype
+    c_in, c_out = spec.c_in, spec.c_out
+    th, tw = -(-spec.oh // m), -(-spec.ow // m)
+    total = spec.n * th * tw
+    xc = np.ascontiguousarray(x)
+    goc = np.ascontiguousarray(grad_out, dtype=dtype)
+    btc, atc = bt.astype(dtype), at.astype(dtype)
+    (pt, _), (pl, _) = spec.pads
+    in_t, gout_t = compiled["in"], compiled["grad_out"]
+    per_tile = a * a * (c_in + c_out) * dtype.itemsize
+    workers = n_workers()
+    # Every block adds an (a*a, c_in, c_out) product to the partial dU: blocks of at least
+    # ~4 * max(c_in, c_out) tiles keep that addition small beside the product itself.
+    block = max(BLOCK_BYTES // per_tile, 4 * max(c_in, c_out))
+    block = min(block, -(-total // workers), workspace_limit // (4 * workers) // per_tile)
+    block = max(1, block)
+    blocks = [(t0, min(block, total - t0)) for t0 in range(0, total, block)]
+    partials: dict[int, np.ndarray] = {}
+
+    def run(lo: int, hi: int) -> None:
+        mine = partials.setdefault(threading.get_ident(), np.zeros((a * a, c_in, c_out), dtype))
+        vbuf = scratch("winograd.v", a * a * block * c_in, dtype, limit=workspace_limit)
+        gbuf = scratch("winograd.m", a * a * block * c_out, dtype, limit=workspace_limit)
+        for t0, nt in blocks[lo:hi]:
+            v = vbuf[: a * a * nt * c_in].reshape(a * a, nt, c_in)
+            gm = gbuf[: a * a * nt * c_out].reshape(a * a, nt, c_out)
+            in_t(xc, btc, pt, pl, m, th, tw, t0, 0, nt, v)
+            gout_t(goc, atc, th, tw, t0, 0, nt, gm)
+            mine += np.matmul(v.transpose(0, 2, 1), gm)  # (a*a, c_in, T) @ (a*a, T, c_out)
+
+    parallel_for(run, len(blocks))
+    du = np.sum(list(partials.values()), axis=0) if len(partials) > 1 else partials.popitem()[1]
+    kron = np.kron(g, g).astype(dtype)  # (a*a, 9)
+    dw = kron.T @ du.reshape(a * a, c_in * c_out)  # (9, c_in*c_out): G^T dU G
+    return dw.reshape(3, 3, c_in, c_out)
