@@ -147,6 +147,13 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
     njit = numba.njit(nogil=True, cache=True, fastmath=False, boundscheck=False)
 
     @njit
+    def tile_at(tt, th, tw):  # type: ignore[no-untyped-def]
+        # Flat tile index over (n, th, tw) -> (image, tile row, tile column).
+        b = tt // (th * tw)
+        rem = tt - b * th * tw
+        return b, rem // tw, rem - (rem // tw) * tw
+
+    @njit
     def input_transform(x, bt, pt, pl, m, th, tw, t0, lo, hi, v):  # type: ignore[no-untyped-def]
         # Tiles t0+lo : t0+hi (flattened over n, th, tw) -> v[:, lo:hi, :] (a*a, T, c_in).
         _, h, w, c = x.shape
@@ -154,11 +161,7 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
         d = np.zeros((a, a, c), dtype=v.dtype)
         tmp = np.empty((a, a, c), dtype=v.dtype)
         for t in range(lo, hi):
-            tt = t0 + t
-            b = tt // (th * tw)
-            rem = tt - b * th * tw
-            ty = rem // tw
-            tx = rem - ty * tw
+            b, ty, tx = tile_at(t0 + t, th, tw)
             y0 = ty * m - pt
             x0 = tx * m - pl
             for i in range(a):
@@ -201,11 +204,7 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
         tmp = np.empty((m, a, c), dtype=mm.dtype)
         y = np.empty(c, dtype=mm.dtype)
         for t in range(lo, hi):
-            tt = t0 + t
-            b = tt // (th * tw)
-            rem = tt - b * th * tw
-            ty = rem // tw
-            tx = rem - ty * tw
+            b, ty, tx = tile_at(t0 + t, th, tw)
             for r in range(m):  # tmp = A^T M
                 for j in range(a):
                     for q in range(c):
@@ -244,11 +243,7 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
         m, a = at.shape
         tmp = np.empty((a, m, c), dtype=gm.dtype)
         for t in range(lo, hi):
-            tt = t0 + t
-            b = tt // (th * tw)
-            rem = tt - b * th * tw
-            ty = rem // tw
-            tx = rem - ty * tw
+            b, ty, tx = tile_at(t0 + t, th, tw)
             for i in range(a):  # tmp = A dY, (a, m)
                 for s in range(m):
                     for q in range(c):
