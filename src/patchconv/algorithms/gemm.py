@@ -50,8 +50,6 @@ __all__ = [
 TILE_BYTES = 2 * 2**20
 # Patch-matrix elements below which a call takes the gather fast path.
 SMALL_ELEMENTS = 4096
-# Output columns per core below which a kernel-heavy product is not split by columns.
-_SPLIT_COLUMNS_MIN = 32
 # Bytes of patches per piece below which one thread fills a tile: NumPy's slice copies hold
 # the GIL between copies, so two threads filling small pieces mostly wait on each other
 # (measured: a 1.8 MB tile fills in 0.11 ms serially, 0.9 ms split into 256 KiB pieces).
@@ -272,14 +270,12 @@ def _forward_tiles(
     workspace_limit: int,
     *,
     parallel_fill: bool,
-    split_columns: bool = False,
 ) -> None:
     """Fill and multiply ``tiles`` one after the other in this thread's reused buffer.
 
-    ``split_columns``: each core multiplies the whole tile by its own share of the kernel
-    matrix's columns (single-threaded BLAS), so the kernel is read once in all; on this
-    machine that beats OpenBLAS' own threading on deep products by up to 1.8x
-    ((49, 4608) @ (4608, 512): 1.15 ms vs 1.99 ms)."""
+    ``parallel_fill``: this thread alone walks the tiles, so the copy and the product of each
+    tile are split over the cores (the product by :func:`_runtime.matmul`, by rows of the tile
+    or columns of the kernel matrix, whichever makes each core re-read less)."""
     largest = max(t.positions for t in tiles)
     flat = scratch("gemm.patches", largest * spec.patch_size, x.dtype, limit=workspace_limit)
     g, k_group, cog = spec.groups, mats.shape[1], spec.c_out_group
@@ -291,16 +287,6 @@ def _forward_tiles(
             pack_patches(patches, x, spec, tile)
         p = tile.positions
         out_block = _block(out, tile)  # (P, c_out)
-        if g == 1 and split_columns:
-            a2, ob = patches.reshape(p, k_group), out_block
-
-            def columns(lo: int, hi: int, a2: np.ndarray = a2, ob: np.ndarray = ob) -> None:
-                np.matmul(a2, mats[0, :, lo:hi], out=ob[:, lo:hi])
-                if bias is not None:
-                    ob[:, lo:hi] += bias[lo:hi]
-
-            parallel_for(columns, cog, min_items=_SPLIT_COLUMNS_MIN, pieces_per_worker=1)
-            continue
         if g == 1 and parallel_fill:
             matmul(patches.reshape(p, k_group), mats[0], out_block)
         elif g == 1:
@@ -352,7 +338,6 @@ def forward(
             spec,
             workspace_limit,
             parallel_fill=True,
-            split_columns=heavy and blas_pinned(),
         )
     return out
 
