@@ -1,6 +1,6 @@
 """The round-2 fast paths: the compiled patch packing, the column-blocked depthwise loop (rows
-wider than one block), the few-large-tiles path of deep layers and both Winograd schedules,
-each on configurations large enough to reach it. Without numba the same tests check the
+wider than one block) and its register-blocked SIMD form, the few-large-tiles path of deep
+layers and both Winograd schedules, each on configurations large enough to reach it. Without numba the same tests check the
 NumPy fallbacks."""
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def test_packing_falls_back_for_non_contiguous_input() -> None:
 
 @settings(max_examples=20)
 @given(
-    c=st.sampled_from([48, 64, 96]),
-    w=st.integers(20, 48),
+    c=st.sampled_from([3, 8, 12]),
+    w=st.integers(90, 200),
     k=st.integers(1, 7),
     stride_h=st.integers(1, 2),
     dilation=st.integers(1, 2),
@@ -83,7 +83,8 @@ def test_packing_falls_back_for_non_contiguous_input() -> None:
 def test_depthwise_column_blocks_match_the_reference(
     c: int, w: int, k: int, stride_h: int, dilation: int, padding: str, seed: int
 ) -> None:
-    """Output rows wider than one column block (1024 values) are summed block by block."""
+    """Output rows wider than one column block (1024 values) are summed block by block (the
+    loop for fewer channels than one SIMD vector)."""
     rng = np.random.default_rng(seed)
     h = (k - 1) * dilation + 3
     x = rng.standard_normal((1, h, w, c)).astype(np.float32)
@@ -100,6 +101,54 @@ def test_depthwise_column_blocks_match_the_reference(
     )
     assert plan.algorithm == "depthwise"
     assert_close(out, conv2d_reference(x, kernel, bias, **options), np.float32)
+
+
+@settings(max_examples=60)
+@given(
+    n=st.integers(1, 2),
+    hw=st.tuples(st.integers(1, 20), st.integers(1, 20)),
+    c_dtype=st.sampled_from(
+        [
+            (16, np.float32),
+            (20, np.float32),
+            (33, np.float32),
+            (48, np.float32),
+            (8, np.float64),
+            (12, np.float64),
+        ]
+    ),
+    k=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=paddings(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_depthwise_register_blocks_match_the_reference(
+    n: int,
+    hw: tuple[int, int],
+    c_dtype: tuple[int, type],
+    k: tuple[int, int],
+    strides: tuple[int, int],
+    dilation: tuple[int, int],
+    padding: object,
+    seed: int,
+) -> None:
+    """The SIMD forward (at least one vector of channels): rows under and over 8 columns, the
+    overlapping last block and last channel vector, taps in the padding on every side."""
+    c, dtype = c_dtype
+    kh, kw = k
+    h = max(hw[0], (kh - 1) * dilation[0] + 1)
+    w = max(hw[1], (kw - 1) * dilation[1] + 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    kernel = rng.standard_normal((kh, kw, 1, c)).astype(dtype)
+    bias = rng.standard_normal(c).astype(dtype)
+    options = {"strides": strides, "padding": padding, "dilation_rate": dilation, "groups": c}
+    out, plan = patchconv.conv2d(
+        x, kernel, bias, algorithm="depthwise", return_plan=True, **options
+    )
+    assert plan.algorithm == "depthwise"
+    assert_close(out, conv2d_reference(x, kernel, bias, **options), dtype)
 
 
 @pytest.mark.parametrize(

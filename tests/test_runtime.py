@@ -97,3 +97,14 @@ def test_split_matmul_equals_numpy(m: int, k: int, n: int, accumulate: bool) -> 
         _runtime.matmul(a, b, out, accumulate=accumulate)
     expected = (start if accumulate else 0) + a.astype(np.float64) @ b
     assert_close(out, expected.astype(np.float32), np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8])
+@pytest.mark.parametrize("shape", [(1,), (3, 5), (2, 7, 9, 33)])
+def test_aligned_empty_starts_on_64_bytes(shape: tuple[int, ...], dtype: type) -> None:
+    arrays = [_runtime.aligned_empty(shape, dtype) for _ in range(8)]  # several heap positions
+    for arr in arrays:
+        assert arr.shape == shape
+        assert arr.dtype == dtype
+        assert arr.flags.c_contiguous and arr.flags.writeable
+        assert arr.ctypes.data % 64 == 0

@@ -8,6 +8,13 @@ rows times the tap's per-channel weights while the row stays in cache.
 With numba (the ``fast`` extra) that loop is compiled once (cached on disk) and runs without the
 GIL, one block of rows per core; without numba the same sums run as NumPy slices, one kernel tap
 at a time over tiles of whole images (still no patch matrix, only slower).
+
+The forward pass with one output per input channel and at least one SIMD vector of channels
+(16 float32, 8 float64) runs :func:`patchconv.algorithms._simd.depthwise_rows`: 8 output
+columns x 16 channels accumulate in registers over all taps and are written once, reading
+aligned zero-padded copies of the input rows. The plain loop below streams the output row
+through memory once per tap and ran at a third of its speed (N8 112x112x32 3x3: 2.0 ms against
+0.9 ms; PyTorch 0.55 ms).
 """
 
 from __future__ import annotations
@@ -19,13 +26,16 @@ import numpy as np
 
 from patchconv._patches import Tile, offset_slices
 from patchconv._spec import ConvSpec
-from patchconv.algorithms._runtime import get_numba, parallel_for
+from patchconv.algorithms._runtime import aligned_empty, get_numba, parallel_for
 
 __all__ = ["applies", "backward", "forward", "kernels"]
 
 _kernels: dict[str, Callable[..., Any]] | None = None
 # Output values per column block of the compiled forward loop: block and weights stay in L1.
 _BLOCK_FLOATS = 1024
+# One SIMD vector (``_simd.VECTOR_BYTES``): the register-blocked forward needs c_in * itemsize
+# at least this.
+_VECTOR_BYTES = 64
 
 
 def applies(spec: ConvSpec) -> str | None:
@@ -43,6 +53,8 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
         return None
     if _kernels is not None:
         return _kernels
+    from patchconv.algorithms import _simd  # imports numba
+
     njit = numba.njit(nogil=True, cache=True, fastmath=False, boundscheck=False)
 
     @njit
@@ -195,6 +207,7 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
                         gk[di, dj, o] += row[o]
 
     _kernels = {
+        "fwd_simd": _simd.depthwise_rows,
         "fwd": fwd_rows,
         "fwd_unit": fwd_rows_unit,
         "grad_x": grad_x_rows,
@@ -228,11 +241,27 @@ def forward(
 ) -> np.ndarray:
     """NHWC ``x``, HWIO ``kernel (kh, kw, 1, c_out)`` -> NHWC output."""
     k = np.ascontiguousarray(kernel.reshape(spec.kh, spec.kw, spec.c_out))  # (kh, kw, c_out)
-    out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=x.dtype)
+    shape = (spec.n, spec.oh, spec.ow, spec.c_out)
     compiled = _compile()
     if compiled is not None:
         xc = np.ascontiguousarray(x)
         b = np.zeros(spec.c_out, x.dtype) if bias is None else np.ascontiguousarray(bias)
+        if spec.c_out == spec.c_in and spec.c_in * x.dtype.itemsize >= _VECTOR_BYTES:
+            (pt, _), (pl, _) = spec.pads
+            out = aligned_empty(shape, x.dtype)
+            kf = aligned_empty((k.size,), x.dtype)
+            kf[:] = k.reshape(-1)
+            bf = aligned_empty((spec.c_out,), x.dtype)
+            bf[:] = b
+            simd = compiled["fwd_simd"]
+            dims = (spec.kh, spec.kw, *spec.strides, *spec.dilation, pt, pl)
+            parallel_for(
+                lambda lo, hi: simd(xc, kf, bf, out, *dims, lo, hi),
+                spec.n * spec.oh,
+                min_items=_rows_min(spec),
+            )
+            return out
+        out = np.empty(shape, dtype=x.dtype)
         if spec.strides[1] == 1 and spec.c_out == spec.c_in:
             (pt, _), (pl, _) = spec.pads
             jb = max(1, min(spec.ow, _BLOCK_FLOATS // spec.c_out))  # columns per block
@@ -254,6 +283,7 @@ def forward(
             min_items=_rows_min(spec),
         )
         return out
+    out = np.empty(shape, dtype=x.dtype)
     m = spec.c_out_group
 
     def images(lo: int, hi: int) -> None:
