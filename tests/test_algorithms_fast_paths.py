@@ -190,13 +190,17 @@ def spec_out(spec: ConvSpec) -> tuple[int, int, int, int]:
 
 @pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("m", [2, 4])
-def test_winograd_products_split_by_position_or_by_tiles(m: int, split: bool) -> None:
+@pytest.mark.parametrize(("c_in", "c_out"), [(6, 5), (20, 17), (16, 5)])
+def test_winograd_products_split_by_position_or_by_tiles(
+    m: int, split: bool, c_in: int, c_out: int
+) -> None:
     """Both Winograd schedules (products split over the cores by transform position, or
-    blocks of tiles per core) agree with the reference."""
+    blocks of tiles per core) agree with the reference, with the transforms' loops (few
+    channels) and their SIMD forms (a vector of channels or more, on either side)."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 10, 11, 6)).astype(np.float32)
-    kernel = rng.standard_normal((3, 3, 6, 5)).astype(np.float32)
-    bias = rng.standard_normal(5).astype(np.float32)
+    x = rng.standard_normal((2, 10, 11, c_in)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(winograd, "_split_products", lambda *args: split)
         out = patchconv.conv2d(x, kernel, bias, padding="same", algorithm=f"winograd_f{m}")
@@ -213,6 +217,7 @@ def test_winograd_products_split_by_position_or_by_tiles(m: int, split: bool) ->
         ((3, 17, 22, 6), 5, "same"),
         ((2, 9, 8, 4), 7, "valid"),
         ((1, 11, 13, 3), 2, ((2, 0), (1, 2))),
+        ((2, 9, 10, 17), 16, "same"),  # the SIMD input transform
     ],
 )
 def test_winograd_weight_gradient_equals_the_patch_matrix_one(
@@ -247,3 +252,45 @@ def test_deep_layers_keep_the_patch_matrix_weight_gradient() -> None:
     small = conv_spec((8, 28, 28, 128), (3, 3, 128, 128), None, padding="same")
     assert winograd.grad_kernel_applies(small, 4, 2**28) == (winograd.kernels() is not None)
     assert not winograd.grad_kernel_applies(small, 4, 2**20)  # partials over the workspace
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the SIMD transforms need numba")
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(("dtype", "c"), [(np.float32, 16), (np.float32, 21), (np.float64, 8)])
+@pytest.mark.parametrize(("hw", "pads"), [((9, 11), (1, 1)), ((6, 5), (0, 2)), ((13, 7), (2, 0))])
+def test_simd_winograd_transforms_equal_the_matrix_loops(
+    m: int, dtype: type, c: int, hw: tuple[int, int], pads: tuple[int, int]
+) -> None:
+    """The written-out F(4x4)/F(2x2) transforms equal the loops over TRANSFORMS' matrices, on
+    edge tiles (zeros past the image, outputs past the edge dropped) and a sub-range of tiles
+    of a later block (t0, lo, hi)."""
+    kernels = winograd.kernels()
+    assert kernels is not None
+    rng = np.random.default_rng(m * c)
+    bt, _, at = winograd.TRANSFORMS[m]
+    a = m + 2
+    h, w = hw
+    pt, pl = pads
+    oh, ow = h + 2 * pt - 2, w + 2 * pl - 2
+    th, tw = -(-oh // m), -(-ow // m)
+    total = 3 * th * tw
+    t0 = 1
+    nt = total - t0
+    lo, hi = 1, nt - 1  # tiles t0+lo : t0+hi of a block that starts at tile t0
+    x = rng.standard_normal((3, h, w, c)).astype(dtype)
+    v_loop = np.zeros((a * a, nt, c), dtype)
+    v_simd = np.zeros((a * a, nt, c), dtype)
+    kernels["in"](x, bt.astype(dtype), pt, pl, m, th, tw, t0, lo, hi, v_loop)
+    kernels["in_simd"](x, pt, pl, m, th, tw, t0, lo, hi, v_simd)
+    assert_close(v_simd, v_loop, dtype)
+    assert np.all(v_simd[:, :lo] == 0) and np.all(v_simd[:, hi:] == 0)
+    mm = rng.standard_normal((a * a, nt, c)).astype(dtype)
+    bias = rng.standard_normal(c).astype(dtype)
+    out_loop = np.full((3, oh, ow, c), np.nan, dtype)
+    out_simd = np.full((3, oh, ow, c), np.nan, dtype)
+    kernels["out"](mm, at.astype(dtype), bias, out_loop, th, tw, t0, lo, hi)
+    kernels["out_simd"](mm, bias, out_simd, m, th, tw, t0, lo, hi)
+    np.testing.assert_array_equal(np.isnan(out_simd), np.isnan(out_loop))
+    written = ~np.isnan(out_loop)
+    assert written.any()
+    assert_close(out_simd[written], out_loop[written], dtype)

@@ -27,7 +27,21 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["VECTOR_BYTES", "depthwise_rows", "lanes", "vadd", "vfma", "vload", "vstore", "vzero"]
+__all__ = [
+    "VECTOR_BYTES",
+    "depthwise_rows",
+    "lanes",
+    "vadd",
+    "vfma",
+    "vfmas",
+    "vload",
+    "vmuls",
+    "vstore",
+    "vsub",
+    "vzero",
+    "winograd_input",
+    "winograd_output",
+]
 
 VECTOR_BYTES = 64
 
@@ -117,6 +131,50 @@ def vzero(typingctx: Any, arr: Any) -> Any:
         element = context.get_value_type(arr.dtype)
         count = VECTOR_BYTES // (arr.dtype.bitwidth // 8)
         return ir.Constant(ir.VectorType(element, count), None)
+
+    return sig, codegen
+
+
+@intrinsic
+def vsub(typingctx: Any, a: Any, b: Any) -> Any:
+    """``a - b``."""
+    sig = a(a, b)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.fsub(args[0], args[1])
+
+    return sig, codegen
+
+
+def _splat(context: Any, builder: Any, vectype: Any, value: Any, valtype: Any) -> Any:
+    scalar = context.cast(builder, value, valtype, vectype.dtype)
+    element = context.get_value_type(vectype.dtype)
+    vec = ir.Constant(ir.VectorType(element, vectype.count), ir.Undefined)
+    vec = builder.insert_element(vec, scalar, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vectype.count), None)
+    return builder.shuffle_vector(vec, vec, mask)
+
+
+@intrinsic
+def vmuls(typingctx: Any, a: Any, s: Any) -> Any:
+    """``a * s`` for a scalar ``s``."""
+    sig = a(a, s)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.fmul(args[0], _splat(context, builder, a, args[1], s))
+
+    return sig, codegen
+
+
+@intrinsic
+def vfmas(typingctx: Any, a: Any, s: Any, c: Any) -> Any:
+    """``a * s + c`` for a scalar ``s``, fused where the CPU can."""
+    sig = a(a, s, c)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        scalar = _splat(context, builder, a, args[1], s)
+        product = builder.fmul(args[0], scalar, flags=("contract",))
+        return builder.fadd(product, args[2], flags=("contract",))
 
     return sig, codegen
 
@@ -220,3 +278,210 @@ def depthwise_rows(x, k, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # 
                         t = nt - 1
                         v0 = vfma(vload(ring, offs[t] + xb), vload(k, kofs[t] + cb), v0)
                     vstore(of, obase + j * c + cb, vadd(v0, v1))
+
+
+# Winograd's transforms on one vector of channels, with F(4x4, 3x3)'s and F(2x2, 3x3)'s
+# constant matrices written out (winograd.TRANSFORMS holds the same matrices; the tests
+# compare the two). B^T is applied to a column of a values, A^T to a column of a products.
+@numba.njit(inline="always")
+def _bt6(z0, z1, z2, z3, z4, z5):  # type: ignore[no-untyped-def]
+    p = vfmas(z2, -4.0, z4)  # z4 - 4 z2
+    q = vfmas(z1, -4.0, z3)  # z3 - 4 z1
+    p2 = vsub(z4, z2)
+    q2 = vmuls(vsub(z3, z1), 2.0)
+    r0 = vfmas(z0, 4.0, vfmas(z2, -5.0, z4))
+    r5 = vfmas(z1, 4.0, vfmas(z3, -5.0, z5))
+    return r0, vadd(p, q), vsub(p, q), vadd(p2, q2), vsub(p2, q2), r5
+
+
+@numba.njit(inline="always")
+def _bt4(z0, z1, z2, z3):  # type: ignore[no-untyped-def]
+    return vsub(z0, z2), vadd(z1, z2), vsub(z2, z1), vsub(z1, z3)
+
+
+@numba.njit(inline="always")
+def _at6(z0, z1, z2, z3, z4, z5):  # type: ignore[no-untyped-def]
+    s1 = vadd(z1, z2)
+    d1 = vsub(z1, z2)
+    s2 = vadd(z3, z4)
+    d2 = vsub(z3, z4)
+    y0 = vadd(z0, vadd(s1, s2))
+    y3 = vadd(vfmas(d2, 8.0, d1), z5)
+    return y0, vfmas(d2, 2.0, d1), vfmas(s2, 4.0, s1), y3
+
+
+@numba.njit(inline="always")
+def _at4(z0, z1, z2, z3):  # type: ignore[no-untyped-def]
+    return vadd(z0, vadd(z1, z2)), vsub(vsub(z1, z2), z3)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_input(x, pt, pl, m, th, tw, t0, lo, hi, v):  # type: ignore[no-untyped-def]
+    # Tiles t0+lo : t0+hi (flattened over n, th, tw) -> v[:, lo:hi, :] (a*a, T, c) = B^T d B per
+    # tile and channel, c >= lanes. Per tile and vector of channels: B^T along each of the a
+    # rows into a small buffer (a*a vectors, in L1), then along each column into v. The last
+    # channel vector overlaps the one before when lanes does not divide c. (No helper takes
+    # an array: numba would count references around every call.)
+    _, h, w, c = x.shape
+    a = m + 2
+    nt = v.shape[1]
+    lanes = VECTOR_BYTES // x.itemsize
+    xf = x.reshape(-1)
+    vf = v.reshape(-1)
+    buf = np.empty(a * a * lanes, x.dtype)
+    edge = np.empty(a * lanes, x.dtype)  # one tile row with the zeros past the image
+    step = a * nt * c  # between rows r and r+1 of one tile's a x a transformed values
+    for t in range(lo, hi):
+        tt = t0 + t
+        b = tt // (th * tw)
+        rem = tt - b * th * tw
+        ty = rem // tw
+        y0 = ty * m - pt
+        x0 = (rem - ty * tw) * m - pl
+        for c0 in range(0, c, lanes):
+            cb = min(c0, c - lanes)
+            for i in range(a):  # row i of the tile times B (B^T applied along the row)
+                y = y0 + i
+                at = ((b * h + y) * w + x0) * c + cb
+                if 0 <= y < h and x0 >= 0 and x0 + a <= w:
+                    z0 = vload(xf, at)
+                    z1 = vload(xf, at + c)
+                    z2 = vload(xf, at + 2 * c)
+                    z3 = vload(xf, at + 3 * c)
+                    z4 = vload(xf, at + 4 * c) if a == 6 else z0
+                    z5 = vload(xf, at + 5 * c) if a == 6 else z0
+                else:
+                    for j in range(a):
+                        if 0 <= y < h and 0 <= x0 + j < w:
+                            vstore(edge, j * lanes, vload(xf, at + j * c))
+                        else:
+                            vstore(edge, j * lanes, vzero(xf))
+                    z0 = vload(edge, 0)
+                    z1 = vload(edge, lanes)
+                    z2 = vload(edge, 2 * lanes)
+                    z3 = vload(edge, 3 * lanes)
+                    z4 = vload(edge, 4 * lanes) if a == 6 else z0
+                    z5 = vload(edge, 5 * lanes) if a == 6 else z0
+                o = i * a * lanes
+                if a == 6:
+                    r = _bt6(z0, z1, z2, z3, z4, z5)
+                    vstore(buf, o, r[0])
+                    vstore(buf, o + lanes, r[1])
+                    vstore(buf, o + 2 * lanes, r[2])
+                    vstore(buf, o + 3 * lanes, r[3])
+                    vstore(buf, o + 4 * lanes, r[4])
+                    vstore(buf, o + 5 * lanes, r[5])
+                else:
+                    r4 = _bt4(z0, z1, z2, z3)
+                    vstore(buf, o, r4[0])
+                    vstore(buf, o + lanes, r4[1])
+                    vstore(buf, o + 2 * lanes, r4[2])
+                    vstore(buf, o + 3 * lanes, r4[3])
+            for s_ in range(a):  # then B^T down each column, into v[r*a + s, t]
+                o = (s_ * nt + t) * c + cb
+                q = a * lanes
+                if a == 6:
+                    col = _bt6(
+                        vload(buf, s_ * lanes),
+                        vload(buf, s_ * lanes + q),
+                        vload(buf, s_ * lanes + 2 * q),
+                        vload(buf, s_ * lanes + 3 * q),
+                        vload(buf, s_ * lanes + 4 * q),
+                        vload(buf, s_ * lanes + 5 * q),
+                    )
+                    vstore(vf, o, col[0])
+                    vstore(vf, o + step, col[1])
+                    vstore(vf, o + 2 * step, col[2])
+                    vstore(vf, o + 3 * step, col[3])
+                    vstore(vf, o + 4 * step, col[4])
+                    vstore(vf, o + 5 * step, col[5])
+                else:
+                    col4 = _bt4(
+                        vload(buf, s_ * lanes),
+                        vload(buf, s_ * lanes + q),
+                        vload(buf, s_ * lanes + 2 * q),
+                        vload(buf, s_ * lanes + 3 * q),
+                    )
+                    vstore(vf, o, col4[0])
+                    vstore(vf, o + step, col4[1])
+                    vstore(vf, o + 2 * step, col4[2])
+                    vstore(vf, o + 3 * step, col4[3])
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_output(mm, bias, out, m, th, tw, t0, lo, hi):  # type: ignore[no-untyped-def]
+    # mm (a*a, T, c) for tiles t0+lo : t0+hi -> out (n, oh, ow, c) = A^T M A + bias, c >= lanes;
+    # outputs past the bottom or right edge are dropped.
+    _, oh, ow, c = out.shape
+    a = m + 2
+    nt = mm.shape[1]
+    lanes = VECTOR_BYTES // out.itemsize
+    mf = mm.reshape(-1)
+    of = out.reshape(-1)
+    buf = np.empty(m * a * lanes, out.dtype)
+    step = a * nt * c  # between rows r and r+1 of one tile's a x a products
+    for t in range(lo, hi):
+        tt = t0 + t
+        b = tt // (th * tw)
+        rem = tt - b * th * tw
+        ty = rem // tw
+        tx = rem - ty * tw
+        for c0 in range(0, c, lanes):
+            cb = min(c0, c - lanes)
+            bv = vload(bias, cb)
+            for j in range(a):  # A^T down column j of the products
+                p = (j * nt + t) * c + cb
+                if a == 6:
+                    col = _at6(
+                        vload(mf, p),
+                        vload(mf, p + step),
+                        vload(mf, p + 2 * step),
+                        vload(mf, p + 3 * step),
+                        vload(mf, p + 4 * step),
+                        vload(mf, p + 5 * step),
+                    )
+                    vstore(buf, j * lanes, col[0])
+                    vstore(buf, (6 + j) * lanes, col[1])
+                    vstore(buf, (12 + j) * lanes, col[2])
+                    vstore(buf, (18 + j) * lanes, col[3])
+                else:
+                    col2 = _at4(
+                        vload(mf, p),
+                        vload(mf, p + step),
+                        vload(mf, p + 2 * step),
+                        vload(mf, p + 3 * step),
+                    )
+                    vstore(buf, j * lanes, col2[0])
+                    vstore(buf, (4 + j) * lanes, col2[1])
+            for r in range(m):  # then along each row, plus the bias, into the output
+                oy = ty * m + r
+                if oy >= oh:
+                    break
+                base = ((b * oh + oy) * ow + tx * m) * c + cb
+                if a == 6:
+                    row = _at6(
+                        vload(buf, r * 6 * lanes),
+                        vload(buf, (r * 6 + 1) * lanes),
+                        vload(buf, (r * 6 + 2) * lanes),
+                        vload(buf, (r * 6 + 3) * lanes),
+                        vload(buf, (r * 6 + 4) * lanes),
+                        vload(buf, (r * 6 + 5) * lanes),
+                    )
+                    if tx * m + 4 <= ow:
+                        vstore(of, base, vadd(row[0], bv))
+                        vstore(of, base + c, vadd(row[1], bv))
+                        vstore(of, base + 2 * c, vadd(row[2], bv))
+                        vstore(of, base + 3 * c, vadd(row[3], bv))
+                    else:
+                        for s in range(ow - tx * m):
+                            vstore(of, base + s * c, vadd(row[s], bv))
+                else:
+                    row2 = _at4(
+                        vload(buf, r * 4 * lanes),
+                        vload(buf, (r * 4 + 1) * lanes),
+                        vload(buf, (r * 4 + 2) * lanes),
+                        vload(buf, (r * 4 + 3) * lanes),
+                    )
+                    vstore(of, base, vadd(row2[0], bv))
+                    if tx * m + 1 < ow:
+                        vstore(of, base + c, vadd(row2[1], bv))

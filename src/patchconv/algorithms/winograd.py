@@ -53,6 +53,9 @@ __all__ = [
     "kernel_transform",
 ]
 
+# One SIMD vector (``_simd.VECTOR_BYTES``): the written-out transforms need c * itemsize at
+# least this.
+_VECTOR_BYTES = 64
 # Bytes of transformed input plus product per block of tiles (per core): about one core's L2,
 # so a block's V and M stay in cache between the transforms and the products.
 BLOCK_BYTES = 2 * 2**20
@@ -271,13 +274,57 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
                             for q in range(c):
                                 dst[q] += coef * tmp[i, s, q]
 
-    _kernels = {"in": input_transform, "out": output_transform, "grad_out": grad_output_transform}
+    from patchconv.algorithms import _simd  # imports numba
+
+    _kernels = {
+        "in": input_transform,
+        "out": output_transform,
+        "grad_out": grad_output_transform,
+        "in_simd": _simd.winograd_input,
+        "out_simd": _simd.winograd_output,
+    }
     return _kernels
 
 
 def kernels() -> dict[str, Callable[..., Any]] | None:
     """The compiled transforms (compiling them now if needed), or None without numba."""
     return _compile()
+
+
+def _transform_kernels(
+    compiled: dict[str, Callable[..., Any]], spec: ConvSpec, dtype: np.dtype, m: int
+) -> tuple[Callable[..., None], Callable[..., None]]:
+    """``in_t(x, pt, pl, th, tw, t0, lo, hi, v)`` and ``out_t(mm, bias, out, th, tw, t0, lo,
+    hi)`` for F(m x m, 3x3): the SIMD forms (constant matrices written out, one vector of
+    channels at a time in registers) where the channels fill a vector, else the loops above."""
+    bt, _, at = TRANSFORMS[m]
+    if spec.c_in * dtype.itemsize >= _VECTOR_BYTES:
+        in_simd = compiled["in_simd"]
+
+        def in_t(*args: Any) -> None:
+            x, pt, pl, *rest = args
+            in_simd(x, pt, pl, m, *rest)
+
+    else:
+        in_loop, btc = compiled["in"], bt.astype(dtype)
+
+        def in_t(*args: Any) -> None:
+            x, pt, pl, *rest = args
+            in_loop(x, btc, pt, pl, m, *rest)
+
+    if spec.c_out * dtype.itemsize >= _VECTOR_BYTES:
+        out_simd = compiled["out_simd"]
+
+        def out_t(*args: Any) -> None:
+            out_simd(*args[:3], m, *args[3:])
+
+    else:
+        out_loop, atc = compiled["out"], at.astype(dtype)
+
+        def out_t(*args: Any) -> None:
+            out_loop(args[0], atc, *args[1:])
+
+    return in_t, out_t
 
 
 def _numpy_block(
@@ -349,9 +396,8 @@ def forward(
             _numpy_block(x, bt, at, u, b, out, spec, m, b0, min(spec.n, b0 + step))
         return out
     xc = np.ascontiguousarray(x)
-    btc, atc = bt.astype(dtype), at.astype(dtype)
     (pt, _), (pl, _) = spec.pads
-    in_t, out_t = compiled["in"], compiled["out"]
+    in_t, out_t = _transform_kernels(compiled, spec, dtype, m)
     per_thread = blas_pinned()
     workers = n_workers() if per_thread else 1
     # Each block reads all of U once: with deep channels make blocks big enough to amortise it.
@@ -367,9 +413,9 @@ def forward(
         for t0, nt in blocks[lo:hi]:
             v = vbuf[: a * a * nt * spec.c_in].reshape(a * a, nt, spec.c_in)
             mm = mbuf[: a * a * nt * spec.c_out].reshape(a * a, nt, spec.c_out)
-            in_t(xc, btc, pt, pl, m, th, tw, t0, 0, nt, v)
+            in_t(xc, pt, pl, th, tw, t0, 0, nt, v)
             np.matmul(v, u, out=mm)  # (a*a, T, c_in) @ (a*a, c_in, c_out)
-            out_t(mm, atc, b, out, th, tw, t0, 0, nt)
+            out_t(mm, b, out, th, tw, t0, 0, nt)
 
     parallel_for(run, len(blocks), workers=workers)
     return out
@@ -408,14 +454,13 @@ def _forward_split(
     """All tiles in one block: input transform split by tiles, then each core transforms the
     kernel for its own share of the ``a*a`` positions and runs their products (single-threaded
     BLAS), then the output transform split by tiles."""
-    bt, g, at = TRANSFORMS[m]
+    g = TRANSFORMS[m][1]
     a = m + 2
     dtype = x.dtype
     c_in, c_out = spec.c_in, spec.c_out
     th, tw = -(-spec.oh // m), -(-spec.ow // m)
     total = spec.n * th * tw
     xc = np.ascontiguousarray(x)
-    btc, atc = bt.astype(dtype), at.astype(dtype)
     kron = np.kron(g, g).astype(dtype)  # (a*a, 9)
     k9 = kernel.reshape(9, c_in * c_out)
     u = scratch("winograd.u", a * a * c_in * c_out, dtype, limit=workspace_limit)
@@ -424,12 +469,12 @@ def _forward_split(
     u2, u3 = u.reshape(a * a, c_in * c_out), u.reshape(a * a, c_in, c_out)
     v3, m3 = v.reshape(a * a, total, c_in), mm.reshape(a * a, total, c_out)
     (pt, _), (pl, _) = spec.pads
-    in_t, out_t = compiled["in"], compiled["out"]
+    in_t, out_t = _transform_kernels(compiled, spec, dtype, m)
     per_tile = a * a * max(c_in, c_out)
     min_tiles = max(1, 16384 // per_tile)  # tiles per thread hand-off
 
     parallel_for(
-        lambda lo, hi: in_t(xc, btc, pt, pl, m, th, tw, 0, lo, hi, v3),
+        lambda lo, hi: in_t(xc, pt, pl, th, tw, 0, lo, hi, v3),
         total,
         min_items=min_tiles,
     )
@@ -440,7 +485,7 @@ def _forward_split(
 
     parallel_for(products, a * a, pieces_per_worker=2)
     parallel_for(
-        lambda lo, hi: out_t(m3, atc, b, out, th, tw, 0, lo, hi),
+        lambda lo, hi: out_t(m3, b, out, th, tw, 0, lo, hi),
         total,
         min_items=min_tiles,
     )
@@ -470,7 +515,7 @@ def grad_kernel(
     """
     compiled = _compile()
     assert compiled is not None
-    bt, g, at = TRANSFORMS[m]
+    _, g, at = TRANSFORMS[m]
     a = m + 2
     dtype = x.dtype
     c_in, c_out = spec.c_in, spec.c_out
@@ -478,9 +523,10 @@ def grad_kernel(
     total = spec.n * th * tw
     xc = np.ascontiguousarray(x)
     goc = np.ascontiguousarray(grad_out, dtype=dtype)
-    btc, atc = bt.astype(dtype), at.astype(dtype)
+    atc = at.astype(dtype)
     (pt, _), (pl, _) = spec.pads
-    in_t, gout_t = compiled["in"], compiled["grad_out"]
+    in_t, _ = _transform_kernels(compiled, spec, dtype, m)
+    gout_t = compiled["grad_out"]
     per_tile = a * a * (c_in + c_out) * dtype.itemsize
     workers = n_workers()
     # Every block adds an (a*a, c_in, c_out) product to the partial dU: blocks of at least
@@ -498,7 +544,7 @@ def grad_kernel(
         for t0, nt in blocks[lo:hi]:
             v = vbuf[: a * a * nt * c_in].reshape(a * a, nt, c_in)
             gm = gbuf[: a * a * nt * c_out].reshape(a * a, nt, c_out)
-            in_t(xc, btc, pt, pl, m, th, tw, t0, 0, nt, v)
+            in_t(xc, pt, pl, th, tw, t0, 0, nt, v)
             gout_t(goc, atc, th, tw, t0, 0, nt, gm)
             mine += np.matmul(v.transpose(0, 2, 1), gm)  # (a*a, c_in, T) @ (a*a, T, c_out)
 
