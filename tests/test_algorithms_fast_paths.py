@@ -202,7 +202,7 @@ def test_winograd_products_split_by_position_or_by_tiles(
     kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(np.float32)
     bias = rng.standard_normal(c_out).astype(np.float32)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(winograd, "_split_products", lambda *args: split)
+        mp.setattr(winograd, "split_products", lambda *args: split)
         out = patchconv.conv2d(x, kernel, bias, padding="same", algorithm=f"winograd_f{m}")
     expected = conv2d_reference(x, kernel, bias, padding="same")
     assert_close(out, expected, np.float32)

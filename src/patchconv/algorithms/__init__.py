@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from patchconv._config import get_workspace_limit
 from patchconv._spec import ConvSpec, PatchconvError
 from patchconv.algorithms import depthwise, fft, gemm, pointwise, winograd
 from patchconv.algorithms._runtime import (
@@ -127,7 +128,7 @@ _FIXED_SECONDS = {
 def _blas_rate(m: int, k: int, n: int, itemsize: int) -> float:
     """Flops per second of an (m, k) @ (k, n) product: thin products run below peak."""
     rate = _BLAS_FLOPS * (4 / itemsize if itemsize > 4 else 1.0) * (0.5 if itemsize > 4 else 1.0)
-    for size, knee in ((m, 256), (k, 64), (n, 64)):
+    for size, knee in ((m, 64), (k, 64), (n, 64)):
         rate *= min(1.0, 0.35 + 0.65 * size / knee)
     return rate
 
@@ -159,11 +160,13 @@ def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
     a = m + 2
     tiles = spec.n * math.ceil(spec.oh / m) * math.ceil(spec.ow / m)
     block = max(1, min(tiles, winograd.BLOCK_BYTES // (a * a * (spec.c_in + spec.c_out) * 4)))
+    compiled = get_numba() is not None
+    if compiled and winograd.split_products(spec, m, itemsize, get_workspace_limit()):
+        block = tiles  # one block of all tiles, U built and read once (see winograd)
     products = 2 * a * a * tiles * spec.c_in * spec.c_out
     rate = _blas_rate(block, spec.c_in, spec.c_out, itemsize)
     # Transforms: per tile and channel, about 2 * a * (nonzeros per row) * a multiply-adds.
     transform = 2 * tiles * a * a * (spec.c_in * 6 + spec.c_out * 4) * (1.0 if m == 4 else 0.6)
-    compiled = get_numba() is not None
     transform_rate = _COMPILED_FLOPS if compiled else _COMPILED_FLOPS / 8
     kernel_bytes = a * a * spec.c_in * spec.c_out * itemsize
     blocks = max(1, tiles // block)

@@ -51,6 +51,7 @@ __all__ = [
     "grad_kernel",
     "grad_kernel_applies",
     "kernel_transform",
+    "split_products",
 ]
 
 # One SIMD vector (``_simd.VECTOR_BYTES``): the written-out transforms need c * itemsize at
@@ -124,17 +125,36 @@ def kernel_transform(
     With ``workspace_limit``, the result lives in a reused work buffer (valid until the next
     call on this thread).
     """
-    _, g, _ = TRANSFORMS[m]
     a = m + 2
     c_in, c_out = kernel.shape[2:]
-    kron = np.kron(g, g).astype(dtype)  # (a*a, 9): [(r, s), (i, j)] = G[r, i] G[s, j]
+    kron = _kron(m, dtype)
     size = a * a * c_in * c_out
     if workspace_limit is None:
         u = np.empty((a * a, c_in, c_out), dtype=dtype)
     else:
         u = scratch("winograd.u", size, dtype, limit=workspace_limit).reshape(a * a, c_in, c_out)
-    np.matmul(kron, kernel.reshape(9, c_in * c_out), out=u.reshape(a * a, c_in * c_out))
+    k9 = np.ascontiguousarray(kernel.reshape(9, c_in * c_out), dtype=dtype)
+    u2 = u.reshape(a * a, c_in * c_out)
+    compiled = _compile()
+    if compiled is not None and c_in * c_out * dtype.itemsize >= _VECTOR_BYTES:
+        simd = compiled["kernel_simd"]
+        # Positions per thread: only kernels of a MB or more are worth a hand-off.
+        per_position = c_in * c_out * dtype.itemsize
+        parallel_for(
+            lambda lo, hi: simd(k9, kron, u2, lo, hi),
+            a * a,
+            min_items=max(1, 2**20 // per_position),
+            pieces_per_worker=1,
+        )
+    else:
+        np.matmul(kron, k9, out=u2)
     return u
+
+
+def _kron(m: int, dtype: np.dtype) -> np.ndarray:
+    """``kron(G, G)`` (a*a, 9): ``[(r, s), (i, j)] = G[r, i] G[s, j]``, so ``U = kron @ g``."""
+    g = TRANSFORMS[m][1]
+    return np.kron(g, g).astype(dtype)
 
 
 _kernels: dict[str, Callable[..., Any]] | None = None
@@ -282,6 +302,7 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
         "grad_out": grad_output_transform,
         "in_simd": _simd.winograd_input,
         "out_simd": _simd.winograd_output,
+        "kernel_simd": _simd.winograd_kernel,
     }
     return _kernels
 
@@ -385,7 +406,7 @@ def forward(
     total = spec.n * th * tw
     compiled = _compile()
     per_tile = a * a * (spec.c_in + spec.c_out) * dtype.itemsize
-    if compiled is not None and _split_products(spec, m, dtype.itemsize, workspace_limit):
+    if compiled is not None and split_products(spec, m, dtype.itemsize, workspace_limit):
         _forward_split(compiled, x, kernel, b, out, spec, m, workspace_limit)
         return out
     u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit)  # (a*a, c_in, c_out)
@@ -421,7 +442,7 @@ def forward(
     return out
 
 
-def _split_products(spec: ConvSpec, m: int, itemsize: int, workspace_limit: int) -> bool:
+def split_products(spec: ConvSpec, m: int, itemsize: int, workspace_limit: int) -> bool:
     """True if the layer is deep (``U`` of several MB) and one block can hold every tile: then
     splitting the ``a*a`` products (and the kernel transform) over the cores beats splitting
     the tiles, as ``U`` is built and read once in all, not once per block of tiles."""
@@ -454,15 +475,15 @@ def _forward_split(
     """All tiles in one block: input transform split by tiles, then each core transforms the
     kernel for its own share of the ``a*a`` positions and runs their products (single-threaded
     BLAS), then the output transform split by tiles."""
-    g = TRANSFORMS[m][1]
     a = m + 2
     dtype = x.dtype
     c_in, c_out = spec.c_in, spec.c_out
     th, tw = -(-spec.oh // m), -(-spec.ow // m)
     total = spec.n * th * tw
     xc = np.ascontiguousarray(x)
-    kron = np.kron(g, g).astype(dtype)  # (a*a, 9)
-    k9 = kernel.reshape(9, c_in * c_out)
+    kron = _kron(m, dtype)  # (a*a, 9)
+    k9 = np.ascontiguousarray(kernel.reshape(9, c_in * c_out), dtype=dtype)
+    simd_u = compiled["kernel_simd"] if c_in * c_out * dtype.itemsize >= _VECTOR_BYTES else None
     u = scratch("winograd.u", a * a * c_in * c_out, dtype, limit=workspace_limit)
     v = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
     mm = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
@@ -480,7 +501,10 @@ def _forward_split(
     )
 
     def products(lo: int, hi: int) -> None:
-        np.matmul(kron[lo:hi], k9, out=u2[lo:hi])  # U for positions lo:hi
+        if simd_u is not None:  # U for positions lo:hi
+            simd_u(k9, kron, u2, lo, hi)
+        else:
+            np.matmul(kron[lo:hi], k9, out=u2[lo:hi])
         np.matmul(v3[lo:hi], u3[lo:hi], out=m3[lo:hi])
 
     parallel_for(products, a * a, pieces_per_worker=2)
@@ -515,7 +539,7 @@ def grad_kernel(
     """
     compiled = _compile()
     assert compiled is not None
-    _, g, at = TRANSFORMS[m]
+    at = TRANSFORMS[m][2]
     a = m + 2
     dtype = x.dtype
     c_in, c_out = spec.c_in, spec.c_out
@@ -550,6 +574,6 @@ def grad_kernel(
 
     parallel_for(run, len(blocks))
     du = np.sum(list(partials.values()), axis=0) if len(partials) > 1 else partials.popitem()[1]
-    kron = np.kron(g, g).astype(dtype)  # (a*a, 9)
+    kron = _kron(m, dtype)  # (a*a, 9)
     dw = kron.T @ du.reshape(a * a, c_in * c_out)  # (9, c_in*c_out): G^T dU G
     return dw.reshape(3, 3, c_in, c_out)
