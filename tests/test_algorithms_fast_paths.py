@@ -245,13 +245,40 @@ def test_winograd_weight_gradient_equals_the_patch_matrix_one(
     assert_close(via_backward, expected, dtype, grad=True)
 
 
-def test_deep_layers_keep_the_patch_matrix_weight_gradient() -> None:
-    """A layer whose partial dU would pass 4 MB (14x14x256) keeps gemm for grad_kernel."""
+def test_deep_layers_keep_the_patch_matrix_weight_gradient_unless_split() -> None:
+    """A layer whose partial dU would pass 4 MB (14x14x256) keeps gemm for grad_kernel unless
+    all its tiles fit one block (the split schedule) and there are enough of them."""
     spec = conv_spec((8, 14, 14, 256), (3, 3, 256, 256), None, padding="same")
-    assert not winograd.grad_kernel_applies(spec, 4, 2**28)
+    split = winograd.kernels() is not None and winograd.split_products(spec, 4, 4, 2**28)
+    assert winograd.grad_kernel_applies(spec, 4, 2**28) == split
+    assert not winograd.grad_kernel_applies(spec, 4, 2**20)  # V and dM over the workspace
+    few = conv_spec((1, 14, 14, 256), (3, 3, 256, 256), None, padding="same")
+    assert not winograd.grad_kernel_applies(few, 4, 2**28, m=2)  # 49 tiles: gemm is faster
     small = conv_spec((8, 28, 28, 128), (3, 3, 128, 128), None, padding="same")
     assert winograd.grad_kernel_applies(small, 4, 2**28) == (winograd.kernels() is not None)
     assert not winograd.grad_kernel_applies(small, 4, 2**20)  # partials over the workspace
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the Winograd weight gradient needs numba")
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(("c_in", "c_out", "dtype"), [(5, 6, np.float32), (17, 16, np.float32)])
+def test_split_winograd_weight_gradient_equals_the_patch_matrix_one(
+    m: int, c_in: int, c_out: int, dtype: type
+) -> None:
+    """The deep-layer schedule (one block of all tiles, products split by position), forced on
+    a small layer: the loops and the SIMD transforms, edge tiles on both sides."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 9, 11, c_in)).astype(dtype)
+    kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(dtype)
+    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    g = rng.standard_normal(spec_out(spec)).astype(dtype)
+    _, expected = gemm.backward(g, x, kernel, spec, 2**28, need_x=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(winograd, "split_products", lambda *args: True)
+        mp.setattr(winograd, "_SPLIT_GRAD_MIN_TILES", 1)
+        assert winograd.grad_kernel_applies(spec, 4, 2**28, m=m)
+        got = winograd.grad_kernel(g, x, spec, 2**28, m=m)
+    assert_close(got, expected, dtype, grad=True)
 
 
 @pytest.mark.skipif(winograd.kernels() is None, reason="the SIMD transforms need numba")
@@ -261,8 +288,8 @@ def test_deep_layers_keep_the_patch_matrix_weight_gradient() -> None:
 def test_simd_winograd_transforms_equal_the_matrix_loops(
     m: int, dtype: type, c: int, hw: tuple[int, int], pads: tuple[int, int]
 ) -> None:
-    """The written-out F(4x4)/F(2x2) transforms equal the loops over TRANSFORMS' matrices, on
-    edge tiles (zeros past the image, outputs past the edge dropped) and a sub-range of tiles
+    """The written-out F(4x4)/F(2x2) transforms (input, output and the output's adjoint)
+    equal the loops over TRANSFORMS' matrices, on edge tiles (zeros past the image, outputs past the edge dropped) and a sub-range of tiles
     of a later block (t0, lo, hi)."""
     kernels = winograd.kernels()
     assert kernels is not None
@@ -294,3 +321,10 @@ def test_simd_winograd_transforms_equal_the_matrix_loops(
     written = ~np.isnan(out_loop)
     assert written.any()
     assert_close(out_simd[written], out_loop[written], dtype)
+    go = rng.standard_normal((3, oh, ow, c)).astype(dtype)
+    gm_loop = np.zeros((a * a, nt, c), dtype)
+    gm_simd = np.zeros((a * a, nt, c), dtype)
+    kernels["grad_out"](go, at.astype(dtype), th, tw, t0, lo, hi, gm_loop)
+    kernels["grad_out_simd"](go, m, th, tw, t0, lo, hi, gm_simd)
+    assert_close(gm_simd, gm_loop, dtype)
+    assert np.all(gm_simd[:, :lo] == 0) and np.all(gm_simd[:, hi:] == 0)

@@ -415,10 +415,10 @@ def _backward(
         used["grad_x"] = used["grad_kernel"] = name
         assert grad_x is not None and grad_kernel is not None
         return grad_x, grad_kernel, used
+    m = 4 if name == "winograd_f4" else 2
     if name.startswith("winograd") and winograd.grad_kernel_applies(
-        spec, itemsize, workspace_limit
+        spec, itemsize, workspace_limit, m=m
     ):
-        m = 4 if name == "winograd_f4" else 2
         grad_kernel = winograd.grad_kernel(grad_out, x, spec, workspace_limit, m=m)
         used["grad_kernel"] = f"{name} (a*a products of transformed tiles)"
     else:

@@ -39,7 +39,10 @@ __all__ = [
     "vstore",
     "vsub",
     "vzero",
+    "vzero_like",
+    "winograd_grad_output",
     "winograd_input",
+    "winograd_kernel",
     "winograd_output",
 ]
 
@@ -131,6 +134,17 @@ def vzero(typingctx: Any, arr: Any) -> Any:
         element = context.get_value_type(arr.dtype)
         count = VECTOR_BYTES // (arr.dtype.bitwidth // 8)
         return ir.Constant(ir.VectorType(element, count), None)
+
+    return sig, codegen
+
+
+@intrinsic
+def vzero_like(typingctx: Any, a: Any) -> Any:
+    """A vector of zeros of ``a``'s type."""
+    sig = a(a)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return ir.Constant(args[0].type, None)
 
     return sig, codegen
 
@@ -519,3 +533,100 @@ def winograd_kernel(k9, kron, u, lo, hi):  # type: ignore[no-untyped-def]
             acc = vfmas(g7, kron[xi, 7], acc)
             acc = vfmas(g8, kron[xi, 8], acc)
             vstore(uf, xi * q + p, acc)
+
+
+@numba.njit(inline="always")
+def _a6t(d0, d1, d2, d3):  # type: ignore[no-untyped-def]
+    # A (6x4) applied to 4 values: the adjoint of _at6.
+    s1 = vadd(d1, d3)
+    s2 = vadd(d0, d2)
+    p = vadd(s2, s1)
+    q = vsub(s2, d1)
+    q = vsub(q, d3)
+    r3 = vfmas(d1, 2.0, vfmas(d2, 4.0, vfmas(d3, 8.0, d0)))
+    r4 = vfmas(d1, -2.0, vfmas(d2, 4.0, vfmas(d3, -8.0, d0)))
+    return d0, p, q, r3, r4, d3
+
+
+@numba.njit(inline="always")
+def _a4t(d0, d1):  # type: ignore[no-untyped-def]
+    # A (4x2) applied to 2 values: the adjoint of _at4.
+    return d0, vadd(d0, d1), vsub(d0, d1), vsub(vzero_like(d0), d1)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_grad_output(go, m, th, tw, t0, lo, hi, gm):  # type: ignore[no-untyped-def]
+    # The adjoint of winograd_output: grad_out tiles t0+lo : t0+hi (m x m, zeros past the
+    # edge) -> gm[:, lo:hi, :] (a*a, T, c) = A dY A^T, c >= lanes.
+    _, oh, ow, c = go.shape
+    a = m + 2
+    nt = gm.shape[1]
+    lanes = VECTOR_BYTES // go.itemsize
+    gf = go.reshape(-1)
+    mf = gm.reshape(-1)
+    buf = np.empty(m * a * lanes, go.dtype)
+    edge = np.empty(m * lanes, go.dtype)
+    step = a * nt * c  # between rows i and i+1 of one tile's a x a values
+    for t in range(lo, hi):
+        tt = t0 + t
+        b = tt // (th * tw)
+        rem = tt - b * th * tw
+        ty = rem // tw
+        tx = rem - ty * tw
+        for c0 in range(0, c, lanes):
+            cb = min(c0, c - lanes)
+            for r in range(m):  # row r of dY times A^T (A applied along the row)
+                oy = ty * m + r
+                at = ((b * oh + oy) * ow + tx * m) * c + cb
+                if oy < oh and tx * m + m <= ow:
+                    d0 = vload(gf, at)
+                    d1 = vload(gf, at + c)
+                    d2 = vload(gf, at + 2 * c) if m == 4 else d0
+                    d3 = vload(gf, at + 3 * c) if m == 4 else d0
+                else:
+                    for s in range(m):
+                        if oy < oh and tx * m + s < ow:
+                            vstore(edge, s * lanes, vload(gf, at + s * c))
+                        else:
+                            vstore(edge, s * lanes, vzero(gf))
+                    d0 = vload(edge, 0)
+                    d1 = vload(edge, lanes)
+                    d2 = vload(edge, 2 * lanes) if m == 4 else d0
+                    d3 = vload(edge, 3 * lanes) if m == 4 else d0
+                o = r * a * lanes
+                if m == 4:
+                    z = _a6t(d0, d1, d2, d3)
+                    vstore(buf, o, z[0])
+                    vstore(buf, o + lanes, z[1])
+                    vstore(buf, o + 2 * lanes, z[2])
+                    vstore(buf, o + 3 * lanes, z[3])
+                    vstore(buf, o + 4 * lanes, z[4])
+                    vstore(buf, o + 5 * lanes, z[5])
+                else:
+                    z4 = _a4t(d0, d1)
+                    vstore(buf, o, z4[0])
+                    vstore(buf, o + lanes, z4[1])
+                    vstore(buf, o + 2 * lanes, z4[2])
+                    vstore(buf, o + 3 * lanes, z4[3])
+            q = a * lanes
+            for j in range(a):  # then A down each column, into gm[i*a + j, t]
+                o = (j * nt + t) * c + cb
+                if m == 4:
+                    col = _a6t(
+                        vload(buf, j * lanes),
+                        vload(buf, j * lanes + q),
+                        vload(buf, j * lanes + 2 * q),
+                        vload(buf, j * lanes + 3 * q),
+                    )
+                    vstore(mf, o, col[0])
+                    vstore(mf, o + step, col[1])
+                    vstore(mf, o + 2 * step, col[2])
+                    vstore(mf, o + 3 * step, col[3])
+                    vstore(mf, o + 4 * step, col[4])
+                    vstore(mf, o + 5 * step, col[5])
+                else:
+                    col4 = _a4t(vload(buf, j * lanes), vload(buf, j * lanes + q))
+                    vstore(mf, o, col4[0])
+                    vstore(mf, o + step, col4[1])
+                    vstore(mf, o + 2 * step, col4[2])
+                    vstore(mf, o + 3 * step, col4[3])

@@ -38,6 +38,7 @@ from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import (
     blas_pinned,
     get_numba,
+    matmul,
     n_workers,
     parallel_for,
     scratch,
@@ -54,6 +55,8 @@ __all__ = [
     "split_products",
 ]
 
+# Fewest tiles for which the split weight gradient beats gemm's (see grad_kernel_applies).
+_SPLIT_GRAD_MIN_TILES = 64
 # One SIMD vector (``_simd.VECTOR_BYTES``): the written-out transforms need c * itemsize at
 # least this.
 _VECTOR_BYTES = 64
@@ -303,6 +306,7 @@ def _compile() -> dict[str, Callable[..., Any]] | None:
         "in_simd": _simd.winograd_input,
         "out_simd": _simd.winograd_output,
         "kernel_simd": _simd.winograd_kernel,
+        "grad_out_simd": _simd.winograd_grad_output,
     }
     return _kernels
 
@@ -346,6 +350,26 @@ def _transform_kernels(
             out_loop(args[0], atc, *args[1:])
 
     return in_t, out_t
+
+
+def _grad_output_kernel(
+    compiled: dict[str, Callable[..., Any]], spec: ConvSpec, dtype: np.dtype, m: int
+) -> Callable[..., None]:
+    """``gout_t(go, th, tw, t0, lo, hi, gm)``: grad_out tiles -> ``A dY A^T``, in the SIMD
+    form where ``c_out`` fills a vector, else the loop above."""
+    if spec.c_out * dtype.itemsize >= _VECTOR_BYTES:
+        simd = compiled["grad_out_simd"]
+
+        def gout_t(go: np.ndarray, *rest: Any) -> None:
+            simd(go, m, *rest)
+
+    else:
+        loop, atc = compiled["grad_out"], TRANSFORMS[m][2].astype(dtype)
+
+        def gout_t(go: np.ndarray, *rest: Any) -> None:
+            loop(go, atc, *rest)
+
+    return gout_t
 
 
 def _numpy_block(
@@ -515,13 +539,18 @@ def _forward_split(
     )
 
 
-def grad_kernel_applies(spec: ConvSpec, itemsize: int, workspace_limit: int) -> bool:
-    """True if :func:`grad_kernel` runs for ``spec``: Winograd applies, numba is installed and
-    the layer is not deep: a partial ``dU`` (``a*a*c_in*c_out``) per core under 4 MB and a
-    quarter of the workspace limit. Deep layers (14x14x256: 8.0 ms by gemm, 15.5 ms here)
-    have too few tiles to pay for building and summing the partials."""
+def grad_kernel_applies(spec: ConvSpec, itemsize: int, workspace_limit: int, *, m: int = 4) -> bool:
+    """True if :func:`grad_kernel` runs for ``spec``: Winograd applies, numba is installed,
+    and either the layer is not deep (a partial ``dU`` (``a*a*c_in*c_out``) per core under
+    4 MB and a quarter of the workspace limit) or all its tiles fit one block
+    (:func:`split_products`). Deep layers with many tiles would build and sum a large partial
+    ``dU`` per block (14x14x256 in blocks: 15.5 ms against 8.0 ms by gemm)."""
     if applies(spec) is not None or get_numba() is None:
         return False
+    if split_products(spec, m, itemsize, workspace_limit):
+        # Measured: 128 tiles (N8 14x14x256 F(4x4), 7x7x512 F(2x2)) take 4.2 and 6.5 ms
+        # against 7.9 and 7.4 by gemm; 49 (N1 14x14x256 F(2x2)) 1.5 against 1.4.
+        return spec.n * -(-spec.oh // m) * -(-spec.ow // m) >= _SPLIT_GRAD_MIN_TILES
     du_bytes = 36 * spec.c_in * spec.c_out * itemsize
     return du_bytes < 2 * BLOCK_BYTES and du_bytes * n_workers() <= workspace_limit // 4
 
@@ -539,7 +568,8 @@ def grad_kernel(
     """
     compiled = _compile()
     assert compiled is not None
-    at = TRANSFORMS[m][2]
+    if split_products(spec, m, x.dtype.itemsize, workspace_limit):
+        return _grad_kernel_split(compiled, grad_out, x, spec, workspace_limit, m)
     a = m + 2
     dtype = x.dtype
     c_in, c_out = spec.c_in, spec.c_out
@@ -547,10 +577,9 @@ def grad_kernel(
     total = spec.n * th * tw
     xc = np.ascontiguousarray(x)
     goc = np.ascontiguousarray(grad_out, dtype=dtype)
-    atc = at.astype(dtype)
     (pt, _), (pl, _) = spec.pads
     in_t, _ = _transform_kernels(compiled, spec, dtype, m)
-    gout_t = compiled["grad_out"]
+    gout_t = _grad_output_kernel(compiled, spec, dtype, m)
     per_tile = a * a * (c_in + c_out) * dtype.itemsize
     workers = n_workers()
     # Every block adds an (a*a, c_in, c_out) product to the partial dU: blocks of at least
@@ -569,11 +598,52 @@ def grad_kernel(
             v = vbuf[: a * a * nt * c_in].reshape(a * a, nt, c_in)
             gm = gbuf[: a * a * nt * c_out].reshape(a * a, nt, c_out)
             in_t(xc, pt, pl, th, tw, t0, 0, nt, v)
-            gout_t(goc, atc, th, tw, t0, 0, nt, gm)
+            gout_t(goc, th, tw, t0, 0, nt, gm)
             mine += np.matmul(v.transpose(0, 2, 1), gm)  # (a*a, c_in, T) @ (a*a, T, c_out)
 
     parallel_for(run, len(blocks))
     du = np.sum(list(partials.values()), axis=0) if len(partials) > 1 else partials.popitem()[1]
     kron = _kron(m, dtype)  # (a*a, 9)
     dw = kron.T @ du.reshape(a * a, c_in * c_out)  # (9, c_in*c_out): G^T dU G
+    return dw.reshape(3, 3, c_in, c_out)
+
+
+def _grad_kernel_split(
+    compiled: dict[str, Callable[..., Any]],
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    spec: ConvSpec,
+    workspace_limit: int,
+    m: int,
+) -> np.ndarray:
+    """:func:`grad_kernel` for deep layers whose tiles all fit one block: both transforms
+    split by tiles, then each core takes its share of the ``a*a`` positions' products
+    ``dU[xi] = V[xi]^T dM[xi]`` (single-threaded BLAS), then ``dW = G^T dU G`` split by
+    columns; ``dU`` is written and read once in all, with no partials to sum."""
+    a = m + 2
+    dtype = x.dtype
+    c_in, c_out = spec.c_in, spec.c_out
+    th, tw = -(-spec.oh // m), -(-spec.ow // m)
+    total = spec.n * th * tw
+    xc = np.ascontiguousarray(x)
+    goc = np.ascontiguousarray(grad_out, dtype=dtype)
+    (pt, _), (pl, _) = spec.pads
+    in_t, _ = _transform_kernels(compiled, spec, dtype, m)
+    gout_t = _grad_output_kernel(compiled, spec, dtype, m)
+    v3 = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
+    v3 = v3.reshape(a * a, total, c_in)
+    m3 = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
+    m3 = m3.reshape(a * a, total, c_out)
+    du = scratch("winograd.u", a * a * c_in * c_out, dtype, limit=workspace_limit)
+    du3 = du.reshape(a * a, c_in, c_out)
+    min_tiles = max(1, 16384 // (a * a * max(c_in, c_out)))  # tiles per thread hand-off
+    parallel_for(lambda lo, hi: in_t(xc, pt, pl, th, tw, 0, lo, hi, v3), total, min_items=min_tiles)
+    parallel_for(lambda lo, hi: gout_t(goc, th, tw, 0, lo, hi, m3), total, min_items=min_tiles)
+
+    def products(lo: int, hi: int) -> None:
+        np.matmul(v3[lo:hi].transpose(0, 2, 1), m3[lo:hi], out=du3[lo:hi])
+
+    parallel_for(products, a * a, pieces_per_worker=2)
+    dw = np.empty((9, c_in * c_out), dtype)
+    matmul(np.ascontiguousarray(_kron(m, dtype).T), du.reshape(a * a, c_in * c_out), dw)
     return dw.reshape(3, 3, c_in, c_out)
