@@ -279,7 +279,7 @@ def scratch(role: str, size: int, dtype: np.dtype | type, *, limit: int) -> np.n
         return buf[:size]
     if buf is not None:
         del mine.buffers[role]
-    fresh = np.empty(size, dtype=dtype)
+    fresh = aligned_empty((size,), dtype)  # SIMD kernels store whole cache lines
     if mine.total() + fresh.nbytes <= limit:
         mine.buffers[role] = fresh
     return fresh
