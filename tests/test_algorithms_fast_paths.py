@@ -328,3 +328,63 @@ def test_simd_winograd_transforms_equal_the_matrix_loops(
     kernels["grad_out_simd"](go, m, th, tw, t0, lo, hi, gm_simd)
     assert_close(gm_simd, gm_loop, dtype)
     assert np.all(gm_simd[:, :lo] == 0) and np.all(gm_simd[:, hi:] == 0)
+
+
+@settings(max_examples=40)
+@given(
+    n=st.integers(1, 2),
+    hw=st.tuples(st.integers(1, 14), st.integers(4, 14)),
+    c_in=st.sampled_from([1, 3, 8]),
+    c_out_dtype=st.sampled_from([(64, np.float32), (70, np.float32), (32, np.float64)]),
+    k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    strides=st.tuples(st.integers(1, 3), st.integers(1, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=paddings(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_implicit_gemm_matches_the_reference(
+    n: int,
+    hw: tuple[int, int],
+    c_in: int,
+    c_out_dtype: tuple[int, type],
+    k: tuple[int, int],
+    strides: tuple[int, int],
+    dilation: tuple[int, int],
+    padding: object,
+    seed: int,
+) -> None:
+    """gemm's and pointwise's implicit kernel (4 SIMD vectors of output channels or more): the
+    overlapping last block of columns and last channel panel, taps in the padding, strides
+    and dilations; where it does not apply (too few output columns) the tiles answer."""
+    c_out, dtype = c_out_dtype
+    kh, kw = k
+    h = max(hw[0], (kh - 1) * dilation[0] + 1)
+    w = max(hw[1], (kw - 1) * dilation[1] + 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c_in)).astype(dtype)
+    kernel = rng.standard_normal((kh, kw, c_in, c_out)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    options = {"strides": strides, "padding": padding, "dilation_rate": dilation}
+    expected = conv2d_reference(x, kernel, bias, **options)
+    out = patchconv.conv2d(x, kernel, bias, algorithm="gemm", **options)
+    assert_close(out, expected, dtype)
+    if (kh, kw) == (1, 1):
+        out = patchconv.conv2d(x, kernel, bias, algorithm="pointwise", **options)
+        assert_close(out, expected, dtype)
+
+
+def test_implicit_gemm_applies_where_documented() -> None:
+    """Shallow kernels take the implicit kernel; deep ones (2.4 MB kernel matrix), few output
+    channels, groups or fewer than 4 output columns keep the tiles."""
+    numba_here = winograd.kernels() is not None
+    stem = conv_spec((1, 224, 224, 3), (7, 7, 3, 64), None, strides=2, padding="same")
+    assert gemm.implicit_applies(stem, 4) == numba_here
+    deep = conv_spec((1, 14, 14, 256), (3, 3, 256, 256), None, padding="same")
+    assert not gemm.implicit_applies(deep, 4)
+    narrow = conv_spec((1, 8, 8, 3), (3, 3, 3, 32), None, padding="same")
+    assert not gemm.implicit_applies(narrow, 4)  # 32 float32 outputs: 2 vectors
+    assert gemm.implicit_applies(narrow, 8) == numba_here  # 32 float64: 4 vectors
+    grouped = conv_spec((1, 8, 8, 4), (3, 3, 2, 64), None, padding="same", groups=2)
+    assert not gemm.implicit_applies(grouped, 4)
+    thin = conv_spec((1, 8, 3, 4), (3, 3, 4, 64), None, padding="same")
+    assert not gemm.implicit_applies(thin, 4)

@@ -135,6 +135,9 @@ def _blas_rate(m: int, k: int, n: int, itemsize: int) -> float:
 
 def _gemm_cost(spec: ConvSpec, itemsize: int) -> float:
     positions = spec.n * spec.oh * spec.ow
+    if gemm.implicit_applies(spec, itemsize):  # no patch copy; measured near BLAS' peak
+        rows = spec.n * spec.oh
+        return spec.flops / _BLAS_FLOPS + rows * _CALL_SECONDS / 8
     k = spec.kh * spec.kw * spec.c_in_group
     patch_bytes = positions * spec.patch_size * itemsize
     rate = _blas_rate(min(positions, 2048), k, spec.c_out_group, itemsize)
@@ -214,7 +217,7 @@ def estimates(spec: ConvSpec, itemsize: int = 4) -> dict[str, float]:
 
 
 _REASONS = {
-    "gemm": "patch matrix x kernel matrix in cache-sized tiles",
+    "gemm": "patches x kernel matrix (implicit from the input rows, or cache-sized tiles)",
     "pointwise": "1x1 kernel: the input itself is the patch matrix",
     "depthwise": "groups == c_in: shifted multiply-adds, no patch matrix",
     "winograd_f4": "3x3 stride 1: Winograd F(4x4, 3x3), 4x fewer multiplications",

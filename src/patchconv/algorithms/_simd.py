@@ -29,8 +29,10 @@ from numba.extending import intrinsic, models, register_model
 
 __all__ = [
     "VECTOR_BYTES",
+    "conv_rows",
     "depthwise_rows",
     "lanes",
+    "sload",
     "vadd",
     "vfma",
     "vfmas",
@@ -145,6 +147,18 @@ def vzero_like(typingctx: Any, a: Any) -> Any:
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         return ir.Constant(args[0].type, None)
+
+    return sig, codegen
+
+
+@intrinsic
+def sload(typingctx: Any, arr: Any, index: Any) -> Any:
+    """``arr[index]`` without the negative-index wraparound numba adds to indexing."""
+    sig = arr.dtype(arr, index)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        data = context.make_array(arr)(context, builder, args[0]).data
+        return builder.load(builder.gep(data, [args[1]]))
 
     return sig, codegen
 
@@ -676,3 +690,117 @@ def winograd_grad_output(go, m, th, tw, t0, lo, hi, gm):  # type: ignore[no-unty
                     vstore(mf, o + step, col4[1])
                     vstore(mf, o + 2 * step, col4[2])
                     vstore(mf, o + 3 * step, col4[3])
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
+    # Implicit GEMM: out (n, oh, ow, co) rows lo:hi of the flattened (n*oh) output = patches @
+    # kmat (kh*kw*ci, co, 64-byte aligned) + bias (co,), without a patch matrix. Each input row
+    # a tap needs is copied once into an aligned ring of zero-padded rows (as depthwise_rows
+    # does), then each output row is done in blocks of 4 columns x 4 vectors of output
+    # channels: 16 accumulators stay in registers while the patch's kh*kw*ci values go by,
+    # each a broadcast times 4 kernel vectors. The last block of a row and the last channel
+    # panel overlap the ones before (co >= 4 lanes, ow >= 4).
+    _, h, w, ci = x.shape
+    oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
+    lanes = VECTOR_BYTES // x.itemsize
+    wp = (ow - 1) * sw + (kw - 1) * dw + 1  # padded columns the taps reach
+    rowlen = (wp * ci + lanes - 1) // lanes * lanes
+    nslots = kh * dh  # the kh rows of one output row are distinct modulo kh*dh
+    raw = np.zeros(nslots * rowlen + lanes, x.dtype)
+    a0 = ((-raw.ctypes.data) % VECTOR_BYTES) // x.itemsize
+    ring = raw[a0 : a0 + nslots * rowlen]
+    held = np.full(nslots, -1, np.int64)  # which (image, row) each slot holds
+    ncopy = max(0, min(w, wp - pl)) * ci  # input values per row inside the padded span
+    xf = x.reshape(-1)
+    kf = kmat.reshape(-1)
+    of = out.reshape(-1)
+    taps = np.empty(kh, np.int64)  # kernel rows inside the image, and their ring rows
+    bases = np.empty(kh, np.int64)
+    step = sw * ci
+    for r in range(lo, hi):
+        b = r // oh
+        i = r - b * oh
+        nr = 0
+        for di in range(kh):
+            y = i * sh - pt + di * dh
+            if y < 0 or y >= h:
+                continue
+            slot = y % nslots
+            if held[slot] != b * h + y:
+                held[slot] = b * h + y
+                src = (b * h + y) * w * ci
+                dst = slot * rowlen + pl * ci
+                if ncopy >= lanes:  # vectors, the last one overlapping the one before
+                    for q in range(0, ncopy - lanes, lanes):
+                        vstore(ring, dst + q, vload(xf, src + q))
+                    vstore(ring, dst + ncopy - lanes, vload(xf, src + ncopy - lanes))
+                else:
+                    for q in range(ncopy):
+                        ring[dst + q] = xf[src + q]
+            taps[nr] = di
+            bases[nr] = slot * rowlen
+            nr += 1
+        obase = r * ow * co
+        for p0 in range(0, co, 4 * lanes):
+            pc = min(p0, co - 4 * lanes)
+            e0 = vload(bias, pc)
+            e1 = vload(bias, pc + lanes)
+            e2 = vload(bias, pc + 2 * lanes)
+            e3 = vload(bias, pc + 3 * lanes)
+            for blk in range((ow + 3) // 4):
+                j = min(blk * 4, ow - 4)
+                a00, a01, a02, a03 = e0, e1, e2, e3
+                a10, a11, a12, a13 = e0, e1, e2, e3
+                a20, a21, a22, a23 = e0, e1, e2, e3
+                a30, a31, a32, a33 = e0, e1, e2, e3
+                for t in range(nr):
+                    for dj in range(kw):
+                        a = bases[t] + (j * sw + dj * dw) * ci
+                        kb = (taps[t] * kw + dj) * ci * co + pc
+                        for c in range(ci):
+                            u0 = vload(kf, kb)
+                            u1 = vload(kf, kb + lanes)
+                            u2 = vload(kf, kb + 2 * lanes)
+                            u3 = vload(kf, kb + 3 * lanes)
+                            kb += co
+                            s = sload(ring, a + c)
+                            a00 = vfmas(u0, s, a00)
+                            a01 = vfmas(u1, s, a01)
+                            a02 = vfmas(u2, s, a02)
+                            a03 = vfmas(u3, s, a03)
+                            s = sload(ring, a + step + c)
+                            a10 = vfmas(u0, s, a10)
+                            a11 = vfmas(u1, s, a11)
+                            a12 = vfmas(u2, s, a12)
+                            a13 = vfmas(u3, s, a13)
+                            s = sload(ring, a + 2 * step + c)
+                            a20 = vfmas(u0, s, a20)
+                            a21 = vfmas(u1, s, a21)
+                            a22 = vfmas(u2, s, a22)
+                            a23 = vfmas(u3, s, a23)
+                            s = sload(ring, a + 3 * step + c)
+                            a30 = vfmas(u0, s, a30)
+                            a31 = vfmas(u1, s, a31)
+                            a32 = vfmas(u2, s, a32)
+                            a33 = vfmas(u3, s, a33)
+                o = obase + j * co + pc
+                vstore(of, o, a00)
+                vstore(of, o + lanes, a01)
+                vstore(of, o + 2 * lanes, a02)
+                vstore(of, o + 3 * lanes, a03)
+                o += co
+                vstore(of, o, a10)
+                vstore(of, o + lanes, a11)
+                vstore(of, o + 2 * lanes, a12)
+                vstore(of, o + 3 * lanes, a13)
+                o += co
+                vstore(of, o, a20)
+                vstore(of, o + lanes, a21)
+                vstore(of, o + 2 * lanes, a22)
+                vstore(of, o + 3 * lanes, a23)
+                o += co
+                vstore(of, o, a30)
+                vstore(of, o + lanes, a31)
+                vstore(of, o + 2 * lanes, a32)
+                vstore(of, o + 3 * lanes, a33)

@@ -1,7 +1,11 @@
 """1x1 kernels: the input itself is the patch matrix.
 
 A 1x1 patch is one pixel's channels, so at stride 1 without padding the whole layer is
-``x.reshape(n*h*w, c_in) @ kernel.reshape(c_in, c_out)`` with no copy at all. A stride picks
+``x.reshape(n*h*w, c_in) @ kernel.reshape(c_in, c_out)`` with no copy at all. With few input
+channels gemm's implicit kernel (:func:`~patchconv.algorithms.gemm.forward_implicit`) does the
+same product faster than BLAS does at such a short inner dimension (measured: 64 -> 256
+channels on 56x56, 0.68 against 0.83 ms at N=1 and 3.2 against 4.4 ms at N=8; 256 -> 64, 3.2
+against 3.7 ms; 256 -> 512 at stride 2, a tie). A stride picks
 every s-th pixel (one strided copy, tiled under the workspace limit); padding only adds output
 positions that see zeros, which get the bias alone.
 """
@@ -13,7 +17,7 @@ import numpy as np
 from patchconv._patches import iter_tiles, valid_range
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import blas_pinned, matmul, parallel_for, scratch
-from patchconv.algorithms.gemm import kernel_matrices
+from patchconv.algorithms.gemm import forward_implicit, implicit_applies, kernel_matrices
 
 __all__ = ["applies", "backward", "forward"]
 
@@ -60,6 +64,8 @@ def forward(
     workspace_limit: int,
 ) -> np.ndarray:
     """NHWC ``x``, 1x1 HWIO ``kernel`` -> NHWC output."""
+    if implicit_applies(spec, x.dtype.itemsize):
+        return forward_implicit(x, kernel, bias, spec)
     mats = kernel_matrices(kernel, spec)  # (G, c_in/G, c_out/G)
     rl, rh, cl, ch, ih, iw = _interior(spec)
     sh, sw = spec.strides
