@@ -355,14 +355,14 @@ def forward(
 
 def implicit_applies(spec: ConvSpec, itemsize: int) -> bool:
     """True if the forward pass runs as an implicit GEMM (:func:`_simd.conv_rows`): numba,
-    one group, at least 4 SIMD vectors of output channels, 4 output columns, and a kernel
+    one group, at least 4 SIMD vectors of output channels, 6 output columns, and a kernel
     matrix within a core's L2 cache, which every block of 4 columns reads whole (measured:
     2-3x faster than the tiles at 0.04-0.6 MB, 2-3x slower at 2.4 and 9.4 MB)."""
     return (
         IMPLICIT
         and spec.groups == 1
         and spec.c_out * itemsize >= 4 * _VECTOR_BYTES
-        and spec.ow >= 4
+        and spec.ow >= 6
         and spec.patch_size * spec.c_out * itemsize <= _IMPLICIT_KERNEL_BYTES
         and get_numba() is not None
     )
