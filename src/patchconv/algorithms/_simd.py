@@ -708,12 +708,15 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
     wp = (ow - 1) * sw + (kw - 1) * dw + 1  # padded columns the taps reach
     rowlen = (wp * ci + lanes - 1) // lanes * lanes
     nslots = kh * dh  # the kh rows of one output row are distinct modulo kh*dh
-    raw = np.zeros(nslots * rowlen + lanes, x.dtype)
-    a0 = ((-raw.ctypes.data) % VECTOR_BYTES) // x.itemsize
-    ring = raw[a0 : a0 + nslots * rowlen]
+    xf = x.reshape(-1)
+    # No left padding and every tap inside the row: read x itself (the patch values are
+    # scalar broadcasts, so its alignment does not matter); else a ring of padded copies.
+    direct = pl == 0 and wp <= w
+    raw = np.zeros(0 if direct else nslots * rowlen + lanes, x.dtype)
+    a0 = 0 if direct else ((-raw.ctypes.data) % VECTOR_BYTES) // x.itemsize
+    ring = xf if direct else raw[a0 : a0 + nslots * rowlen]
     held = np.full(nslots, -1, np.int64)  # which (image, row) each slot holds
     ncopy = max(0, min(w, wp - pl)) * ci  # input values per row inside the padded span
-    xf = x.reshape(-1)
     kf = kmat.reshape(-1)
     of = out.reshape(-1)
     taps = np.empty(kh, np.int64)  # kernel rows inside the image, and their ring rows
@@ -727,7 +730,13 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
             y = i * sh - pt + di * dh
             if y < 0 or y >= h:
                 continue
+            taps[nr] = di
+            nr += 1
+            if direct:
+                bases[nr - 1] = (b * h + y) * w * ci
+                continue
             slot = y % nslots
+            bases[nr - 1] = slot * rowlen
             if held[slot] != b * h + y:
                 held[slot] = b * h + y
                 src = (b * h + y) * w * ci
@@ -739,9 +748,6 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
                 else:
                     for q in range(ncopy):
                         ring[dst + q] = xf[src + q]
-            taps[nr] = di
-            bases[nr] = slot * rowlen
-            nr += 1
         obase = r * ow * co
         for p0 in range(0, co, 4 * lanes):
             pc = min(p0, co - 4 * lanes)
