@@ -190,13 +190,14 @@ def spec_out(spec: ConvSpec) -> tuple[int, int, int, int]:
 
 @pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("m", [2, 4])
-@pytest.mark.parametrize(("c_in", "c_out"), [(6, 5), (20, 17), (16, 5)])
+@pytest.mark.parametrize(("c_in", "c_out"), [(6, 5), (20, 17), (16, 5), (8, 70)])
 def test_winograd_products_split_by_position_or_by_tiles(
     m: int, split: bool, c_in: int, c_out: int
 ) -> None:
     """Both Winograd schedules (products split over the cores by transform position, or
     blocks of tiles per core) agree with the reference, with the transforms' loops (few
-    channels) and their SIMD forms (a vector of channels or more, on either side)."""
+    channels) and their SIMD forms (a vector of channels or more, on either side), and the
+    SIMD products (4 vectors of output channels or more)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 10, 11, c_in)).astype(np.float32)
     kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(np.float32)
@@ -388,3 +389,20 @@ def test_implicit_gemm_applies_where_documented() -> None:
     assert not gemm.implicit_applies(grouped, 4)
     thin = conv_spec((1, 8, 5, 4), (3, 3, 4, 64), None, padding="same")
     assert not gemm.implicit_applies(thin, 4)
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the SIMD products need numba")
+@pytest.mark.parametrize(("nt", "c_in", "c_out"), [(6, 1, 64), (13, 33, 70), (7, 8, 128)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_simd_batched_products_equal_matmul(nt: int, c_in: int, c_out: int, dtype: type) -> None:
+    """The split schedule's products for positions lo:hi only, with overlapping last blocks of
+    rows and of columns."""
+    kernels = winograd.kernels()
+    assert kernels is not None
+    rng = np.random.default_rng(nt)
+    v = rng.standard_normal((5, nt, c_in)).astype(dtype)
+    u = rng.standard_normal((5, c_in, c_out)).astype(dtype)
+    out = np.full((5, nt, c_out), np.nan, dtype)
+    kernels["products_simd"](v, u, out, 1, 4)
+    assert_close(out[1:4], np.matmul(v[1:4], u[1:4]), dtype)
+    assert np.isnan(out[0]).all() and np.isnan(out[4]).all()
