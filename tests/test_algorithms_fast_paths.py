@@ -406,3 +406,28 @@ def test_simd_batched_products_equal_matmul(nt: int, c_in: int, c_out: int, dtyp
     kernels["products_simd"](v, u, out, 1, 4)
     assert_close(out[1:4], np.matmul(v[1:4], u[1:4]), dtype)
     assert np.isnan(out[0]).all() and np.isnan(out[4]).all()
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the compiled flip needs numba")
+def test_compiled_kernel_flip_gives_the_same_input_gradient() -> None:
+    """grad_x of a stride-1 layer as a forward pass with the flipped, channel-swapped kernel:
+    the compiled flip (deep layers) equals NumPy's transpose, on a 2x3 kernel with 17 -> 19
+    channels (blocks of 16 cut on both sides), dilation and uneven padding."""
+    from patchconv import algorithms
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 7, 9, 17)).astype(np.float32)
+    kernel = rng.standard_normal((2, 3, 17, 19)).astype(np.float32)
+    spec = conv_spec(x.shape, kernel.shape, None, padding=((1, 0), (2, 1)), dilation_rate=(2, 1))
+    plain = algorithms._transposed(spec, kernel)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(algorithms, "_COMPILED_FLIP_VALUES", 1)
+        compiled = algorithms._transposed(spec, kernel)
+        g = rng.standard_normal(spec_out(spec)).astype(np.float32)
+        grad_x, _, used = algorithms.backward(g, x, kernel, spec, 2**28)
+    assert plain is not None and compiled is not None
+    assert compiled[0] == plain[0]
+    np.testing.assert_array_equal(compiled[1], plain[1])
+    assert used["grad_x"].endswith("(transposed convolution)")
+    expected, _ = gemm.backward(g, x, kernel, spec, 2**28, need_kernel=False)
+    assert_close(grad_x, expected, np.float32, grad=True)

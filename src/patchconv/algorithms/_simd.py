@@ -932,3 +932,21 @@ def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
                 vstore(of, o + lanes, a51)
                 vstore(of, o + 2 * lanes, a52)
                 vstore(of, o + 3 * lanes, a53)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def flip_swap(w, out, lo, hi):  # type: ignore[no-untyped-def]
+    # out[i, j, q, c] = w[kh-1-i, kw-1-j, c, q] for the taps lo:hi (flattened i, j): grad_x's
+    # kernel. Plain scalar loops in 16 x 16 blocks, so both sides stay in cache (no vectors).
+    kh, kw, ci, co = w.shape
+    for tap in range(lo, hi):
+        i = tap // kw
+        j = tap - i * kw
+        src = w[kh - 1 - i, kw - 1 - j]
+        dst = out[i, j]
+        for c0 in range(0, ci, 16):
+            c1 = min(ci, c0 + 16)
+            for q0 in range(0, co, 16):
+                for q in range(q0, min(co, q0 + 16)):
+                    for c in range(c0, c1):
+                        dst[q, c] = src[c, q]
