@@ -576,12 +576,11 @@ def grad_kernel(
     ``V = B^T D B``, so ``dU[xi] = sum over tiles of V[xi]^T (c_in, T) @ dM[xi] (T, c_out)``
     with ``dM = A dY A^T`` (the adjoint of the output transform), and ``dW = G^T dU G``: 4x
     (F(4x4)) fewer multiplications than ``patches^T @ grad_out``. Each core takes blocks of
-    tiles into its own partial ``dU``; the partials are summed at the end.
+    tiles into its own partial ``dU``; the partials are summed at the end. Deep layers whose
+    tiles all fit one block (:func:`split_products`) split the products by position instead.
     """
     compiled = _compile()
     assert compiled is not None
-    if split_products(spec, m, x.dtype.itemsize, workspace_limit):
-        return _grad_kernel_split(compiled, grad_out, x, spec, workspace_limit, m)
     a = m + 2
     dtype = x.dtype
     c_in, c_out = spec.c_in, spec.c_out
@@ -592,6 +591,29 @@ def grad_kernel(
     (pt, _), (pl, _) = spec.pads
     in_t, _ = _transform_kernels(compiled, spec, dtype, m)
     gout_t = _grad_output_kernel(compiled, spec, dtype, m)
+    if split_products(spec, m, dtype.itemsize, workspace_limit):
+        # Deep layers whose tiles all fit one block: both transforms split by tiles, then each
+        # core takes its share of the a*a positions' products dU[xi] = V[xi]^T dM[xi]
+        # (single-threaded BLAS); dU is written and read once in all, no partials to sum.
+        v3 = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
+        v3 = v3.reshape(a * a, total, c_in)
+        m3 = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
+        m3 = m3.reshape(a * a, total, c_out)
+        du = scratch("winograd.u", a * a * c_in * c_out, dtype, limit=workspace_limit)
+        du3 = du.reshape(a * a, c_in, c_out)
+        min_tiles = max(1, 16384 // (a * a * max(c_in, c_out)))  # tiles per thread hand-off
+        parallel_for(
+            lambda lo, hi: in_t(xc, pt, pl, th, tw, 0, lo, hi, v3), total, min_items=min_tiles
+        )
+        parallel_for(lambda lo, hi: gout_t(goc, th, tw, 0, lo, hi, m3), total, min_items=min_tiles)
+
+        def products(lo: int, hi: int) -> None:
+            np.matmul(v3[lo:hi].transpose(0, 2, 1), m3[lo:hi], out=du3[lo:hi])
+
+        parallel_for(products, a * a, pieces_per_worker=2)
+        dw = np.empty((9, c_in * c_out), dtype)  # G^T dU G, split by columns
+        matmul(np.ascontiguousarray(_kron(m, dtype).T), du.reshape(a * a, c_in * c_out), dw)
+        return dw.reshape(3, 3, c_in, c_out)
     per_tile = a * a * (c_in + c_out) * dtype.itemsize
     workers = n_workers()
     # Every block adds an (a*a, c_in, c_out) product to the partial dU: blocks of at least
@@ -617,45 +639,4 @@ def grad_kernel(
     du = np.sum(list(partials.values()), axis=0) if len(partials) > 1 else partials.popitem()[1]
     kron = _kron(m, dtype)  # (a*a, 9)
     dw = kron.T @ du.reshape(a * a, c_in * c_out)  # (9, c_in*c_out): G^T dU G
-    return dw.reshape(3, 3, c_in, c_out)
-
-
-def _grad_kernel_split(
-    compiled: dict[str, Callable[..., Any]],
-    grad_out: np.ndarray,
-    x: np.ndarray,
-    spec: ConvSpec,
-    workspace_limit: int,
-    m: int,
-) -> np.ndarray:
-    """:func:`grad_kernel` for deep layers whose tiles all fit one block: both transforms
-    split by tiles, then each core takes its share of the ``a*a`` positions' products
-    ``dU[xi] = V[xi]^T dM[xi]`` (single-threaded BLAS), then ``dW = G^T dU G`` split by
-    columns; ``dU`` is written and read once in all, with no partials to sum."""
-    a = m + 2
-    dtype = x.dtype
-    c_in, c_out = spec.c_in, spec.c_out
-    th, tw = -(-spec.oh // m), -(-spec.ow // m)
-    total = spec.n * th * tw
-    xc = np.ascontiguousarray(x)
-    goc = np.ascontiguousarray(grad_out, dtype=dtype)
-    (pt, _), (pl, _) = spec.pads
-    in_t, _ = _transform_kernels(compiled, spec, dtype, m)
-    gout_t = _grad_output_kernel(compiled, spec, dtype, m)
-    v3 = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
-    v3 = v3.reshape(a * a, total, c_in)
-    m3 = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
-    m3 = m3.reshape(a * a, total, c_out)
-    du = scratch("winograd.u", a * a * c_in * c_out, dtype, limit=workspace_limit)
-    du3 = du.reshape(a * a, c_in, c_out)
-    min_tiles = max(1, 16384 // (a * a * max(c_in, c_out)))  # tiles per thread hand-off
-    parallel_for(lambda lo, hi: in_t(xc, pt, pl, th, tw, 0, lo, hi, v3), total, min_items=min_tiles)
-    parallel_for(lambda lo, hi: gout_t(goc, th, tw, 0, lo, hi, m3), total, min_items=min_tiles)
-
-    def products(lo: int, hi: int) -> None:
-        np.matmul(v3[lo:hi].transpose(0, 2, 1), m3[lo:hi], out=du3[lo:hi])
-
-    parallel_for(products, a * a, pieces_per_worker=2)
-    dw = np.empty((9, c_in * c_out), dtype)
-    matmul(np.ascontiguousarray(_kron(m, dtype).T), du.reshape(a * a, c_in * c_out), dw)
     return dw.reshape(3, 3, c_in, c_out)
