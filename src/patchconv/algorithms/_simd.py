@@ -693,6 +693,58 @@ def winograd_grad_output(go, m, th, tw, t0, lo, hi, gm):  # type: ignore[no-unty
                     vstore(mf, o + 3 * step, col4[3])
 
 
+# The 6 x 4 register block that conv_rows and batched_matmul share: 6 rows (output columns or
+# tiles) x 4 vectors of output channels, 24 accumulators carried as one tuple.
+@numba.njit(inline="always")
+def _block_6x4(e0, e1, e2, e3):  # type: ignore[no-untyped-def]
+    return (e0, e1, e2, e3, e0, e1, e2, e3, e0, e1, e2, e3,
+            e0, e1, e2, e3, e0, e1, e2, e3, e0, e1, e2, e3)  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _fma_6x4(u0, u1, u2, u3, s0, s1, s2, s3, s4, s5, a):  # type: ignore[no-untyped-def]
+    # a[4*r + v] += s_r * u_v: one value of each of the 6 rows times 4 kernel vectors.
+    return (
+        vfmas(u0, s0, a[0]), vfmas(u1, s0, a[1]), vfmas(u2, s0, a[2]), vfmas(u3, s0, a[3]),
+        vfmas(u0, s1, a[4]), vfmas(u1, s1, a[5]), vfmas(u2, s1, a[6]), vfmas(u3, s1, a[7]),
+        vfmas(u0, s2, a[8]), vfmas(u1, s2, a[9]), vfmas(u2, s2, a[10]), vfmas(u3, s2, a[11]),
+        vfmas(u0, s3, a[12]), vfmas(u1, s3, a[13]), vfmas(u2, s3, a[14]), vfmas(u3, s3, a[15]),
+        vfmas(u0, s4, a[16]), vfmas(u1, s4, a[17]), vfmas(u2, s4, a[18]), vfmas(u3, s4, a[19]),
+        vfmas(u0, s5, a[20]), vfmas(u1, s5, a[21]), vfmas(u2, s5, a[22]), vfmas(u3, s5, a[23]),
+    )  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _store_6x4(arr, at, pitch, a):  # type: ignore[no-untyped-def]
+    # Row r of the block to arr[at + r*pitch : ... + 4 lanes] (written out: a tuple indexed
+    # by a loop variable would go through memory).
+    n = VECTOR_BYTES // arr.itemsize
+    vstore(arr, at, a[0])
+    vstore(arr, at + n, a[1])
+    vstore(arr, at + 2 * n, a[2])
+    vstore(arr, at + 3 * n, a[3])
+    vstore(arr, at + pitch, a[4])
+    vstore(arr, at + pitch + n, a[5])
+    vstore(arr, at + pitch + 2 * n, a[6])
+    vstore(arr, at + pitch + 3 * n, a[7])
+    vstore(arr, at + 2 * pitch, a[8])
+    vstore(arr, at + 2 * pitch + n, a[9])
+    vstore(arr, at + 2 * pitch + 2 * n, a[10])
+    vstore(arr, at + 2 * pitch + 3 * n, a[11])
+    vstore(arr, at + 3 * pitch, a[12])
+    vstore(arr, at + 3 * pitch + n, a[13])
+    vstore(arr, at + 3 * pitch + 2 * n, a[14])
+    vstore(arr, at + 3 * pitch + 3 * n, a[15])
+    vstore(arr, at + 4 * pitch, a[16])
+    vstore(arr, at + 4 * pitch + n, a[17])
+    vstore(arr, at + 4 * pitch + 2 * n, a[18])
+    vstore(arr, at + 4 * pitch + 3 * n, a[19])
+    vstore(arr, at + 5 * pitch, a[20])
+    vstore(arr, at + 5 * pitch + n, a[21])
+    vstore(arr, at + 5 * pitch + 2 * n, a[22])
+    vstore(arr, at + 5 * pitch + 3 * n, a[23])
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
     # Implicit GEMM: out (n, oh, ow, co) rows lo:hi of the flattened (n*oh) output = patches @
@@ -758,82 +810,27 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
             e3 = vload(bias, pc + 3 * lanes)
             for blk in range((ow + 5) // 6):
                 j = min(blk * 6, ow - 6)
-                a00, a01, a02, a03 = e0, e1, e2, e3
-                a10, a11, a12, a13 = e0, e1, e2, e3
-                a20, a21, a22, a23 = e0, e1, e2, e3
-                a30, a31, a32, a33 = e0, e1, e2, e3
-                a40, a41, a42, a43 = e0, e1, e2, e3
-                a50, a51, a52, a53 = e0, e1, e2, e3
+                acc = _block_6x4(e0, e1, e2, e3)
                 for t in range(nr):
                     for dj in range(kw):
                         a = bases[t] + (j * sw + dj * dw) * ci
                         kb = (taps[t] * kw + dj) * ci * co + pc
                         for c in range(ci):
-                            u0 = vload(kf, kb)
-                            u1 = vload(kf, kb + lanes)
-                            u2 = vload(kf, kb + 2 * lanes)
-                            u3 = vload(kf, kb + 3 * lanes)
+                            acc = _fma_6x4(
+                                vload(kf, kb),
+                                vload(kf, kb + lanes),
+                                vload(kf, kb + 2 * lanes),
+                                vload(kf, kb + 3 * lanes),
+                                sload(ring, a + c),
+                                sload(ring, a + step + c),
+                                sload(ring, a + 2 * step + c),
+                                sload(ring, a + 3 * step + c),
+                                sload(ring, a + 4 * step + c),
+                                sload(ring, a + 5 * step + c),
+                                acc,
+                            )
                             kb += co
-                            s = sload(ring, a + c)
-                            a00 = vfmas(u0, s, a00)
-                            a01 = vfmas(u1, s, a01)
-                            a02 = vfmas(u2, s, a02)
-                            a03 = vfmas(u3, s, a03)
-                            s = sload(ring, a + step + c)
-                            a10 = vfmas(u0, s, a10)
-                            a11 = vfmas(u1, s, a11)
-                            a12 = vfmas(u2, s, a12)
-                            a13 = vfmas(u3, s, a13)
-                            s = sload(ring, a + 2 * step + c)
-                            a20 = vfmas(u0, s, a20)
-                            a21 = vfmas(u1, s, a21)
-                            a22 = vfmas(u2, s, a22)
-                            a23 = vfmas(u3, s, a23)
-                            s = sload(ring, a + 3 * step + c)
-                            a30 = vfmas(u0, s, a30)
-                            a31 = vfmas(u1, s, a31)
-                            a32 = vfmas(u2, s, a32)
-                            a33 = vfmas(u3, s, a33)
-                            s = sload(ring, a + 4 * step + c)
-                            a40 = vfmas(u0, s, a40)
-                            a41 = vfmas(u1, s, a41)
-                            a42 = vfmas(u2, s, a42)
-                            a43 = vfmas(u3, s, a43)
-                            s = sload(ring, a + 5 * step + c)
-                            a50 = vfmas(u0, s, a50)
-                            a51 = vfmas(u1, s, a51)
-                            a52 = vfmas(u2, s, a52)
-                            a53 = vfmas(u3, s, a53)
-                o = obase + j * co + pc
-                vstore(of, o, a00)
-                vstore(of, o + lanes, a01)
-                vstore(of, o + 2 * lanes, a02)
-                vstore(of, o + 3 * lanes, a03)
-                o += co
-                vstore(of, o, a10)
-                vstore(of, o + lanes, a11)
-                vstore(of, o + 2 * lanes, a12)
-                vstore(of, o + 3 * lanes, a13)
-                o += co
-                vstore(of, o, a20)
-                vstore(of, o + lanes, a21)
-                vstore(of, o + 2 * lanes, a22)
-                vstore(of, o + 3 * lanes, a23)
-                o += co
-                vstore(of, o, a30)
-                vstore(of, o + lanes, a31)
-                vstore(of, o + 2 * lanes, a32)
-                vstore(of, o + 3 * lanes, a33)
-                o += co
-                vstore(of, o, a40)
-                vstore(of, o + lanes, a41)
-                vstore(of, o + 2 * lanes, a42)
-                vstore(of, o + 3 * lanes, a43)
-                o += co
-                vstore(of, o, a50)
-                vstore(of, o + lanes, a51)
-                vstore(of, o + 2 * lanes, a52)
-                vstore(of, o + 3 * lanes, a53)
+                _store_6x4(of, obase + j * co + pc, co, acc)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -858,80 +855,25 @@ def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
             for t0_ in range(0, nt, 6):
                 t0 = min(t0_, nt - 6)
                 z = vzero(vf)
-                a00, a01, a02, a03 = z, z, z, z
-                a10, a11, a12, a13 = z, z, z, z
-                a20, a21, a22, a23 = z, z, z, z
-                a30, a31, a32, a33 = z, z, z, z
-                a40, a41, a42, a43 = z, z, z, z
-                a50, a51, a52, a53 = z, z, z, z
+                acc = _block_6x4(z, z, z, z)
                 a = vb + t0 * ci
                 kb = ub + pc
                 for c in range(ci):
-                    u0 = vload(uf, kb)
-                    u1 = vload(uf, kb + lanes)
-                    u2 = vload(uf, kb + 2 * lanes)
-                    u3 = vload(uf, kb + 3 * lanes)
+                    acc = _fma_6x4(
+                        vload(uf, kb),
+                        vload(uf, kb + lanes),
+                        vload(uf, kb + 2 * lanes),
+                        vload(uf, kb + 3 * lanes),
+                        sload(vf, a + c),
+                        sload(vf, a + ci + c),
+                        sload(vf, a + 2 * ci + c),
+                        sload(vf, a + 3 * ci + c),
+                        sload(vf, a + 4 * ci + c),
+                        sload(vf, a + 5 * ci + c),
+                        acc,
+                    )
                     kb += co
-                    s = sload(vf, a + c)
-                    a00 = vfmas(u0, s, a00)
-                    a01 = vfmas(u1, s, a01)
-                    a02 = vfmas(u2, s, a02)
-                    a03 = vfmas(u3, s, a03)
-                    s = sload(vf, a + ci + c)
-                    a10 = vfmas(u0, s, a10)
-                    a11 = vfmas(u1, s, a11)
-                    a12 = vfmas(u2, s, a12)
-                    a13 = vfmas(u3, s, a13)
-                    s = sload(vf, a + 2 * ci + c)
-                    a20 = vfmas(u0, s, a20)
-                    a21 = vfmas(u1, s, a21)
-                    a22 = vfmas(u2, s, a22)
-                    a23 = vfmas(u3, s, a23)
-                    s = sload(vf, a + 3 * ci + c)
-                    a30 = vfmas(u0, s, a30)
-                    a31 = vfmas(u1, s, a31)
-                    a32 = vfmas(u2, s, a32)
-                    a33 = vfmas(u3, s, a33)
-                    s = sload(vf, a + 4 * ci + c)
-                    a40 = vfmas(u0, s, a40)
-                    a41 = vfmas(u1, s, a41)
-                    a42 = vfmas(u2, s, a42)
-                    a43 = vfmas(u3, s, a43)
-                    s = sload(vf, a + 5 * ci + c)
-                    a50 = vfmas(u0, s, a50)
-                    a51 = vfmas(u1, s, a51)
-                    a52 = vfmas(u2, s, a52)
-                    a53 = vfmas(u3, s, a53)
-                o = ob + t0 * co + pc
-                vstore(of, o, a00)
-                vstore(of, o + lanes, a01)
-                vstore(of, o + 2 * lanes, a02)
-                vstore(of, o + 3 * lanes, a03)
-                o += co
-                vstore(of, o, a10)
-                vstore(of, o + lanes, a11)
-                vstore(of, o + 2 * lanes, a12)
-                vstore(of, o + 3 * lanes, a13)
-                o += co
-                vstore(of, o, a20)
-                vstore(of, o + lanes, a21)
-                vstore(of, o + 2 * lanes, a22)
-                vstore(of, o + 3 * lanes, a23)
-                o += co
-                vstore(of, o, a30)
-                vstore(of, o + lanes, a31)
-                vstore(of, o + 2 * lanes, a32)
-                vstore(of, o + 3 * lanes, a33)
-                o += co
-                vstore(of, o, a40)
-                vstore(of, o + lanes, a41)
-                vstore(of, o + 2 * lanes, a42)
-                vstore(of, o + 3 * lanes, a43)
-                o += co
-                vstore(of, o, a50)
-                vstore(of, o + lanes, a51)
-                vstore(of, o + 2 * lanes, a52)
-                vstore(of, o + 3 * lanes, a53)
+                _store_6x4(of, ob + t0 * co + pc, co, acc)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
