@@ -431,3 +431,19 @@ def test_compiled_kernel_flip_gives_the_same_input_gradient() -> None:
     assert used["grad_x"].endswith("(transposed convolution)")
     expected, _ = gemm.backward(g, x, kernel, spec, 2**28, need_kernel=False)
     assert_close(grad_x, expected, np.float32, grad=True)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("padding", ["same", "valid", ((2, 0), (1, 2)), ((0, 3), (0, 0))])
+def test_numpy_winograd_in_bands_of_tile_rows(m: int, padding: object) -> None:
+    """Without numba, an image whose block would pass the budget is done in bands of tile
+    rows (the workspace limit holds for one large image too); every band edge agrees."""
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((2, 13, 9, 3)).astype(np.float64)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(np.float64)
+    bias = rng.standard_normal(4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(winograd, "_compile", lambda: None)
+        mp.setattr(winograd, "BLOCK_BYTES", 1)  # one tile row a band
+        out = patchconv.conv2d(x, kernel, bias, padding=padding, algorithm=f"winograd_f{m}")
+    assert_close(out, conv2d_reference(x, kernel, bias, padding=padding), np.float64)

@@ -386,17 +386,22 @@ def _numpy_block(
     m: int,
     b0: int,
     b1: int,
+    ty0: int,
+    ty1: int,
 ) -> None:
-    """Without numba: images b0:b1 with the transforms as dense matrix products (einsum)."""
+    """Without numba: tile rows ty0:ty1 of images b0:b1, the transforms as dense matrix
+    products (einsum)."""
     a = m + 2
-    th, tw = -(-spec.oh // m), -(-spec.ow // m)
+    tw = -(-spec.ow // m)
     (pt, _), (pl, _) = spec.pads
+    th = ty1 - ty0
     hp, wp = th * m + 2, tw * m + 2
-    xp = np.zeros((b1 - b0, hp, wp, spec.c_in), dtype=x.dtype)
-    ys, xs = max(0, pt), max(0, pl)  # where x's row/col 0 lands
-    rows = min(spec.h, hp - ys)
+    xp = np.zeros((b1 - b0, hp, wp, spec.c_in), dtype=x.dtype)  # the band, zero-padded
+    top = ty0 * m - pt  # x's row at the band's row 0
+    ys, xs = max(0, -top), max(0, pl)  # where the first copied row/col of x lands
+    rows = max(0, min(spec.h - max(0, top), hp - ys))
     cols = min(spec.w, wp - xs)
-    xp[:, ys : ys + rows, xs : xs + cols] = x[b0:b1, :rows, :cols]
+    xp[:, ys : ys + rows, xs : xs + cols] = x[b0:b1, max(0, top) : max(0, top) + rows, :cols]
     st = xp.strides
     tiles = np.lib.stride_tricks.as_strided(
         xp,
@@ -411,7 +416,8 @@ def _numpy_block(
     atc = at.astype(x.dtype)
     y = np.einsum("ri,ijnyxc,sj->nyrxsc", atc, mm, atc, optimize=True)  # (n, th, m, tw, m, c)
     y = y.reshape(b1 - b0, th * m, tw * m, spec.c_out)
-    out[b0:b1] = y[:, : spec.oh, : spec.ow] + bias
+    oy0, oy1 = ty0 * m, min(spec.oh, ty1 * m)
+    out[b0:b1, oy0:oy1] = y[:, : oy1 - oy0, : spec.ow] + bias
 
 
 def forward(
@@ -438,10 +444,15 @@ def forward(
         return out
     u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit)  # (a*a, c_in, c_out)
     if compiled is None:
-        per_image = max(1, th * tw * per_tile * 4)  # padded copy, tiles, V, M and Y
-        step = max(1, min(workspace_limit, BLOCK_BYTES * 4) // per_image)
+        # Blocks of whole images, or of tile rows where one image would pass the budget.
+        budget = min(workspace_limit, BLOCK_BYTES * 4)
+        per_tile_row = max(1, tw * per_tile * 4)  # padded copy, tiles, V, M and Y
+        band = max(1, min(th, budget // per_tile_row))
+        step = max(1, budget // (th * per_tile_row)) if band == th else 1
         for b0 in range(0, spec.n, step):
-            _numpy_block(x, bt, at, u, b, out, spec, m, b0, min(spec.n, b0 + step))
+            for ty0 in range(0, th, band):
+                b1, ty1 = min(spec.n, b0 + step), min(th, ty0 + band)
+                _numpy_block(x, bt, at, u, b, out, spec, m, b0, b1, ty0, ty1)
         return out
     xc = np.ascontiguousarray(x)
     (pt, _), (pl, _) = spec.pads
