@@ -2,7 +2,8 @@
 """Project tasks that need nothing but Python 3.11: each sets up what it needs in .venv.
 
 python3 tasks.py explain [ARGS...]   the walkthrough (installs patchconv into .venv)
-python3 tasks.py test [PYTEST ARGS]  ruff, mypy and the whole test suite (installs the oracles)
+python3 tasks.py test [PYTEST ARGS]  ruff, mypy and the whole test suite (installs the oracles),
+                                     then the algorithm tests without numba
 python3 tasks.py bench [ARGS...]     the benchmark suite against the peers
 """
 
@@ -65,7 +66,21 @@ def test(args: list[str]) -> int:
     _run(BIN / "mypy")
     cmd = [str(PY), "-m", "pytest", "--cov", "--cov-report=term:skip-covered", *args]
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, cwd=ROOT)
+    status = subprocess.call(cmd, cwd=ROOT)
+    if status or args:
+        return status
+    # The algorithms once more without numba: the NumPy fallbacks must hold on their own.
+    fallback = [str(PY), "-m", "pytest", "-q", *NO_NUMBA_TESTS]
+    print("+ PATCHCONV_NUMBA=0", " ".join(fallback), flush=True)
+    return subprocess.call(fallback, cwd=ROOT, env=dict(os.environ, PATCHCONV_NUMBA="0"))
+
+
+NO_NUMBA_TESTS = [
+    "tests/test_algorithms.py",
+    "tests/test_algorithms_fast_paths.py",
+    "tests/test_workspace.py",
+    "tests/test_backward.py",
+]
 
 
 def bench(args: list[str]) -> int:
