@@ -447,3 +447,37 @@ def test_numpy_winograd_in_bands_of_tile_rows(m: int, padding: object) -> None:
         mp.setattr(winograd, "BLOCK_BYTES", 1)  # one tile row a band
         out = patchconv.conv2d(x, kernel, bias, padding=padding, algorithm=f"winograd_f{m}")
     assert_close(out, conv2d_reference(x, kernel, bias, padding=padding), np.float64)
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the SIMD depthwise kernel needs numba")
+@pytest.mark.parametrize("padding", ["same", "valid", ((2, 0), (0, 2))])
+@pytest.mark.parametrize("c", [16, 20])
+def test_depthwise_3x3_row_pairs_over_any_row_ranges(padding: object, c: int) -> None:
+    """The two-rows-at-a-time 3x3 kernel over row ranges that cut pairs and images apart
+    (odd starts, a range of one row, the last row of an image alone)."""
+    from patchconv.algorithms import _runtime, depthwise
+
+    kernels = depthwise.kernels()
+    assert kernels is not None
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((2, 9, 11, c)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 1, c)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    expected = conv2d_reference(x, kernel, bias, padding=padding, groups=c)
+    spec = conv_spec(x.shape, kernel.shape, bias.shape, padding=padding, groups=c)
+    (pt, _), (pl, _) = spec.pads
+    k = _runtime.aligned_empty((9 * c,), np.float32)
+    k[:] = kernel.reshape(-1)
+    b = _runtime.aligned_empty((c,), np.float32)
+    b[:] = bias
+    out = np.full(expected.shape, np.nan, np.float32)
+    rows = spec.n * spec.oh
+    for lo, hi in [
+        (0, 3),
+        (3, 4),
+        (4, spec.oh - 1),
+        (spec.oh - 1, spec.oh + 2),
+        (spec.oh + 2, rows),
+    ]:
+        kernels["fwd_simd_3x3"](x, k, b, out, pt, pl, lo, hi)
+    assert_close(out, expected, np.float32)
