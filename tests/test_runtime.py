@@ -108,3 +108,36 @@ def test_aligned_empty_starts_on_64_bytes(shape: tuple[int, ...], dtype: type) -
         assert arr.dtype == dtype
         assert arr.flags.c_contiguous and arr.flags.writeable
         assert arr.ctypes.data % 64 == 0
+
+
+def test_concurrent_calls_from_threads_give_the_serial_results() -> None:
+    """Four threads calling at once, over the depthwise, implicit GEMM, pointwise and Winograd
+    paths (each kernel keeps its row copies per call, work buffers per thread): every result
+    equals the one computed alone."""
+    rng = np.random.default_rng(0)
+    layers = [
+        ((2, 20, 21, 32), (3, 3, 1, 32), {"groups": 32, "padding": "same"}),
+        ((2, 23, 19, 5), (3, 3, 5, 64), {"strides": 2, "padding": "same"}),
+        ((2, 30, 30, 16), (1, 1, 16, 64), {}),
+        ((2, 12, 12, 32), (3, 3, 32, 32), {"padding": "same", "algorithm": "winograd_f4"}),
+    ]
+    cases = []
+    for x_shape, k_shape, options in layers:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        kernel = rng.standard_normal(k_shape).astype(np.float32)
+        cases.append((x, kernel, options, patchconv.conv2d(x, kernel, **options)))
+    mismatches: list[int] = []
+
+    def work(seed: int) -> None:
+        order = np.random.default_rng(seed).integers(len(cases), size=20)
+        for i in order:
+            x, kernel, options, expected = cases[i]
+            if not np.array_equal(patchconv.conv2d(x, kernel, **options), expected):
+                mismatches.append(int(i))
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert mismatches == []
