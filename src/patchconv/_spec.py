@@ -26,6 +26,7 @@ __all__ = [
     "check_workspace_limit",
     "compute_dtype",
     "conv_spec",
+    "normalize_data_format",
     "normalize_padding",
     "normalize_padding_mode",
     "normalize_pair",
@@ -208,6 +209,15 @@ def normalize_padding(
     return (pairs[0], pairs[1])
 
 
+def normalize_data_format(data_format: Any, *, func: str) -> str:
+    """ "channels_last" or "channels_first" (any case), lower-cased."""
+    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
+        raise PatchconvError(
+            f"{func}: data_format must be 'channels_last' or 'channels_first'; got {data_format!r}"
+        )
+    return data_format.lower()
+
+
 def normalize_padding_mode(padding_mode: Any, *, func: str) -> str:
     """PyTorch's ``padding_mode``: "zeros", "reflect", "replicate" or "circular" (any case)."""
     if not isinstance(padding_mode, str):
@@ -306,11 +316,7 @@ def conv_spec(
     PatchconvError
         A wrong value; the message names ``func``, the parameter and both values.
     """
-    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
-        raise PatchconvError(
-            f"{func}: data_format must be 'channels_last' or 'channels_first'; got {data_format!r}"
-        )
-    data_format = data_format.lower()
+    data_format = normalize_data_format(data_format, func=func)
     mode = normalize_padding_mode(padding_mode, func=func)
     if len(x_shape) != 4:
         layout = "(n, h, w, c_in)" if data_format == "channels_last" else "(n, c_in, h, w)"

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import (
-    DATA_FORMATS,
     PatchconvError,
     as_float_array,
     conv_spec,
+    normalize_data_format,
     normalize_padding,
     normalize_padding_mode,
     normalize_pair,
@@ -204,12 +204,7 @@ class Conv2D:
             raise PatchconvError(
                 f"{func}: groups ({self.groups}) must divide filters ({self.filters})"
             )
-        if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
-            raise PatchconvError(
-                f"{func}: data_format must be 'channels_last' or 'channels_first'; got "
-                f"{data_format!r}"
-            )
-        self.data_format = data_format.lower()
+        self.data_format = normalize_data_format(data_format, func=func)
         self.padding = padding.lower() if isinstance(padding, str) else padding
         self.padding_mode = normalize_padding_mode(padding_mode, func=func)
         # Check the padding form now (any size will do) so a bad value fails at construction.

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "VECTOR_BYTES",
     "aligned_empty",
     "blas_pinned",
     "get_numba",
@@ -283,6 +284,11 @@ def scratch(role: str, size: int, dtype: np.dtype | type, *, limit: int) -> np.n
     if mine.total() + fresh.nbytes <= limit:
         mine.buffers[role] = fresh
     return fresh
+
+
+# Bytes of one SIMD register as the compiled kernels use it (``_simd``): 16 float32, 8 float64.
+# A kernel that works on vectors of channels needs at least this many bytes of them.
+VECTOR_BYTES = 64
 
 
 def aligned_empty(shape: Sequence[int], dtype: np.dtype | type, align: int = 64) -> np.ndarray:

@@ -27,6 +27,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
 
+from patchconv.algorithms._runtime import VECTOR_BYTES
+
 __all__ = [
     "VECTOR_BYTES",
     "batched_matmul",
@@ -48,8 +50,6 @@ __all__ = [
     "winograd_kernel",
     "winograd_output",
 ]
-
-VECTOR_BYTES = 64
 
 
 def lanes(dtype: np.dtype | type) -> int:
@@ -261,53 +261,7 @@ def depthwise_rows(x, k, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # 
         for c0 in range(0, c, lanes):
             cb = min(c0, c - lanes)
             bv = vload(bias, cb)
-            if kw == 3 and sw == 1 and dw == 1 and ow >= 8:
-                # 3 taps per row with stride and dilation 1: the 8 columns' 3 taps read 10
-                # vectors, loaded once per kernel row and kept in registers with its weights.
-                for blk in range((ow + 7) // 8):
-                    j = min(blk * 8, ow - 8)
-                    v0 = bv
-                    v1 = bv
-                    v2 = bv
-                    v3 = bv
-                    v4 = bv
-                    v5 = bv
-                    v6 = bv
-                    v7 = bv
-                    xb = j * c + cb
-                    for t in range(0, nt, 3):
-                        p = offs[t] + xb
-                        wa = vload(k, kofs[t] + cb)
-                        wb = vload(k, kofs[t] + c + cb)
-                        wc = vload(k, kofs[t] + 2 * c + cb)
-                        x0 = vload(ring, p)
-                        x1 = vload(ring, p + c)
-                        x2 = vload(ring, p + 2 * c)
-                        x3 = vload(ring, p + 3 * c)
-                        x4 = vload(ring, p + 4 * c)
-                        x5 = vload(ring, p + 5 * c)
-                        x6 = vload(ring, p + 6 * c)
-                        x7 = vload(ring, p + 7 * c)
-                        x8 = vload(ring, p + 8 * c)
-                        x9 = vload(ring, p + 9 * c)
-                        v0 = vfma(x2, wc, vfma(x1, wb, vfma(x0, wa, v0)))
-                        v1 = vfma(x3, wc, vfma(x2, wb, vfma(x1, wa, v1)))
-                        v2 = vfma(x4, wc, vfma(x3, wb, vfma(x2, wa, v2)))
-                        v3 = vfma(x5, wc, vfma(x4, wb, vfma(x3, wa, v3)))
-                        v4 = vfma(x6, wc, vfma(x5, wb, vfma(x4, wa, v4)))
-                        v5 = vfma(x7, wc, vfma(x6, wb, vfma(x5, wa, v5)))
-                        v6 = vfma(x8, wc, vfma(x7, wb, vfma(x6, wa, v6)))
-                        v7 = vfma(x9, wc, vfma(x8, wb, vfma(x7, wa, v7)))
-                    o = obase + j * c + cb
-                    vstore(of, o, v0)
-                    vstore(of, o + c, v1)
-                    vstore(of, o + 2 * c, v2)
-                    vstore(of, o + 3 * c, v3)
-                    vstore(of, o + 4 * c, v4)
-                    vstore(of, o + 5 * c, v5)
-                    vstore(of, o + 6 * c, v6)
-                    vstore(of, o + 7 * c, v7)
-            elif ow >= 8:
+            if ow >= 8:
                 for blk in range((ow + 7) // 8):
                     j = min(blk * 8, ow - 8)
                     v0 = bv

@@ -27,16 +27,13 @@ import numpy as np
 
 from patchconv._patches import Tile, offset_slices
 from patchconv._spec import ConvSpec
-from patchconv.algorithms._runtime import aligned_empty, get_numba, parallel_for
+from patchconv.algorithms._runtime import VECTOR_BYTES, aligned_empty, get_numba, parallel_for
 
 __all__ = ["applies", "backward", "forward", "kernels"]
 
 _kernels: dict[str, Callable[..., Any]] | None = None
 # Output values per column block of the compiled forward loop: block and weights stay in L1.
 _BLOCK_FLOATS = 1024
-# One SIMD vector (``_simd.VECTOR_BYTES``): the register-blocked forward needs c_in * itemsize
-# at least this.
-_VECTOR_BYTES = 64
 
 
 def applies(spec: ConvSpec) -> str | None:
@@ -248,8 +245,11 @@ def forward(
     if compiled is not None:
         xc = np.ascontiguousarray(x)
         b = np.zeros(spec.c_out, x.dtype) if bias is None else np.ascontiguousarray(bias)
-        if spec.c_out == spec.c_in and spec.c_in * x.dtype.itemsize >= _VECTOR_BYTES:
-            (pt, _), (pl, _) = spec.pads
+        (pt, _), (pl, _) = spec.pads
+        run: Callable[..., Any]
+        args: tuple[Any, ...]
+        dims: tuple[int, ...]
+        if spec.c_out == spec.c_in and spec.c_in * x.dtype.itemsize >= VECTOR_BYTES:
             out = aligned_empty(shape, x.dtype)
             kf = aligned_empty((k.size,), x.dtype)
             kf[:] = k.reshape(-1)
@@ -257,42 +257,21 @@ def forward(
             bf[:] = b
             plain_3x3 = (spec.kh, spec.kw, *spec.strides, *spec.dilation) == (3, 3, 1, 1, 1, 1)
             if plain_3x3 and spec.ow >= 6:
-                pairs = compiled["fwd_simd_3x3"]
-                parallel_for(
-                    lambda lo, hi: pairs(xc, kf, bf, out, pt, pl, lo, hi),
-                    spec.n * spec.oh,
-                    min_items=max(2, _rows_min(spec)),
-                )
-                return out
-            simd = compiled["fwd_simd"]
-            dims = (spec.kh, spec.kw, *spec.strides, *spec.dilation, pt, pl)
-            parallel_for(
-                lambda lo, hi: simd(xc, kf, bf, out, *dims, lo, hi),
-                spec.n * spec.oh,
-                min_items=_rows_min(spec),
-            )
-            return out
-        out = np.empty(shape, dtype=x.dtype)
-        if spec.strides[1] == 1 and spec.c_out == spec.c_in:
-            (pt, _), (pl, _) = spec.pads
+                run, args = compiled["fwd_simd_3x3"], (xc, kf, bf, out, pt, pl)
+            else:
+                dims = (spec.kh, spec.kw, *spec.strides, *spec.dilation, pt, pl)
+                run, args = compiled["fwd_simd"], (xc, kf, bf, out, *dims)
+        elif spec.strides[1] == 1 and spec.c_out == spec.c_in:
+            out = np.empty(shape, dtype=x.dtype)
             jb = max(1, min(spec.ow, _BLOCK_FLOATS // spec.c_out))  # columns per block
             kt = np.ascontiguousarray(np.tile(k, (1, 1, jb)))  # (kh, kw, jb*c)
             bias_row = np.tile(b, jb)  # (jb*c,)
-            unit = compiled["fwd_unit"]
-            args = (spec.strides[0], *spec.dilation, pt, pl)
-            parallel_for(
-                lambda lo, hi: unit(xc, kt, bias_row, out, *args, lo, hi),
-                spec.n * spec.oh,
-                min_items=_rows_min(spec),
-            )
-            return out
-        geo = _geometry(spec)
-        fwd = compiled["fwd"]
-        parallel_for(
-            lambda lo, hi: fwd(xc, k, b, out, *geo, lo, hi),
-            spec.n * spec.oh,
-            min_items=_rows_min(spec),
-        )
+            dims = (spec.strides[0], *spec.dilation, pt, pl)
+            run, args = compiled["fwd_unit"], (xc, kt, bias_row, out, *dims)
+        else:
+            out = np.empty(shape, dtype=x.dtype)
+            run, args = compiled["fwd"], (xc, k, b, out, *_geometry(spec))
+        parallel_for(lambda lo, hi: run(*args, lo, hi), spec.n * spec.oh, min_items=_rows_min(spec))
         return out
     out = np.empty(shape, dtype=x.dtype)
     m = spec.c_out_group

@@ -27,6 +27,7 @@ import numpy as np
 from patchconv._patches import Tile, fill_patches, im2col, iter_tiles, scatter_patches
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import (
+    VECTOR_BYTES,
     aligned_empty,
     blas_pinned,
     get_numba,
@@ -57,12 +58,8 @@ SMALL_ELEMENTS = 4096
 # the GIL between copies, so two threads filling small pieces mostly wait on each other
 # (measured: a 1.8 MB tile fills in 0.11 ms serially, 0.9 ms split into 256 KiB pieces).
 _PARALLEL_FILL_BYTES = 8 * 2**20
-# One SIMD vector (``_simd.VECTOR_BYTES``).
-_VECTOR_BYTES = 64
 # Largest kernel matrix for the implicit GEMM (see implicit_applies).
 _IMPLICIT_KERNEL_BYTES = 2**20
-# The implicit GEMM forward where it applies (tests switch it off to check the tiled path).
-IMPLICIT = True
 
 
 def kernel_matrices(kernel: np.ndarray, spec: ConvSpec) -> np.ndarray:
@@ -359,9 +356,8 @@ def implicit_applies(spec: ConvSpec, itemsize: int) -> bool:
     matrix within a core's L2 cache, which every block of 4 columns reads whole (measured:
     2-3x faster than the tiles at 0.04-0.6 MB, 2-3x slower at 2.4 and 9.4 MB)."""
     return (
-        IMPLICIT
-        and spec.groups == 1
-        and spec.c_out * itemsize >= 4 * _VECTOR_BYTES
+        spec.groups == 1
+        and spec.c_out * itemsize >= 4 * VECTOR_BYTES
         and spec.ow >= 6
         and spec.patch_size * spec.c_out * itemsize <= _IMPLICIT_KERNEL_BYTES
         and get_numba() is not None

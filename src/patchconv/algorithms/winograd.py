@@ -36,6 +36,7 @@ import numpy as np
 
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import (
+    VECTOR_BYTES,
     blas_pinned,
     get_numba,
     matmul,
@@ -59,9 +60,6 @@ __all__ = [
 _SIMD_PRODUCT_BYTES = 2**19
 # Fewest tiles for which the split weight gradient beats gemm's (see grad_kernel_applies).
 _SPLIT_GRAD_MIN_TILES = 64
-# One SIMD vector (``_simd.VECTOR_BYTES``): the written-out transforms need c * itemsize at
-# least this.
-_VECTOR_BYTES = 64
 # Bytes of transformed input plus product per block of tiles (per core): about one core's L2,
 # so a block's V and M stay in cache between the transforms and the products.
 BLOCK_BYTES = 2 * 2**20
@@ -141,7 +139,7 @@ def kernel_transform(
     k9 = np.ascontiguousarray(kernel.reshape(9, c_in * c_out), dtype=dtype)
     u2 = u.reshape(a * a, c_in * c_out)
     compiled = _compile()
-    if compiled is not None and c_in * c_out * dtype.itemsize >= _VECTOR_BYTES:
+    if compiled is not None and c_in * c_out * dtype.itemsize >= VECTOR_BYTES:
         simd = compiled["kernel_simd"]
         # Positions per thread: only kernels of a MB or more are worth a hand-off.
         per_position = c_in * c_out * dtype.itemsize
@@ -326,7 +324,7 @@ def _transform_kernels(
     hi)`` for F(m x m, 3x3): the SIMD forms (constant matrices written out, one vector of
     channels at a time in registers) where the channels fill a vector, else the loops above."""
     bt, _, at = TRANSFORMS[m]
-    if spec.c_in * dtype.itemsize >= _VECTOR_BYTES:
+    if spec.c_in * dtype.itemsize >= VECTOR_BYTES:
         in_simd = compiled["in_simd"]
 
         def in_t(*args: Any) -> None:
@@ -340,7 +338,7 @@ def _transform_kernels(
             x, pt, pl, *rest = args
             in_loop(x, btc, pt, pl, m, *rest)
 
-    if spec.c_out * dtype.itemsize >= _VECTOR_BYTES:
+    if spec.c_out * dtype.itemsize >= VECTOR_BYTES:
         out_simd = compiled["out_simd"]
 
         def out_t(*args: Any) -> None:
@@ -360,7 +358,7 @@ def _grad_output_kernel(
 ) -> Callable[..., None]:
     """``gout_t(go, th, tw, t0, lo, hi, gm)``: grad_out tiles -> ``A dY A^T``, in the SIMD
     form where ``c_out`` fills a vector, else the loop above."""
-    if spec.c_out * dtype.itemsize >= _VECTOR_BYTES:
+    if spec.c_out * dtype.itemsize >= VECTOR_BYTES:
         simd = compiled["grad_out_simd"]
 
         def gout_t(go: np.ndarray, *rest: Any) -> None:
@@ -521,7 +519,7 @@ def _forward_split(
     xc = np.ascontiguousarray(x)
     kron = _kron(m, dtype)  # (a*a, 9)
     k9 = np.ascontiguousarray(kernel.reshape(9, c_in * c_out), dtype=dtype)
-    simd_u = compiled["kernel_simd"] if c_in * c_out * dtype.itemsize >= _VECTOR_BYTES else None
+    simd_u = compiled["kernel_simd"] if c_in * c_out * dtype.itemsize >= VECTOR_BYTES else None
     u = scratch("winograd.u", a * a * c_in * c_out, dtype, limit=workspace_limit)
     v = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
     mm = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
@@ -540,7 +538,7 @@ def _forward_split(
 
     # Our products where U[xi] stays in L2 while every block of 6 tiles reads it (measured,
     # N8 14x14x256: 4.1 -> 3.2 ms); with 7x7x512's 1 MB U[xi] OpenBLAS was as fast or faster.
-    wide = c_out * dtype.itemsize >= 4 * _VECTOR_BYTES and total >= 6
+    wide = c_out * dtype.itemsize >= 4 * VECTOR_BYTES and total >= 6
     fits = c_in * c_out * dtype.itemsize <= _SIMD_PRODUCT_BYTES
     simd_products = compiled["products_simd"] if wide and fits else None
 

@@ -18,23 +18,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from patchconv._spec import DATA_FORMATS, PatchconvError, as_float_array
+from patchconv._spec import PatchconvError, as_float_array
 from patchconv.nn.activations import ACTIVATIONS
 
-__all__ = ["Layer", "check_data_format", "float_dtype", "spatial_axes"]
+__all__ = ["Layer", "float_dtype", "spatial_axes"]
 
 
 def _snake(name: str) -> str:
     """``GlobalAveragePooling2D`` -> ``global_average_pooling2d`` (Keras' default layer names)."""
     return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()
-
-
-def check_data_format(data_format: Any, *, func: str) -> str:
-    if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
-        raise PatchconvError(
-            f"{func}: data_format must be 'channels_last' or 'channels_first'; got {data_format!r}"
-        )
-    return data_format.lower()
 
 
 def float_dtype(dtype: Any, *, func: str) -> np.dtype:

@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from patchconv import layers as base_layers
-from patchconv._spec import PatchconvError, as_float_array, conv_spec, normalize_padding
+from patchconv._spec import (
+    PatchconvError,
+    as_float_array,
+    conv_spec,
+    normalize_data_format,
+    normalize_padding,
+)
 from patchconv._spec import normalize_pair as _pair
 from patchconv.functional import conv2d, conv2d_backward
 from patchconv.layers import (
@@ -24,7 +30,7 @@ from patchconv.layers import (
     padding_to_config,
 )
 from patchconv.nn.activations import get_activation
-from patchconv.nn.base import Layer, check_data_format
+from patchconv.nn.base import Layer
 
 __all__ = ["Conv2D", "DepthwiseConv2D"]
 
@@ -205,7 +211,7 @@ class DepthwiseConv2D(Layer):
         self.depth_multiplier = base_layers._positive_int(
             depth_multiplier, name="depth_multiplier", func=func
         )
-        self.data_format = check_data_format(data_format, func=func)
+        self.data_format = normalize_data_format(data_format, func=func)
         self.padding = padding.lower() if isinstance(padding, str) else padding
         normalize_padding(
             self.padding,

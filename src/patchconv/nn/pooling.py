@@ -13,9 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from patchconv._spec import PadPairs, PatchconvError, normalize_padding, normalize_pair
+from patchconv._spec import (
+    PadPairs,
+    PatchconvError,
+    normalize_data_format,
+    normalize_padding,
+    normalize_pair,
+)
 from patchconv.layers import padding_from_config, padding_to_config
-from patchconv.nn.base import Layer, check_data_format, spatial_axes
+from patchconv.nn.base import Layer, spatial_axes
 
 __all__ = ["AveragePool2D", "GlobalAveragePooling2D", "MaxPool2D"]
 
@@ -40,7 +46,7 @@ class _Pool2D(Layer):
             if strides is None
             else normalize_pair(strides, func=func, name="strides")
         )
-        self.data_format = check_data_format(data_format, func=func)
+        self.data_format = normalize_data_format(data_format, func=func)
         self.padding = padding.lower() if isinstance(padding, str) else padding
         normalize_padding(
             self.padding,
@@ -284,7 +290,7 @@ class GlobalAveragePooling2D(Layer):
         trainable: bool = True,
     ) -> None:
         super().__init__(name=name, dtype=dtype, trainable=trainable)
-        self.data_format = check_data_format(data_format, func="GlobalAveragePooling2D")
+        self.data_format = normalize_data_format(data_format, func="GlobalAveragePooling2D")
         self.keepdims = bool(keepdims)
         self._shape: tuple[int, ...] | None = None
 

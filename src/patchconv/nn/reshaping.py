@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from patchconv._spec import PadPairs, PatchconvError, normalize_padding
-from patchconv.nn.base import Layer, check_data_format, spatial_axes
+from patchconv._spec import PadPairs, PatchconvError, normalize_data_format, normalize_padding
+from patchconv.nn.base import Layer, spatial_axes
 
 __all__ = ["Flatten", "ZeroPadding2D"]
 
@@ -42,7 +42,7 @@ class Flatten(Layer):
         trainable: bool = True,
     ) -> None:
         super().__init__(name=name, dtype=dtype, trainable=trainable)
-        self.data_format = check_data_format(data_format, func="Flatten")
+        self.data_format = normalize_data_format(data_format, func="Flatten")
         self._shape: tuple[int, ...] | None = None
 
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -102,7 +102,7 @@ class ZeroPadding2D(Layer):
             strides=(1, 1),
             dilation=(1, 1),
         )
-        self.data_format = check_data_format(data_format, func="ZeroPadding2D")
+        self.data_format = normalize_data_format(data_format, func="ZeroPadding2D")
         self._shape: tuple[int, ...] | None = None
 
     def _width(self, ndim: int) -> list[tuple[int, int]]:
