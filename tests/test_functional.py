@@ -49,7 +49,9 @@ def test_adjoint_of_im2col(case: Case) -> None:
     assert back.shape == case.x.shape
     # A dot product can nearly cancel: judge it against the size of its terms (Cauchy-Schwarz).
     size = np.linalg.norm(cols) * np.linalg.norm(c)
-    np.testing.assert_allclose(np.vdot(cols, c), np.vdot(case.x, back), rtol=1e-12, atol=1e-13 * size)
+    np.testing.assert_allclose(
+        np.vdot(cols, c), np.vdot(case.x, back), rtol=1e-12, atol=1e-13 * size
+    )
 
 
 @given(conv_cases(dtypes=(np.float64,), bias=False))
@@ -59,7 +61,9 @@ def test_adjoint_of_conv(case: Case) -> None:
     g = np.random.default_rng(2).standard_normal(out.shape)
     grads = patchconv.conv2d_backward(g, case.x, case.kernel, **case.options)
     size = np.linalg.norm(out) * np.linalg.norm(g)
-    np.testing.assert_allclose(np.vdot(out, g), np.vdot(case.x, grads.grad_x), rtol=1e-10, atol=1e-12 * size)
+    np.testing.assert_allclose(
+        np.vdot(out, g), np.vdot(case.x, grads.grad_x), rtol=1e-10, atol=1e-12 * size
+    )
     np.testing.assert_allclose(
         np.vdot(out, g), np.vdot(case.kernel, grads.grad_kernel), rtol=1e-10, atol=1e-12 * size
     )

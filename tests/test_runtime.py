@@ -3,7 +3,10 @@ and the product split over the cores."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -141,3 +144,79 @@ def test_concurrent_calls_from_threads_give_the_serial_results() -> None:
     for t in threads:
         t.join()
     assert mismatches == []
+
+
+needs_numba = pytest.mark.skipif(_runtime.get_numba() is None, reason="needs numba")
+
+
+def _rows_layer() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 11, 13, 8)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 8, 64)).astype(np.float32)
+    return x, kernel, rng.standard_normal(64).astype(np.float32)
+
+
+@needs_numba
+@pytest.mark.parametrize(
+    ("n", "min_items", "pieces_per_worker"), [(33, 1, 4), (33, 5, 1), (7, 1, 9)]
+)
+@pytest.mark.parametrize("native", [True, False])
+def test_parallel_kernel_covers_every_row_once(
+    n: int, min_items: int, pieces_per_worker: int, native: bool
+) -> None:
+    """``_simd.parallel`` through numba's threads (or the Python pool where they cannot run)
+    writes every output row of the implicit GEMM once, as one serial call does."""
+    from patchconv.algorithms import _simd
+
+    x, kernel, bias = _rows_layer()
+    x = np.concatenate([x] * 11)[:n]
+    kmat = np.ascontiguousarray(kernel.reshape(-1))
+    args = (x, kmat, bias, None, 3, 3, 1, 1, 1, 1, 1, 1)
+    serial = np.full((n, 11, 13, 64), np.nan, np.float32)
+    _simd.conv_rows(*args[:3], serial, *args[4:], 0, n * 11)
+    out = np.full_like(serial, np.nan)
+    with pytest.MonkeyPatch.context() as mp:
+        if not native:
+            mp.setattr(_simd, "_native_ready", lambda: False)
+        _simd.parallel(
+            _simd.conv_rows,
+            (*args[:3], out, *args[4:]),
+            n * 11,
+            min_items=min_items,
+            pieces_per_worker=pieces_per_worker,
+        )
+    np.testing.assert_array_equal(out, serial)
+
+
+@needs_numba
+def test_native_threads_leave_the_environment_as_it_was() -> None:
+    """The spin count OpenMP reads once at start-up is set for that moment only."""
+    from patchconv.algorithms import _simd
+
+    before = dict(os.environ)
+    _simd._native_ready()
+    assert dict(os.environ) == before
+
+
+def _child_result(queue: Any) -> None:
+    x, kernel, bias = _rows_layer()
+    queue.put(patchconv.conv2d(x, kernel, bias, padding="same", algorithm="gemm"))
+
+
+@needs_numba
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork processes"
+)
+def test_a_forked_child_computes_after_the_parent_used_native_threads() -> None:
+    """GNU OpenMP aborts a forked child that starts a parallel region; the child falls back to
+    the Python pool and gets the parent's answer."""
+    x, kernel, bias = _rows_layer()
+    expected = patchconv.conv2d(x, kernel, bias, padding="same", algorithm="gemm")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_result, args=(queue,))
+    child.start()
+    got = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, expected)

@@ -41,6 +41,7 @@ __all__ = [
     "aligned_empty",
     "blas_pinned",
     "get_numba",
+    "in_pool_thread",
     "matmul",
     "n_workers",
     "parallel_for",
@@ -139,6 +140,11 @@ def single_threaded_blas() -> Iterator[None]:
                 setter(_blas_saved)
 
 
+def in_pool_thread() -> bool:
+    """True on one of patchconv's pool threads (where a nested parallel call runs serially)."""
+    return threading.get_ident() in _pool_threads
+
+
 def _mark_pool_thread() -> None:
     _pool_threads.add(threading.get_ident())
 
@@ -180,7 +186,7 @@ def parallel_for(
     if n <= 0:
         return
     workers = min(workers or n_workers(), max(1, n // max(1, min_items)))
-    if workers <= 1 or threading.get_ident() in _pool_threads:
+    if workers <= 1 or in_pool_thread():
         fn(0, n)
         return
     pieces = split_range(n, min(n // max(1, min_items), workers * max(1, pieces_per_worker)))

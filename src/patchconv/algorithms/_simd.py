@@ -19,6 +19,8 @@ not pickle the same way twice (a kernel defined in a function was recompiled by 
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 import numba
@@ -27,7 +29,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
 
-from patchconv.algorithms._runtime import VECTOR_BYTES
+from patchconv.algorithms._runtime import VECTOR_BYTES, in_pool_thread, n_workers, parallel_for
 
 __all__ = [
     "VECTOR_BYTES",
@@ -35,6 +37,7 @@ __all__ = [
     "conv_rows",
     "depthwise_rows",
     "lanes",
+    "parallel",
     "sload",
     "vadd",
     "vfma",
@@ -958,3 +961,126 @@ def flip_swap(w, out, lo, hi):  # type: ignore[no-untyped-def]
                 for q in range(q0, min(co, q0 + 16)):
                     for c in range(c0, c1):
                         dst[q, c] = src[c, q]
+
+
+# --- Native parallel launches -------------------------------------------------------------
+#
+# Handing work to the Python thread pool costs about 90 us on these VMs (two futex wake-ups,
+# each followed by a wait for the GIL; measured: a no-op parallel_for 83-90 us, the implicit
+# GEMM of a 56x56 64 -> 256 1x1 layer 0.52 ms on two cores against 0.36 for one core's half).
+# numba's OpenMP (or TBB) threading layer hands a region to its workers in about 2 us without
+# the GIL, so the compiled kernels below run their row ranges through it: each wrapper takes
+# pieces from an atomic counter, so a core slowed by other programs takes fewer of them.
+# Work that calls BLAS stays on the Python pool.
+
+
+@intrinsic
+def _take(typingctx: Any, counter: Any) -> Any:
+    """``counter[0] += 1`` atomically; returns the value before."""
+    sig = types.int64(counter)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        data = context.make_array(counter)(context, builder, args[0]).data
+        one = ir.Constant(ir.IntType(64), 1)
+        return builder.atomic_rmw("add", data, one, "monotonic")
+
+    return sig, codegen
+
+
+_par = numba.njit(nogil=True, cache=True, parallel=True)
+
+
+@_par
+def _conv_rows_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            conv_rows(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _depthwise_rows_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            depthwise_rows(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _depthwise_3x3_rows_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            depthwise_3x3_rows(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+_NATIVE = {
+    conv_rows: _conv_rows_par,
+    depthwise_rows: _depthwise_rows_par,
+    depthwise_3x3_rows: _depthwise_3x3_rows_par,
+}
+
+
+@_par
+def _probe(out):  # type: ignore[no-untyped-def]
+    for i in numba.prange(out.shape[0]):
+        out[i] = i
+
+
+_native_pid: int | None = None  # the process that started numba's threads; None: not yet
+_native_ok = False
+_native_lock = threading.Lock()
+
+# OpenMP's workers spin this many times for the next region before they sleep: about 0.1-0.2 ms
+# here, enough to bridge the regions of one call (libgomp's default, 300000, kept a core busy for
+# several ms and halved the speed of the BLAS work that ran next on our own threads).
+_GOMP_SPINCOUNT = "10000"
+
+
+def _native_ready() -> bool:
+    """True if numba's threads run regions here: a thread-safe layer (OpenMP or TBB, not the
+    workqueue), in the process that started them (GNU OpenMP aborts a forked child)."""
+    global _native_pid, _native_ok
+    with _native_lock:
+        if _native_pid is None:
+            _native_pid = os.getpid()
+            ours = not any(k in os.environ for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"))
+            if ours:  # libgomp reads it once, when numba loads it for the first region
+                os.environ["GOMP_SPINCOUNT"] = _GOMP_SPINCOUNT
+            try:
+                _probe(np.zeros(2))
+                _native_ok = numba.threading_layer() in ("omp", "tbb")
+            except (ImportError, OSError, ValueError):  # no layer loads: the Python pool works
+                _native_ok = False
+            finally:
+                if ours:
+                    del os.environ["GOMP_SPINCOUNT"]
+        return _native_ok and _native_pid == os.getpid()
+
+
+def parallel(
+    kernel: Any,
+    args: tuple[Any, ...],
+    n: int,
+    *,
+    min_items: int = 1,
+    pieces_per_worker: int = 4,
+) -> None:
+    """``kernel(*args, lo, hi)`` over pieces of ``range(n)`` on all cores, as
+    :func:`~patchconv.algorithms._runtime.parallel_for` does, but through numba's threads where
+    the kernel has a native wrapper and the layer allows it."""
+    workers = min(n_workers(), max(1, n // max(1, min_items)))
+    native = _NATIVE.get(kernel)
+    if workers <= 1 or native is None or in_pool_thread() or not _native_ready():
+        parallel_for(
+            lambda lo, hi: kernel(*args, lo, hi),
+            n,
+            min_items=min_items,
+            pieces_per_worker=pieces_per_worker,
+        )
+        return
+    pieces = min(n // max(1, min_items), workers * max(1, pieces_per_worker))
+    native(args, n, pieces, workers, np.zeros(1, np.int64))

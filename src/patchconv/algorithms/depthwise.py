@@ -243,6 +243,8 @@ def forward(
     shape = (spec.n, spec.oh, spec.ow, spec.c_out)
     compiled = _compile()
     if compiled is not None:
+        from patchconv.algorithms import _simd  # imports numba
+
         xc = np.ascontiguousarray(x)
         b = np.zeros(spec.c_out, x.dtype) if bias is None else np.ascontiguousarray(bias)
         (pt, _), (pl, _) = spec.pads
@@ -271,7 +273,7 @@ def forward(
         else:
             out = np.empty(shape, dtype=x.dtype)
             run, args = compiled["fwd"], (xc, k, b, out, *_geometry(spec))
-        parallel_for(lambda lo, hi: run(*args, lo, hi), spec.n * spec.oh, min_items=_rows_min(spec))
+        _simd.parallel(run, args, spec.n * spec.oh, min_items=_rows_min(spec))
         return out
     out = np.empty(shape, dtype=x.dtype)
     m = spec.c_out_group

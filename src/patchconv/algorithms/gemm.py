@@ -380,8 +380,9 @@ def forward_implicit(
     (pt, _), (pl, _) = spec.pads
     dims = (spec.kh, spec.kw, *spec.strides, *spec.dilation, pt, pl)
     per_row = spec.ow * spec.c_out * spec.patch_size  # multiply-adds
-    parallel_for(
-        lambda lo, hi: _simd.conv_rows(xc, kmat, b, out, *dims, lo, hi),
+    _simd.parallel(
+        _simd.conv_rows,
+        (xc, kmat, b, out, *dims),
         spec.n * spec.oh,
         min_items=max(1, 2**20 // per_row),
     )
