@@ -209,6 +209,42 @@ def test_winograd_products_split_by_position_or_by_tiles(
     assert_close(out, expected, np.float32)
 
 
+@pytest.mark.skipif(winograd.kernels() is None, reason="the fused Winograd blocks need numba")
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "dtype"), [(16, 64, np.float32), (20, 70, np.float32), (8, 32, np.float64)]
+)
+def test_fused_winograd_blocks_match_the_reference(
+    m: int, c_in: int, c_out: int, dtype: type, native: bool
+) -> None:
+    """Whole blocks in one compiled call (SIMD transforms, our products, a last block of
+    fewer than 6 tiles, overlapping channel panels), on numba's threads or the Python pool."""
+    from patchconv.algorithms import _simd
+
+    rng = np.random.default_rng(c_out)
+    x = rng.standard_normal((2, 13, 9, c_in)).astype(dtype)
+    kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    spec = conv_spec(x.shape, kernel.shape, bias.shape, padding="same")
+    assert winograd._fused_blocks(spec, np.dtype(dtype))
+    a = m + 2
+    per_tile = a * a * (c_in + c_out) * np.dtype(dtype).itemsize
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(winograd, "split_products", lambda *args: False)
+        if not native:
+            mp.setattr(_simd, "_native_ready", lambda: False)
+        out = patchconv.conv2d(
+            x,
+            kernel,
+            bias,
+            padding="same",
+            algorithm=f"winograd_f{m}",
+            workspace_limit=7 * 2 * per_tile,  # blocks of 7 tiles: 24 tiles (F4) end with 3
+        )
+    assert_close(out, conv2d_reference(x, kernel, bias, padding="same"), dtype)
+
+
 @pytest.mark.skipif(winograd.kernels() is None, reason="the Winograd weight gradient needs numba")
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -29,7 +29,13 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
 
-from patchconv.algorithms._runtime import VECTOR_BYTES, in_pool_thread, n_workers, parallel_for
+from patchconv.algorithms._runtime import (
+    VECTOR_BYTES,
+    in_pool_thread,
+    n_workers,
+    parallel_for,
+    scratch,
+)
 
 __all__ = [
     "VECTOR_BYTES",
@@ -1017,11 +1023,113 @@ def _depthwise_3x3_rows_par(args, n, pieces, threads, counter):  # type: ignore[
             p = _take(counter)
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _small_products(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
+    # out[xi] = v[xi] @ u[xi] for xi in lo:hi, any shape: the tail block of fewer than 6 tiles.
+    _, nt, ci = v.shape
+    co = u.shape[2]
+    for xi in range(lo, hi):
+        for t in range(nt):
+            row = out[xi, t]
+            row[:] = 0.0
+            for c in range(ci):
+                s = v[xi, t, c]
+                krow = u[xi, c]
+                for o in range(co):
+                    row[o] += s * krow[o]
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_blocks(x, pt, pl, m, th, tw, u, bias, out, block, total, work, lo, hi):  # type: ignore[no-untyped-def]
+    # Blocks lo:hi of ``block`` tiles (of ``total``): input transform, the a*a products with
+    # U (a*a, c_in, c_out) and output transform, in one compiled call; ``work`` holds one
+    # block's V and M. Needs c_in >= lanes, c_out >= 4 lanes (batched_matmul).
+    a = m + 2
+    c_in, c_out = u.shape[1], u.shape[2]
+    for bi in range(lo, hi):
+        t0 = bi * block
+        nt = min(block, total - t0)
+        v = work[: a * a * nt * c_in].reshape(a * a, nt, c_in)
+        mm = work[a * a * block * c_in : a * a * (block * c_in + nt * c_out)].reshape(
+            a * a, nt, c_out
+        )
+        winograd_input(x, pt, pl, m, th, tw, t0, 0, nt, v)
+        if nt >= 6:
+            batched_matmul(v, u, mm, 0, a * a)
+        else:
+            _small_products(v, u, mm, 0, a * a)
+        winograd_output(mm, bias, out, m, th, tw, t0, 0, nt)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_position_products(k9, kron, u, v, mm, lo, hi):  # type: ignore[no-untyped-def]
+    # The split schedule's share of positions lo:hi: U = G g G^T there, then M = V @ U there.
+    q = u.shape[1] * u.shape[2]
+    winograd_kernel(k9, kron, u.reshape(u.shape[0], q), lo, hi)
+    batched_matmul(v, u, mm, lo, hi)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_input_into(x, pt, pl, m, th, tw, t0, v, lo, hi):  # type: ignore[no-untyped-def]
+    # winograd_input with the tile range last, as parallel() passes it.
+    winograd_input(x, pt, pl, m, th, tw, t0, lo, hi, v)
+
+
+@_par
+def _winograd_blocks_par(args, n, pieces, threads, counter, work):  # type: ignore[no-untyped-def]
+    for t in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            winograd_blocks(*args, work[t], n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _winograd_input_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            winograd_input_into(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _winograd_output_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            winograd_output(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _winograd_kernel_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            winograd_kernel(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _winograd_position_products_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            winograd_position_products(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
 _NATIVE = {
     conv_rows: _conv_rows_par,
     depthwise_rows: _depthwise_rows_par,
     depthwise_3x3_rows: _depthwise_3x3_rows_par,
+    winograd_input_into: _winograd_input_par,
+    winograd_output: _winograd_output_par,
+    winograd_kernel: _winograd_kernel_par,
+    winograd_position_products: _winograd_position_products_par,
 }
+_NATIVE_WITH_WORK = {winograd_blocks: _winograd_blocks_par}
 
 
 @_par
@@ -1068,19 +1176,34 @@ def parallel(
     *,
     min_items: int = 1,
     pieces_per_worker: int = 4,
+    work: tuple[int, np.dtype, int] | None = None,
+    native: bool = True,
 ) -> None:
     """``kernel(*args, lo, hi)`` over pieces of ``range(n)`` on all cores, as
     :func:`~patchconv.algorithms._runtime.parallel_for` does, but through numba's threads where
-    the kernel has a native wrapper and the layer allows it."""
+    the kernel has a native wrapper and the layer allows it. With ``work = (size, dtype,
+    limit)`` each thread also gets a work buffer of ``size`` elements of its own:
+    ``kernel(*args, buffer, lo, hi)``. ``native=False`` keeps it on the Python pool (for a
+    step followed by BLAS work there: numba's workers spin a while after each region)."""
     workers = min(n_workers(), max(1, n // max(1, min_items)))
-    native = _NATIVE.get(kernel)
-    if workers <= 1 or native is None or in_pool_thread() or not _native_ready():
-        parallel_for(
-            lambda lo, hi: kernel(*args, lo, hi),
-            n,
-            min_items=min_items,
-            pieces_per_worker=pieces_per_worker,
-        )
+    table: dict[Any, Any] = _NATIVE_WITH_WORK if work is not None else _NATIVE
+    wrapper = table.get(kernel) if native else None
+    if workers <= 1 or wrapper is None or in_pool_thread() or not _native_ready():
+
+        def piece(lo: int, hi: int) -> None:
+            if work is None:
+                kernel(*args, lo, hi)
+            else:
+                kernel(*args, scratch("simd.work", work[0], work[1], limit=work[2]), lo, hi)
+
+        parallel_for(piece, n, min_items=min_items, pieces_per_worker=pieces_per_worker)
         return
     pieces = min(n // max(1, min_items), workers * max(1, pieces_per_worker))
-    native(args, n, pieces, workers, np.zeros(1, np.int64))
+    counter = np.zeros(1, np.int64)
+    if work is None:
+        wrapper(args, n, pieces, workers, counter)
+    else:
+        size, dtype, limit = work
+        size = -(-size // 16) * 16  # every thread's buffer on a cache line of its own
+        buffers = scratch("simd.work", workers * size, dtype, limit=limit).reshape(workers, size)
+        wrapper(args, n, pieces, workers, counter, buffers)

@@ -56,8 +56,10 @@ __all__ = [
     "split_products",
 ]
 
-# Largest U[xi] (c_in*c_out values) for the SIMD products of the split schedule.
-_SIMD_PRODUCT_BYTES = 2**19
+# Largest U[xi] (c_in*c_out values) for the SIMD products of the split schedule, and of the
+# fused blocks, which read U once per block of tiles and so want it in L2.
+_SIMD_PRODUCT_BYTES = 2**21
+_FUSED_U_BYTES = 2**19
 # Fewest tiles for which the split weight gradient beats gemm's (see grad_kernel_applies).
 _SPLIT_GRAD_MIN_TILES = 64
 # Bytes of transformed input plus product per block of tiles (per core): about one core's L2,
@@ -120,13 +122,19 @@ def applies(spec: ConvSpec) -> str | None:
 
 
 def kernel_transform(
-    kernel: np.ndarray, m: int, dtype: np.dtype, *, workspace_limit: int | None = None
+    kernel: np.ndarray,
+    m: int,
+    dtype: np.dtype,
+    *,
+    workspace_limit: int | None = None,
+    native: bool = False,
 ) -> np.ndarray:
     """HWIO 3x3 kernel -> ``U = G g G^T`` as ``(a*a, c_in, c_out)``, in ``dtype``.
 
     One product ``kron(G, G) (a*a, 9) @ kernel (9, c_in*c_out)``: a single pass over the kernel.
     With ``workspace_limit``, the result lives in a reused work buffer (valid until the next
-    call on this thread).
+    call on this thread). ``native``: split it over numba's threads (where what follows runs
+    there too), not the Python pool.
     """
     a = m + 2
     c_in, c_out = kernel.shape[2:]
@@ -140,14 +148,17 @@ def kernel_transform(
     u2 = u.reshape(a * a, c_in * c_out)
     compiled = _compile()
     if compiled is not None and c_in * c_out * dtype.itemsize >= VECTOR_BYTES:
-        simd = compiled["kernel_simd"]
+        from patchconv.algorithms import _simd  # imports numba
+
         # Positions per thread: only kernels of a MB or more are worth a hand-off.
         per_position = c_in * c_out * dtype.itemsize
-        parallel_for(
-            lambda lo, hi: simd(k9, kron, u2, lo, hi),
+        _simd.parallel(
+            _simd.winograd_kernel,
+            (k9, kron, u2),
             a * a,
             min_items=max(1, 2**20 // per_position),
             pieces_per_worker=1,
+            native=native,
         )
     else:
         np.matmul(kron, k9, out=u2)
@@ -440,7 +451,8 @@ def forward(
     if compiled is not None and split_products(spec, m, dtype.itemsize, workspace_limit):
         _forward_split(compiled, x, kernel, b, out, spec, m, workspace_limit)
         return out
-    u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit)  # (a*a, c_in, c_out)
+    fused = compiled is not None and _fused_blocks(spec, dtype)
+    u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit, native=fused)
     if compiled is None:
         # Blocks of whole images, or of tile rows where one image would pass the budget.
         budget = min(workspace_limit, BLOCK_BYTES * 4)
@@ -455,7 +467,7 @@ def forward(
     xc = np.ascontiguousarray(x)
     (pt, _), (pl, _) = spec.pads
     in_t, out_t = _transform_kernels(compiled, spec, dtype, m)
-    per_thread = blas_pinned()
+    per_thread = blas_pinned() or fused
     workers = n_workers() if per_thread else 1
     # Each block reads all of U once: with deep channels make blocks big enough to amortise it.
     target = max(BLOCK_BYTES, u.nbytes // 2)
@@ -463,6 +475,16 @@ def forward(
     if workers > 1:  # several blocks per core, so a core slowed by other work takes fewer
         block = min(block, max(-(-total // (workers * 4)), min(64, -(-total // workers))))
     blocks = [(t0, min(block, total - t0)) for t0 in range(0, total, block)]
+    if fused:
+        from patchconv.algorithms import _simd  # imports numba
+
+        _simd.parallel(
+            _simd.winograd_blocks,
+            (xc, pt, pl, m, th, tw, u, b, out, block, total),
+            len(blocks),
+            work=(a * a * block * (spec.c_in + spec.c_out), dtype, workspace_limit),
+        )
+        return out
 
     def run(lo: int, hi: int) -> None:
         vbuf = scratch("winograd.v", a * a * block * spec.c_in, dtype, limit=workspace_limit)
@@ -476,6 +498,18 @@ def forward(
 
     parallel_for(run, len(blocks), workers=workers)
     return out
+
+
+def _fused_blocks(spec: ConvSpec, dtype: np.dtype) -> bool:
+    """True if whole blocks run as one compiled call (:func:`_simd.winograd_blocks`): the SIMD
+    transforms, our products (4 vectors of output channels, ``U[xi]`` within L2), and
+    numba's threads to run them (measured, N1 28x28x128: 0.98 -> ... ms)."""
+    c_in, c_out, size = spec.c_in, spec.c_out, dtype.itemsize
+    return (
+        c_in * size >= VECTOR_BYTES
+        and c_out * size >= 4 * VECTOR_BYTES
+        and c_in * c_out * size <= _FUSED_U_BYTES
+    )
 
 
 def split_products(spec: ConvSpec, m: int, itemsize: int, workspace_limit: int) -> bool:
@@ -529,35 +563,48 @@ def _forward_split(
     in_t, out_t = _transform_kernels(compiled, spec, dtype, m)
     per_tile = a * a * max(c_in, c_out)
     min_tiles = max(1, 16384 // per_tile)  # tiles per thread hand-off
-
-    parallel_for(
-        lambda lo, hi: in_t(xc, pt, pl, th, tw, 0, lo, hi, v3),
-        total,
-        min_items=min_tiles,
-    )
-
-    # Our products where U[xi] stays in L2 while every block of 6 tiles reads it (measured,
-    # N8 14x14x256: 4.1 -> 3.2 ms); with 7x7x512's 1 MB U[xi] OpenBLAS was as fast or faster.
+    # Our products where U[xi] fits in L2 while every block of 6 tiles reads it (measured,
+    # N8 14x14x256: 4.1 -> 3.2 ms; N8 7x7x512, 1 MB U[xi]: 6.5 ms with OpenBLAS on the Python
+    # pool, 5.9 with ours on numba's threads).
     wide = c_out * dtype.itemsize >= 4 * VECTOR_BYTES and total >= 6
     fits = c_in * c_out * dtype.itemsize <= _SIMD_PRODUCT_BYTES
     simd_products = compiled["products_simd"] if wide and fits else None
+    # All three steps compiled: run them on numba's threads. With BLAS products, all on the
+    # Python pool: numba's workers spin after a region and would slow our threads' BLAS.
+    native = simd_u is not None and simd_products is not None
+
+    from patchconv.algorithms import _simd  # imports numba
+
+    if c_in * dtype.itemsize >= VECTOR_BYTES:
+        in_args = (xc, pt, pl, m, th, tw, 0, v3)
+        _simd.parallel(
+            _simd.winograd_input_into, in_args, total, min_items=min_tiles, native=native
+        )
+    else:
+        parallel_for(
+            lambda lo, hi: in_t(xc, pt, pl, th, tw, 0, lo, hi, v3), total, min_items=min_tiles
+        )
 
     def products(lo: int, hi: int) -> None:
         if simd_u is not None:  # U for positions lo:hi
             simd_u(k9, kron, u2, lo, hi)
         else:
             np.matmul(kron[lo:hi], k9, out=u2[lo:hi])
-        if simd_products is not None:
-            simd_products(v3, u3, m3, lo, hi)
-        else:
-            np.matmul(v3[lo:hi], u3[lo:hi], out=m3[lo:hi])
+        np.matmul(v3[lo:hi], u3[lo:hi], out=m3[lo:hi])
 
-    parallel_for(products, a * a, pieces_per_worker=2)
-    parallel_for(
-        lambda lo, hi: out_t(m3, b, out, th, tw, 0, lo, hi),
-        total,
-        min_items=min_tiles,
-    )
+    if native:
+        both = (k9, kron, u3, v3, m3)
+        # One piece per core: smaller ones measured slower (N8 7x7x512: 4.6 against 5.2 ms).
+        _simd.parallel(_simd.winograd_position_products, both, a * a, pieces_per_worker=1)
+    else:
+        parallel_for(products, a * a, pieces_per_worker=2)
+    if c_out * dtype.itemsize >= VECTOR_BYTES:
+        out_args = (m3, b, out, m, th, tw, 0)
+        _simd.parallel(_simd.winograd_output, out_args, total, min_items=min_tiles, native=native)
+    else:
+        parallel_for(
+            lambda lo, hi: out_t(m3, b, out, th, tw, 0, lo, hi), total, min_items=min_tiles
+        )
 
 
 def grad_kernel_applies(spec: ConvSpec, itemsize: int, workspace_limit: int, *, m: int = 4) -> bool:
