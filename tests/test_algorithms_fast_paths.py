@@ -14,7 +14,7 @@ import patchconv
 from conftest import assert_close
 from patchconv._patches import Tile, fill_patches, iter_tiles
 from patchconv._spec import ConvSpec, conv_spec
-from patchconv.algorithms import gemm, winograd
+from patchconv.algorithms import _runtime, gemm, winograd
 from reference import conv2d_reference
 from strategies import paddings
 
@@ -315,6 +315,38 @@ def test_split_winograd_weight_gradient_equals_the_patch_matrix_one(
         mp.setattr(winograd, "_SPLIT_GRAD_MIN_TILES", 1)
         assert winograd.grad_kernel_applies(spec, 4, 2**28, m=m)
         got = winograd.grad_kernel(g, x, spec, 2**28, m=m)
+    assert_close(got, expected, dtype, grad=True)
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the compiled weight gradient needs numba")
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "dtype"), [(16, 64, np.float32), (20, 70, np.float32), (8, 32, np.float64)]
+)
+def test_compiled_winograd_weight_gradient_equals_the_patch_matrix_one(
+    m: int, split: bool, native: bool, c_in: int, c_out: int, dtype: type
+) -> None:
+    """The weight gradient with every step compiled (our V^T dM products, G^T dU G from the
+    per-thread partials): both schedules, blocks of 5 tiles (the last one shorter), channel
+    counts that cut the 6-row and 4-vector blocks, on numba's threads or the Python pool."""
+    from patchconv.algorithms import _simd
+
+    rng = np.random.default_rng(c_out + m)
+    x = rng.standard_normal((2, 9, 11, c_in)).astype(dtype)
+    kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(dtype)
+    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    g = rng.standard_normal(spec_out(spec)).astype(dtype)
+    _, expected = gemm.backward(g, x, kernel, spec, 2**28, need_x=False)
+    assert winograd._native_grad(spec, np.dtype(dtype))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(winograd, "split_products", lambda *args: split)
+        if not native:
+            mp.setattr(_simd, "_native_ready", lambda: False)
+        per_tile = (m + 2) ** 2 * (c_in + c_out) * np.dtype(dtype).itemsize
+        limit = 4 * _runtime.n_workers() * 5 * per_tile  # blocks of 5 tiles
+        got = winograd.grad_kernel(g, x, spec, limit, m=m)
     assert_close(got, expected, dtype, grad=True)
 
 

@@ -38,7 +38,6 @@ from patchconv.algorithms import depthwise, fft, gemm, pointwise, winograd
 from patchconv.algorithms._runtime import (
     get_numba,
     n_workers,
-    parallel_for,
     release_workspace,
     single_threaded_blas,
 )
@@ -363,7 +362,7 @@ def _transposed(spec: ConvSpec, kernel: np.ndarray) -> tuple[ConvSpec, np.ndarra
 
         kc = np.ascontiguousarray(kernel)
         kt = np.empty((spec.kh, spec.kw, spec.c_out, spec.c_in), kernel.dtype)
-        parallel_for(lambda lo, hi: _simd.flip_swap(kc, kt, lo, hi), spec.kh * spec.kw)
+        _simd.parallel(_simd.flip_swap, (kc, kt), spec.kh * spec.kw)
     else:
         flipped = kernel[::-1, ::-1].reshape(spec.kh, spec.kw, cg, g, cog)
         kt = np.ascontiguousarray(

@@ -1075,6 +1075,164 @@ def winograd_input_into(x, pt, pl, m, th, tw, t0, v, lo, hi):  # type: ignore[no
     winograd_input(x, pt, pl, m, th, tw, t0, lo, hi, v)
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def batched_matmul_tn(v, g, du, lo, hi):  # type: ignore[no-untyped-def]
+    # du[xi] (ci, co) = v[xi]^T (ci, nt) @ g[xi] (nt, co), xi in lo:hi, ci >= 6, co >= 4 lanes:
+    # the Winograd weight gradient's products. Blocks of 6 input channels x 4 vectors of
+    # output channels stay in registers while the nt tiles go by, each 6 consecutive values of
+    # v times 4 vectors of g.
+    _, nt, ci = v.shape
+    co = g.shape[2]
+    lanes = VECTOR_BYTES // v.itemsize
+    vf = v.reshape(-1)
+    gf = g.reshape(-1)
+    df = du.reshape(-1)
+    for xi in range(lo, hi):
+        vb = xi * nt * ci
+        gb = xi * nt * co
+        db = xi * ci * co
+        for p0 in range(0, co, 4 * lanes):
+            pc = min(p0, co - 4 * lanes)
+            for r0_ in range(0, ci, 6):
+                r0 = min(r0_, ci - 6)
+                z = vzero(vf)
+                acc = _block_6x4(z, z, z, z)
+                a = vb + r0
+                kb = gb + pc
+                for _ in range(nt):
+                    acc = _fma_6x4(
+                        vload(gf, kb),
+                        vload(gf, kb + lanes),
+                        vload(gf, kb + 2 * lanes),
+                        vload(gf, kb + 3 * lanes),
+                        sload(vf, a),
+                        sload(vf, a + 1),
+                        sload(vf, a + 2),
+                        sload(vf, a + 3),
+                        sload(vf, a + 4),
+                        sload(vf, a + 5),
+                        acc,
+                    )
+                    a += ci
+                    kb += co
+                _store_6x4(df, db + r0 * co + pc, co, acc)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_grad_blocks(x, pt, pl, m, th, tw, go, block, total, work, lo, hi):  # type: ignore[no-untyped-def]
+    # Blocks lo:hi of ``block`` tiles: V and dM of the block, then dU += V^T dM per position
+    # into this thread's partial dU, the first a*a*c_in*c_out values of ``work`` (zeroed by
+    # the caller); then V, dM and one position's product. c_in >= lanes, c_out >= 4 lanes.
+    a = m + 2
+    ci, co = x.shape[3], go.shape[3]
+    q = ci * co
+    du = work[: a * a * q]
+    vo = a * a * q
+    mo = vo + a * a * block * ci
+    to = mo + a * a * block * co
+    tmp = work[to : to + q].reshape(1, ci, co)
+    tf = work[to : to + q]
+    for bi in range(lo, hi):
+        t0 = bi * block
+        nt = min(block, total - t0)
+        v = work[vo : vo + a * a * nt * ci].reshape(a * a, nt, ci)
+        gm = work[mo : mo + a * a * nt * co].reshape(a * a, nt, co)
+        winograd_input(x, pt, pl, m, th, tw, t0, 0, nt, v)
+        winograd_grad_output(go, m, th, tw, t0, 0, nt, gm)
+        for xi in range(a * a):
+            batched_matmul_tn(v[xi : xi + 1], gm[xi : xi + 1], tmp, 0, 1)
+            d = du[xi * q : (xi + 1) * q]
+            for i in range(q):
+                d[i] += tf[i]
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_kernel_adjoint(kron, parts, dw, lo, hi):  # type: ignore[no-untyped-def]
+    # dw (9, q) = kron^T (9, a*a) @ dU, dU the sum of the rows of ``parts`` (P, >= a*a*q) each
+    # read as (a*a, q): G^T dU G for the vectors lo:hi of q (q >= lanes).
+    q = dw.shape[1]
+    aa = kron.shape[0]
+    lanes = VECTOR_BYTES // dw.itemsize
+    df = dw.reshape(-1)
+    for vi in range(lo, hi):
+        p = min(vi * lanes, q - lanes)
+        z = vzero(df)
+        c0, c1, c2, c3, c4, c5, c6, c7, c8 = z, z, z, z, z, z, z, z, z
+        for part in range(parts.shape[0]):
+            pf = parts[part]
+            for xi in range(aa):
+                d = vload(pf, xi * q + p)
+                c0 = vfmas(d, kron[xi, 0], c0)
+                c1 = vfmas(d, kron[xi, 1], c1)
+                c2 = vfmas(d, kron[xi, 2], c2)
+                c3 = vfmas(d, kron[xi, 3], c3)
+                c4 = vfmas(d, kron[xi, 4], c4)
+                c5 = vfmas(d, kron[xi, 5], c5)
+                c6 = vfmas(d, kron[xi, 6], c6)
+                c7 = vfmas(d, kron[xi, 7], c7)
+                c8 = vfmas(d, kron[xi, 8], c8)
+        vstore(df, p, c0)
+        vstore(df, q + p, c1)
+        vstore(df, 2 * q + p, c2)
+        vstore(df, 3 * q + p, c3)
+        vstore(df, 4 * q + p, c4)
+        vstore(df, 5 * q + p, c5)
+        vstore(df, 6 * q + p, c6)
+        vstore(df, 7 * q + p, c7)
+        vstore(df, 8 * q + p, c8)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_grad_output_into(go, m, th, tw, t0, gm, lo, hi):  # type: ignore[no-untyped-def]
+    # winograd_grad_output with the tile range last, as parallel() passes it.
+    winograd_grad_output(go, m, th, tw, t0, lo, hi, gm)
+
+
+@_par
+def _winograd_grad_blocks_par(args, n, pieces, threads, counter, work):  # type: ignore[no-untyped-def]
+    for t in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            winograd_grad_blocks(*args, work[t], n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _batched_matmul_tn_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            batched_matmul_tn(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _winograd_kernel_adjoint_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            winograd_kernel_adjoint(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _flip_swap_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            flip_swap(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _winograd_grad_output_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            winograd_grad_output_into(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
 @_par
 def _winograd_blocks_par(args, n, pieces, threads, counter, work):  # type: ignore[no-untyped-def]
     for t in numba.prange(threads):
@@ -1128,8 +1286,15 @@ _NATIVE = {
     winograd_output: _winograd_output_par,
     winograd_kernel: _winograd_kernel_par,
     winograd_position_products: _winograd_position_products_par,
+    batched_matmul_tn: _batched_matmul_tn_par,
+    winograd_kernel_adjoint: _winograd_kernel_adjoint_par,
+    winograd_grad_output_into: _winograd_grad_output_par,
+    flip_swap: _flip_swap_par,
 }
-_NATIVE_WITH_WORK = {winograd_blocks: _winograd_blocks_par}
+_NATIVE_WITH_WORK = {
+    winograd_blocks: _winograd_blocks_par,
+    winograd_grad_blocks: _winograd_grad_blocks_par,
+}
 
 
 @_par
@@ -1177,33 +1342,48 @@ def parallel(
     min_items: int = 1,
     pieces_per_worker: int = 4,
     work: tuple[int, np.dtype, int] | None = None,
+    zero: int = 0,
     native: bool = True,
-) -> None:
+) -> np.ndarray | None:
     """``kernel(*args, lo, hi)`` over pieces of ``range(n)`` on all cores, as
     :func:`~patchconv.algorithms._runtime.parallel_for` does, but through numba's threads where
-    the kernel has a native wrapper and the layer allows it. With ``work = (size, dtype,
-    limit)`` each thread also gets a work buffer of ``size`` elements of its own:
-    ``kernel(*args, buffer, lo, hi)``. ``native=False`` keeps it on the Python pool (for a
-    step followed by BLAS work there: numba's workers spin a while after each region)."""
+    the kernel has a native wrapper and the layer allows it. ``native=False`` keeps it on the
+    Python pool (for a step followed by BLAS work there: numba's workers spin a while after
+    each region).
+
+    With ``work = (size, dtype, limit)`` each thread also gets a work buffer of ``size``
+    elements of its own, ``kernel(*args, buffer, lo, hi)``, whose first ``zero`` elements start
+    at 0; the buffers come back as the rows of a ``(threads, >= size)`` array (a row no thread
+    took keeps its zeros), else None."""
     workers = min(n_workers(), max(1, n // max(1, min_items)))
+    buffers = None
+    if work is not None:
+        size = -(-work[0] // 16) * 16  # every thread's buffer on a cache line of its own
+        flat = scratch("simd.work", workers * size, work[1], limit=work[2])
+        buffers = flat.reshape(workers, size)
+        buffers[:, :zero] = 0
     table: dict[Any, Any] = _NATIVE_WITH_WORK if work is not None else _NATIVE
     wrapper = table.get(kernel) if native else None
-    if workers <= 1 or wrapper is None or in_pool_thread() or not _native_ready():
-
-        def piece(lo: int, hi: int) -> None:
-            if work is None:
-                kernel(*args, lo, hi)
-            else:
-                kernel(*args, scratch("simd.work", work[0], work[1], limit=work[2]), lo, hi)
-
-        parallel_for(piece, n, min_items=min_items, pieces_per_worker=pieces_per_worker)
-        return
     pieces = min(n // max(1, min_items), workers * max(1, pieces_per_worker))
-    counter = np.zeros(1, np.int64)
-    if work is None:
-        wrapper(args, n, pieces, workers, counter)
-    else:
-        size, dtype, limit = work
-        size = -(-size // 16) * 16  # every thread's buffer on a cache line of its own
-        buffers = scratch("simd.work", workers * size, dtype, limit=limit).reshape(workers, size)
-        wrapper(args, n, pieces, workers, counter, buffers)
+    if workers > 1 and wrapper is not None and not in_pool_thread() and _native_ready():
+        counter = np.zeros(1, np.int64)
+        if buffers is None:
+            wrapper(args, n, pieces, workers, counter)
+        else:
+            wrapper(args, n, pieces, workers, counter, buffers)
+        return buffers
+    slots: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def piece(lo: int, hi: int) -> None:
+        if buffers is None:
+            kernel(*args, lo, hi)
+            return
+        with lock:  # this thread's buffer: at most `workers` threads take pieces
+            row = slots.setdefault(threading.get_ident(), len(slots))
+        kernel(*args, buffers[row], lo, hi)
+
+    parallel_for(
+        piece, n, min_items=min_items, pieces_per_worker=pieces_per_worker, workers=workers
+    )
+    return buffers

@@ -623,6 +623,69 @@ def grad_kernel_applies(spec: ConvSpec, itemsize: int, workspace_limit: int, *, 
     return du_bytes < 2 * BLOCK_BYTES and du_bytes * n_workers() <= workspace_limit // 4
 
 
+def _native_grad(spec: ConvSpec, dtype: np.dtype) -> bool:
+    """True if every step of :func:`grad_kernel` has a compiled SIMD form (a vector of input
+    channels, 4 of output channels), so that it all runs on numba's threads."""
+    return spec.c_in * dtype.itemsize >= VECTOR_BYTES and spec.c_out * dtype.itemsize >= (
+        4 * VECTOR_BYTES
+    )
+
+
+def _grad_kernel_native(
+    xc: np.ndarray, goc: np.ndarray, spec: ConvSpec, m: int, workspace_limit: int
+) -> np.ndarray:
+    """:func:`grad_kernel` with compiled steps only (:func:`_simd.batched_matmul_tn` for the
+    products, :func:`_simd.winograd_kernel_adjoint` for ``G^T dU G``), on numba's threads: the
+    same two schedules as the BLAS version."""
+    from patchconv.algorithms import _simd  # imports numba
+
+    a = m + 2
+    dtype = xc.dtype
+    c_in, c_out = spec.c_in, spec.c_out
+    q = c_in * c_out
+    th, tw = -(-spec.oh // m), -(-spec.ow // m)
+    total = spec.n * th * tw
+    (pt, _), (pl, _) = spec.pads
+    kron = _kron(m, dtype)  # (a*a, 9)
+    dw = np.empty((9, q), dtype)
+    lanes = VECTOR_BYTES // dtype.itemsize
+    if split_products(spec, m, dtype.itemsize, workspace_limit):
+        v3 = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
+        v3 = v3.reshape(a * a, total, c_in)
+        m3 = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
+        m3 = m3.reshape(a * a, total, c_out)
+        du = scratch("winograd.u", a * a * q, dtype, limit=workspace_limit)
+        min_tiles = max(1, 16384 // (a * a * max(c_in, c_out)))  # tiles per thread hand-off
+        in_args = (xc, pt, pl, m, th, tw, 0, v3)
+        _simd.parallel(_simd.winograd_input_into, in_args, total, min_items=min_tiles)
+        go_args = (goc, m, th, tw, 0, m3)
+        _simd.parallel(_simd.winograd_grad_output_into, go_args, total, min_items=min_tiles)
+        prod_args = (v3, m3, du.reshape(a * a, c_in, c_out))
+        _simd.parallel(_simd.batched_matmul_tn, prod_args, a * a, pieces_per_worker=1)
+        parts = du.reshape(1, a * a * q)
+    else:
+        per_tile = a * a * (c_in + c_out) * dtype.itemsize
+        workers = n_workers()
+        block = max(BLOCK_BYTES // per_tile, 4 * max(c_in, c_out))
+        block = min(block, -(-total // workers), workspace_limit // (4 * workers) // per_tile)
+        block = max(1, block)
+        size = a * a * q + a * a * block * (c_in + c_out) + q  # partial dU, V, dM, one product
+        found = _simd.parallel(
+            _simd.winograd_grad_blocks,
+            (xc, pt, pl, m, th, tw, goc, block, total),
+            -(-total // block),
+            work=(size, dtype, workspace_limit),
+            zero=a * a * q,
+        )
+        assert found is not None
+        parts = found
+    vectors = -(-q // lanes)
+    _simd.parallel(
+        _simd.winograd_kernel_adjoint, (kron, parts, dw), vectors, min_items=max(1, 4096 // a)
+    )
+    return dw.reshape(3, 3, c_in, c_out)
+
+
 def grad_kernel(
     grad_out: np.ndarray, x: np.ndarray, spec: ConvSpec, workspace_limit: int, *, m: int = 4
 ) -> np.ndarray:
@@ -647,6 +710,8 @@ def grad_kernel(
     (pt, _), (pl, _) = spec.pads
     in_t, _ = _transform_kernels(compiled, spec, dtype, m)
     gout_t = _grad_output_kernel(compiled, spec, dtype, m)
+    if _native_grad(spec, dtype):
+        return _grad_kernel_native(xc, goc, spec, m, workspace_limit)
     if split_products(spec, m, dtype.itemsize, workspace_limit):
         # Deep layers whose tiles all fit one block: both transforms split by tiles, then each
         # core takes its share of the a*a positions' products dU[xi] = V[xi]^T dM[xi]
