@@ -442,6 +442,22 @@ def test_implicit_gemm_matches_the_reference(
         assert_close(out, expected, dtype)
 
 
+@pytest.mark.parametrize(("shape", "length"), [((2, 7, 9, 16), 6), ((1, 56, 56, 16), 196)])
+def test_pointwise_rows_of_any_pixels_match_the_reference(
+    shape: tuple[int, int, int, int], length: int
+) -> None:
+    """A 1x1 stride-1 unpadded layer runs over rows cut from the pixels regardless of image
+    rows (fewer columns wasted on the last overlapping block)."""
+    n, h, w, c = shape
+    assert gemm._pixel_rows(n * h * w, w, c * 4) == length
+    rng = np.random.default_rng(length)
+    x = rng.standard_normal(shape).astype(np.float32)
+    kernel = rng.standard_normal((1, 1, c, 64)).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    out = patchconv.conv2d(x, kernel, bias, algorithm="pointwise")
+    assert_close(out, conv2d_reference(x, kernel, bias), np.float32)
+
+
 def test_implicit_gemm_applies_where_documented() -> None:
     """Shallow kernels take the implicit kernel; deep ones (2.4 MB kernel matrix), few output
     channels, groups or fewer than 6 output columns keep the tiles."""
