@@ -203,7 +203,7 @@ def test_winograd_products_split_by_position_or_by_tiles(
     kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(np.float32)
     bias = rng.standard_normal(c_out).astype(np.float32)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(winograd, "split_products", lambda *args: split)
+        mp.setattr(winograd, "_forward_splits", lambda *args: split)
         out = patchconv.conv2d(x, kernel, bias, padding="same", algorithm=f"winograd_f{m}")
     expected = conv2d_reference(x, kernel, bias, padding="same")
     assert_close(out, expected, np.float32)
@@ -231,9 +231,9 @@ def test_fused_winograd_blocks_match_the_reference(
     a = m + 2
     per_tile = a * a * (c_in + c_out) * np.dtype(dtype).itemsize
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(winograd, "split_products", lambda *args: False)
+        mp.setattr(winograd, "_forward_splits", lambda *args: False)
         if not native:
-            mp.setattr(_simd, "_native_ready", lambda: False)
+            mp.setattr(_simd, "native_ready", lambda: False)
         out = patchconv.conv2d(
             x,
             kernel,
@@ -343,7 +343,7 @@ def test_compiled_winograd_weight_gradient_equals_the_patch_matrix_one(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(winograd, "split_products", lambda *args: split)
         if not native:
-            mp.setattr(_simd, "_native_ready", lambda: False)
+            mp.setattr(_simd, "native_ready", lambda: False)
         per_tile = (m + 2) ** 2 * (c_in + c_out) * np.dtype(dtype).itemsize
         limit = 4 * _runtime.n_workers() * 5 * per_tile  # blocks of 5 tiles
         got = winograd.grad_kernel(g, x, spec, limit, m=m)

@@ -177,7 +177,7 @@ def test_parallel_kernel_covers_every_row_once(
     out = np.full_like(serial, np.nan)
     with pytest.MonkeyPatch.context() as mp:
         if not native:
-            mp.setattr(_simd, "_native_ready", lambda: False)
+            mp.setattr(_simd, "native_ready", lambda: False)
         _simd.parallel(
             _simd.conv_rows,
             (*args[:3], out, *args[4:]),
@@ -194,7 +194,7 @@ def test_native_threads_leave_the_environment_as_it_was() -> None:
     from patchconv.algorithms import _simd
 
     before = dict(os.environ)
-    _simd._native_ready()
+    _simd.native_ready()
     assert dict(os.environ) == before
 
 

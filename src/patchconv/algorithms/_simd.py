@@ -43,6 +43,7 @@ __all__ = [
     "conv_rows",
     "depthwise_rows",
     "lanes",
+    "native_ready",
     "parallel",
     "sload",
     "vadd",
@@ -1313,7 +1314,7 @@ _native_lock = threading.Lock()
 _GOMP_SPINCOUNT = "10000"
 
 
-def _native_ready() -> bool:
+def native_ready() -> bool:
     """True if numba's threads run regions here: a thread-safe layer (OpenMP or TBB, not the
     workqueue), in the process that started them (GNU OpenMP aborts a forked child)."""
     global _native_pid, _native_ok
@@ -1365,7 +1366,7 @@ def parallel(
     table: dict[Any, Any] = _NATIVE_WITH_WORK if work is not None else _NATIVE
     wrapper = table.get(kernel) if native else None
     pieces = min(n // max(1, min_items), workers * max(1, pieces_per_worker))
-    if workers > 1 and wrapper is not None and not in_pool_thread() and _native_ready():
+    if workers > 1 and wrapper is not None and not in_pool_thread() and native_ready():
         counter = np.zeros(1, np.int64)
         if buffers is None:
             wrapper(args, n, pieces, workers, counter)
