@@ -458,6 +458,31 @@ def test_pointwise_rows_of_any_pixels_match_the_reference(
     assert_close(out, conv2d_reference(x, kernel, bias), np.float32)
 
 
+@pytest.mark.parametrize(
+    ("c_out", "dtype", "k", "strides", "dilation", "padding"),
+    [
+        (16, np.float32, 11, 1, 1, "same"),
+        (20, np.float32, 5, 2, 1, "valid"),
+        (40, np.float32, 4, 1, 2, ((3, 0), (1, 2))),
+        (8, np.float64, 5, (1, 2), 1, "same"),
+    ],
+)
+def test_narrow_implicit_gemm_matches_the_reference(
+    c_out: int, dtype: type, k: int, strides: object, dilation: int, padding: object
+) -> None:
+    """The implicit GEMM's narrow form (1 to 3 vectors of output channels, blocks of 12
+    columns): overlapping last block and last vector, padding, strides and dilation."""
+    rng = np.random.default_rng(c_out)
+    x = rng.standard_normal((2, 31, 29, 16)).astype(dtype)
+    kernel = rng.standard_normal((k, k, 16, c_out)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    options = {"strides": strides, "padding": padding, "dilation_rate": dilation}
+    spec = conv_spec(x.shape, kernel.shape, bias.shape, **options)  # type: ignore[arg-type]
+    assert gemm.narrow_applies(spec, np.dtype(dtype).itemsize)
+    out = patchconv.conv2d(x, kernel, bias, algorithm="gemm", **options)  # type: ignore[arg-type]
+    assert_close(out, conv2d_reference(x, kernel, bias, **options), dtype)
+
+
 def test_implicit_gemm_applies_where_documented() -> None:
     """Shallow kernels take the implicit kernel; deep ones (2.4 MB kernel matrix), few output
     channels, groups or fewer than 6 output columns keep the tiles."""

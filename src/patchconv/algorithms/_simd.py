@@ -41,6 +41,7 @@ __all__ = [
     "VECTOR_BYTES",
     "batched_matmul",
     "conv_rows",
+    "conv_rows_narrow",
     "depthwise_rows",
     "lanes",
     "native_ready",
@@ -822,6 +823,59 @@ def _store_6x4(arr, at, pitch, a):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
+def _ring(x, out, nslots, kw, sw, dw, pl):  # type: ignore[no-untyped-def]
+    # conv_rows' row source: x itself where no tap reaches the left or right padding (the patch
+    # values are scalar broadcasts, so its alignment does not matter), else an aligned ring of
+    # zero-padded row copies (nslots rows); its row length and the padded width the taps reach.
+    _, _, w, ci = x.shape
+    ow = out.shape[2]
+    lanes = VECTOR_BYTES // x.itemsize
+    wp = (ow - 1) * sw + (kw - 1) * dw + 1  # padded columns the taps reach
+    rowlen = (wp * ci + lanes - 1) // lanes * lanes
+    direct = pl == 0 and wp <= w
+    raw = np.zeros(0 if direct else nslots * rowlen + lanes, x.dtype)
+    a0 = 0 if direct else ((-raw.ctypes.data) % VECTOR_BYTES) // x.itemsize
+    ring = x.reshape(-1) if direct else raw[a0 : a0 + nslots * rowlen]
+    return direct, ring, rowlen, wp
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _row_taps(x, ring, direct, rowlen, wp, held, taps, bases, b, y0, kh, dh, pl):  # type: ignore[no-untyped-def]
+    # The kernel rows of the output row starting at input row y0 (of image b) that fall inside
+    # the image -> taps[:nr], and where each input row starts -> bases[:nr]; rows not yet in
+    # the ring are copied in (the kh*dh input rows of one output row are distinct modulo kh*dh).
+    _, h, w, ci = x.shape
+    lanes = VECTOR_BYTES // x.itemsize
+    xf = x.reshape(-1)
+    nslots = held.shape[0]
+    ncopy = max(0, min(w, wp - pl)) * ci  # input values per row inside the padded span
+    nr = 0
+    for di in range(kh):
+        y = y0 + di * dh
+        if y < 0 or y >= h:
+            continue
+        taps[nr] = di
+        nr += 1
+        if direct:
+            bases[nr - 1] = (b * h + y) * w * ci
+            continue
+        slot = y % nslots
+        bases[nr - 1] = slot * rowlen
+        if held[slot] != b * h + y:
+            held[slot] = b * h + y
+            src = (b * h + y) * w * ci
+            dst = slot * rowlen + pl * ci
+            if ncopy >= lanes:  # vectors, the last one overlapping the one before
+                for q in range(0, ncopy - lanes, lanes):
+                    vstore(ring, dst + q, vload(xf, src + q))
+                vstore(ring, dst + ncopy - lanes, vload(xf, src + ncopy - lanes))
+            else:
+                for q in range(ncopy):
+                    ring[dst + q] = xf[src + q]
+    return nr
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
 def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
     # Implicit GEMM: out (n, oh, ow, co) rows lo:hi of the flattened (n*oh) output = patches @
     # kmat (kh*kw*ci, co, 64-byte aligned) + bias (co,), without a patch matrix. Each input row
@@ -831,52 +885,20 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
     # each a broadcast times 4 kernel vectors (4x4 blocks ran 5% slower: more kernel reads
     # per multiply-add). The last block of a row and the last channel panel overlap the ones
     # before (co >= 4 lanes, ow >= 6).
-    _, h, w, ci = x.shape
+    ci = x.shape[3]
     oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
     lanes = VECTOR_BYTES // x.itemsize
-    wp = (ow - 1) * sw + (kw - 1) * dw + 1  # padded columns the taps reach
-    rowlen = (wp * ci + lanes - 1) // lanes * lanes
-    nslots = kh * dh  # the kh rows of one output row are distinct modulo kh*dh
-    xf = x.reshape(-1)
-    # No left padding and every tap inside the row: read x itself (the patch values are
-    # scalar broadcasts, so its alignment does not matter); else a ring of padded copies.
-    direct = pl == 0 and wp <= w
-    raw = np.zeros(0 if direct else nslots * rowlen + lanes, x.dtype)
-    a0 = 0 if direct else ((-raw.ctypes.data) % VECTOR_BYTES) // x.itemsize
-    ring = xf if direct else raw[a0 : a0 + nslots * rowlen]
-    held = np.full(nslots, -1, np.int64)  # which (image, row) each slot holds
-    ncopy = max(0, min(w, wp - pl)) * ci  # input values per row inside the padded span
-    kf = kmat.reshape(-1)
-    of = out.reshape(-1)
+    direct, ring, rowlen, wp = _ring(x, out, kh * dh, kw, sw, dw, pl)
+    held = np.full(kh * dh, -1, np.int64)  # which (image, row) each slot holds
     taps = np.empty(kh, np.int64)  # kernel rows inside the image, and their ring rows
     bases = np.empty(kh, np.int64)
+    kf = kmat.reshape(-1)
+    of = out.reshape(-1)
     step = sw * ci
     for r in range(lo, hi):
         b = r // oh
         i = r - b * oh
-        nr = 0
-        for di in range(kh):
-            y = i * sh - pt + di * dh
-            if y < 0 or y >= h:
-                continue
-            taps[nr] = di
-            nr += 1
-            if direct:
-                bases[nr - 1] = (b * h + y) * w * ci
-                continue
-            slot = y % nslots
-            bases[nr - 1] = slot * rowlen
-            if held[slot] != b * h + y:
-                held[slot] = b * h + y
-                src = (b * h + y) * w * ci
-                dst = slot * rowlen + pl * ci
-                if ncopy >= lanes:  # vectors, the last one overlapping the one before
-                    for q in range(0, ncopy - lanes, lanes):
-                        vstore(ring, dst + q, vload(xf, src + q))
-                    vstore(ring, dst + ncopy - lanes, vload(xf, src + ncopy - lanes))
-                else:
-                    for q in range(ncopy):
-                        ring[dst + q] = xf[src + q]
+        nr = _row_taps(x, ring, direct, rowlen, wp, held, taps, bases, b, i * sh - pt, kh, dh, pl)
         obase = r * ow * co
         for p0 in range(0, co, 4 * lanes):
             pc = min(p0, co - 4 * lanes)
@@ -907,6 +929,81 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
                             )
                             kb += co
                 _store_6x4(of, obase + j * co + pc, co, acc)
+
+
+@numba.njit(inline="always")
+def _fma_12x1(u, s, a):  # type: ignore[no-untyped-def]
+    # a[r] += s[r] * u: 12 columns' values times one kernel vector.
+    return (
+        vfmas(u, s[0], a[0]), vfmas(u, s[1], a[1]), vfmas(u, s[2], a[2]), vfmas(u, s[3], a[3]),
+        vfmas(u, s[4], a[4]), vfmas(u, s[5], a[5]), vfmas(u, s[6], a[6]), vfmas(u, s[7], a[7]),
+        vfmas(u, s[8], a[8]), vfmas(u, s[9], a[9]), vfmas(u, s[10], a[10]),
+        vfmas(u, s[11], a[11]),
+    )  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def conv_rows_narrow(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
+    # conv_rows for 1 to 3 vectors of output channels (lanes <= co < 4 lanes): blocks of 12
+    # columns x 1 vector, 12 accumulators, each patch value a broadcast times one kernel vector
+    # (ow >= 12; the last block and the last vector overlap the ones before). The large-kernel
+    # layers with few channels, such as 11x11 16 -> 16, where FFT did 2 GFLOP-equivalents of
+    # transforms for 1 GFLOP of products.
+    ci = x.shape[3]
+    oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
+    lanes = VECTOR_BYTES // x.itemsize
+    direct, ring, rowlen, wp = _ring(x, out, kh * dh, kw, sw, dw, pl)
+    held = np.full(kh * dh, -1, np.int64)
+    taps = np.empty(kh, np.int64)
+    bases = np.empty(kh, np.int64)
+    kf = kmat.reshape(-1)
+    of = out.reshape(-1)
+    step = sw * ci
+    for r in range(lo, hi):
+        b = r // oh
+        i = r - b * oh
+        nr = _row_taps(x, ring, direct, rowlen, wp, held, taps, bases, b, i * sh - pt, kh, dh, pl)
+        obase = r * ow * co
+        for p0 in range(0, co, lanes):
+            pc = min(p0, co - lanes)
+            e = vload(bias, pc)
+            for blk in range((ow + 11) // 12):
+                j = min(blk * 12, ow - 12)
+                acc = (e, e, e, e, e, e, e, e, e, e, e, e)
+                for t in range(nr):
+                    for dj in range(kw):
+                        a = bases[t] + (j * sw + dj * dw) * ci
+                        kb = (taps[t] * kw + dj) * ci * co + pc
+                        for c in range(ci):
+                            s = (
+                                sload(ring, a + c),
+                                sload(ring, a + step + c),
+                                sload(ring, a + 2 * step + c),
+                                sload(ring, a + 3 * step + c),
+                                sload(ring, a + 4 * step + c),
+                                sload(ring, a + 5 * step + c),
+                                sload(ring, a + 6 * step + c),
+                                sload(ring, a + 7 * step + c),
+                                sload(ring, a + 8 * step + c),
+                                sload(ring, a + 9 * step + c),
+                                sload(ring, a + 10 * step + c),
+                                sload(ring, a + 11 * step + c),
+                            )
+                            acc = _fma_12x1(vload(kf, kb), s, acc)
+                            kb += co
+                at = obase + j * co + pc
+                vstore(of, at, acc[0])
+                vstore(of, at + co, acc[1])
+                vstore(of, at + 2 * co, acc[2])
+                vstore(of, at + 3 * co, acc[3])
+                vstore(of, at + 4 * co, acc[4])
+                vstore(of, at + 5 * co, acc[5])
+                vstore(of, at + 6 * co, acc[6])
+                vstore(of, at + 7 * co, acc[7])
+                vstore(of, at + 8 * co, acc[8])
+                vstore(of, at + 9 * co, acc[9])
+                vstore(of, at + 10 * co, acc[10])
+                vstore(of, at + 11 * co, acc[11])
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -1003,6 +1100,15 @@ def _conv_rows_par(args, n, pieces, threads, counter):  # type: ignore[no-untype
         p = _take(counter)
         while p < pieces:
             conv_rows(*args, n * p // pieces, n * (p + 1) // pieces)
+            p = _take(counter)
+
+
+@_par
+def _conv_rows_narrow_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            conv_rows_narrow(*args, n * p // pieces, n * (p + 1) // pieces)
             p = _take(counter)
 
 
@@ -1281,6 +1387,7 @@ def _winograd_position_products_par(args, n, pieces, threads, counter):  # type:
 
 _NATIVE = {
     conv_rows: _conv_rows_par,
+    conv_rows_narrow: _conv_rows_narrow_par,
     depthwise_rows: _depthwise_rows_par,
     depthwise_3x3_rows: _depthwise_3x3_rows_par,
     winograd_input_into: _winograd_input_par,
