@@ -15,6 +15,12 @@ at 4.7 ms or 8.3 ms depending on which thread set the count last). Where OpenBLA
 missing (another BLAS), :func:`blas_pinned` is False and algorithms fall back to one
 multi-threaded product per tile.
 
+Compiled kernels (numba) do not use this pool where they can avoid it: a hand-off to a Python
+thread costs about 90 us here (futex wake-ups and waits for the GIL), so
+:func:`patchconv.algorithms._simd.parallel` runs them on numba's OpenMP or TBB threads, which
+take a region in about 2 us. Those workers spin for a while after each region, which would
+slow BLAS work on this pool right after, so a call runs either all its steps there or none.
+
 Scratch buffers: first touching a fresh page costs about 1.4 us per 4 KiB on the VMs this runs
 on, so a call that allocates a fresh large work buffer can spend more time faulting than
 computing. Work buffers are therefore kept per calling thread and reused by the next call that
