@@ -220,3 +220,33 @@ def test_a_forked_child_computes_after_the_parent_used_native_threads() -> None:
     child.join(timeout=60)
     assert child.exitcode == 0
     np.testing.assert_array_equal(got, expected)
+
+
+@needs_numba
+def test_compiled_only_calls_leave_numpys_blas_alone() -> None:
+    """A forward pass with no BLAS in it (the implicit GEMM, depthwise, Winograd with every step
+    compiled) does not hold NumPy's BLAS to one thread; one with BLAS products (FFT) does."""
+    import contextlib
+
+    from patchconv import algorithms
+
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def recording() -> Any:
+        entered.append("pinned")
+        yield
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 12, 12, 16)).astype(np.float32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(algorithms, "single_threaded_blas", recording)
+        for kernel, options in [
+            (rng.standard_normal((3, 3, 16, 64)), {"algorithm": "gemm"}),
+            (rng.standard_normal((3, 3, 1, 16)), {"groups": 16, "algorithm": "depthwise"}),
+            (rng.standard_normal((3, 3, 16, 64)), {"algorithm": "winograd_f4"}),
+        ]:
+            patchconv.conv2d(x, kernel.astype(np.float32), padding="same", **options)
+        assert entered == []
+        patchconv.conv2d(x, rng.standard_normal((5, 5, 16, 8)), padding="same", algorithm="fft")
+    assert entered == ["pinned"]

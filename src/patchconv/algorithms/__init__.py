@@ -334,10 +334,24 @@ def forward(
         and spec.n * spec.oh * spec.ow * spec.patch_size <= (gemm.SMALL_ELEMENTS)
     ):
         return gemm.small_forward(x, kernel, bias, spec), plan
+    if not measure and _blas_free(name, spec, x.dtype, workspace_limit):
+        return _runner(name)(x, kernel, bias, spec, workspace_limit), plan
     with single_threaded_blas():  # our threads split the work (see _runtime)
         if measure:
             plan = _measure(plan, x, kernel, bias, spec, workspace_limit)
         return _runner(plan.algorithm)(x, kernel, bias, spec, workspace_limit), plan
+
+
+def _blas_free(name: str, spec: ConvSpec, dtype: np.dtype, workspace_limit: int) -> bool:
+    """True if the forward pass of ``name`` calls no BLAS for ``spec`` (compiled kernels or
+    elementwise NumPy only), so NumPy's BLAS threads can be left as they are."""
+    if name in ("gemm", "pointwise"):
+        return gemm.implicit_applies(spec, dtype.itemsize)
+    if name == "depthwise":
+        return True
+    if name.startswith("winograd"):
+        return winograd.blas_free(spec, dtype, workspace_limit, m=4 if name.endswith("4") else 2)
+    return False
 
 
 def _transposed(spec: ConvSpec, kernel: np.ndarray) -> tuple[ConvSpec, np.ndarray] | None:

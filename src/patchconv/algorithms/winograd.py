@@ -50,6 +50,7 @@ __all__ = [
     "BLOCK_BYTES",
     "TRANSFORMS",
     "applies",
+    "blas_free",
     "forward",
     "grad_kernel",
     "grad_kernel_applies",
@@ -523,6 +524,30 @@ def _fused_blocks(spec: ConvSpec, dtype: np.dtype) -> bool:
     )
 
 
+def _our_split_products(spec: ConvSpec, dtype: np.dtype, m: int) -> bool:
+    """True if the split schedule's products are ours (:func:`_simd.batched_matmul`): 4 vectors
+    of output channels, 6 tiles, ``U[xi]`` within a core's L2 cache; else BLAS."""
+    tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
+    size = dtype.itemsize
+    return (
+        spec.c_out * size >= 4 * VECTOR_BYTES
+        and tiles >= 6
+        and spec.c_in * spec.c_out * size <= _SIMD_PRODUCT_BYTES
+    )
+
+
+def blas_free(spec: ConvSpec, dtype: np.dtype, workspace_limit: int, *, m: int = 4) -> bool:
+    """True if :func:`forward` calls no BLAS for ``spec``, every step compiled: the caller then
+    leaves NumPy's BLAS threads alone (holding them to one thread and giving them back costs
+    30-45 us a call, as OpenBLAS' woken threads spin)."""
+    if _compile() is None:
+        return False
+    if _forward_splits(spec, m, dtype, workspace_limit):
+        simd_u = spec.c_in * spec.c_out * dtype.itemsize >= VECTOR_BYTES
+        return simd_u and _our_split_products(spec, dtype, m)
+    return _fused_blocks(spec, dtype)
+
+
 def _forward_splits(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) -> bool:
     """The forward pass's schedule: :func:`split_products`, and also shallower layers whose
     every step is compiled and runs on numba's threads. There U is built and read once, half
@@ -607,9 +632,7 @@ def _forward_split(
     # Our products where U[xi] fits in L2 while every block of 6 tiles reads it (measured,
     # N8 14x14x256: 4.1 -> 3.2 ms; N8 7x7x512, 1 MB U[xi]: 6.5 ms with OpenBLAS on the Python
     # pool, 5.9 with ours on numba's threads).
-    wide = c_out * dtype.itemsize >= 4 * VECTOR_BYTES and total >= 6
-    fits = c_in * c_out * dtype.itemsize <= _SIMD_PRODUCT_BYTES
-    simd_products = compiled["products_simd"] if wide and fits else None
+    simd_products = compiled["products_simd"] if _our_split_products(spec, dtype, m) else None
     # All three steps compiled: run them on numba's threads. With BLAS products, all on the
     # Python pool: numba's workers spin after a region and would slow our threads' BLAS.
     native = simd_u is not None and simd_products is not None
