@@ -442,6 +442,18 @@ def test_implicit_gemm_matches_the_reference(
         assert_close(out, expected, dtype)
 
 
+@pytest.mark.parametrize("ow", [6, 7, 8, 9, 10, 11, 12, 13, 16, 17])
+def test_implicit_gemm_row_ends_match_the_reference(ow: int) -> None:
+    """Every row end of the implicit GEMM: whole blocks of 6 columns, then 1 to 4 columns in
+    a block of 4 (overlapping when fewer) or 5 in an overlapping block of 6."""
+    rng = np.random.default_rng(ow)
+    x = rng.standard_normal((1, 5, ow, 8)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 8, 64)).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    out = patchconv.conv2d(x, kernel, bias, padding="same", algorithm="gemm")
+    assert_close(out, conv2d_reference(x, kernel, bias, padding="same"), np.float32)
+
+
 @pytest.mark.parametrize(("shape", "length"), [((2, 7, 9, 16), 6), ((1, 56, 56, 16), 196)])
 def test_pointwise_rows_of_any_pixels_match_the_reference(
     shape: tuple[int, int, int, int], length: int

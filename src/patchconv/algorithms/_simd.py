@@ -792,6 +792,27 @@ def _fma_6x4(u0, u1, u2, u3, s0, s1, s2, s3, s4, s5, a):  # type: ignore[no-unty
 
 
 @numba.njit(inline="always")
+def _fma_4x4(u0, u1, u2, u3, s0, s1, s2, s3, a):  # type: ignore[no-untyped-def]
+    # _fma_6x4 for 4 rows: conv_rows' last block of a row.
+    return (
+        vfmas(u0, s0, a[0]), vfmas(u1, s0, a[1]), vfmas(u2, s0, a[2]), vfmas(u3, s0, a[3]),
+        vfmas(u0, s1, a[4]), vfmas(u1, s1, a[5]), vfmas(u2, s1, a[6]), vfmas(u3, s1, a[7]),
+        vfmas(u0, s2, a[8]), vfmas(u1, s2, a[9]), vfmas(u2, s2, a[10]), vfmas(u3, s2, a[11]),
+        vfmas(u0, s3, a[12]), vfmas(u1, s3, a[13]), vfmas(u2, s3, a[14]), vfmas(u3, s3, a[15]),
+    )  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _store_4x4(arr, at, pitch, a):  # type: ignore[no-untyped-def]
+    n = VECTOR_BYTES // arr.itemsize
+    for r in numba.literal_unroll((0, 1, 2, 3)):
+        vstore(arr, at + r * pitch, a[4 * r])
+        vstore(arr, at + r * pitch + n, a[4 * r + 1])
+        vstore(arr, at + r * pitch + 2 * n, a[4 * r + 2])
+        vstore(arr, at + r * pitch + 3 * n, a[4 * r + 3])
+
+
+@numba.njit(inline="always")
 def _store_6x4(arr, at, pitch, a):  # type: ignore[no-untyped-def]
     # Row r of the block to arr[at + r*pitch : ... + 4 lanes] (written out: a tuple indexed
     # by a loop variable would go through memory).
@@ -906,7 +927,10 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
             e1 = vload(bias, pc + lanes)
             e2 = vload(bias, pc + 2 * lanes)
             e3 = vload(bias, pc + 3 * lanes)
-            for blk in range((ow + 5) // 6):
+            # Blocks of 6 columns; 1 to 4 left over go in one block of 4 (overlapping the
+            # one before when fewer), 5 in an overlapping block of 6 (28 columns computed 30).
+            rest = ow % 6
+            for blk in range(ow // 6 + (1 if rest == 5 else 0)):
                 j = min(blk * 6, ow - 6)
                 acc = _block_6x4(e0, e1, e2, e3)
                 for t in range(nr):
@@ -929,6 +953,27 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
                             )
                             kb += co
                 _store_6x4(of, obase + j * co + pc, co, acc)
+            if 0 < rest < 5:
+                j = ow - 4
+                acc4 = (e0, e1, e2, e3, e0, e1, e2, e3, e0, e1, e2, e3, e0, e1, e2, e3)
+                for t in range(nr):
+                    for dj in range(kw):
+                        a = bases[t] + (j * sw + dj * dw) * ci
+                        kb = (taps[t] * kw + dj) * ci * co + pc
+                        for c in range(ci):
+                            acc4 = _fma_4x4(
+                                vload(kf, kb),
+                                vload(kf, kb + lanes),
+                                vload(kf, kb + 2 * lanes),
+                                vload(kf, kb + 3 * lanes),
+                                sload(ring, a + c),
+                                sload(ring, a + step + c),
+                                sload(ring, a + 2 * step + c),
+                                sload(ring, a + 3 * step + c),
+                                acc4,
+                            )
+                            kb += co
+                _store_4x4(of, obase + j * co + pc, co, acc4)
 
 
 @numba.njit(inline="always")
