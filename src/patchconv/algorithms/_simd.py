@@ -1076,18 +1076,25 @@ def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
                 acc = _block_6x4(z, z, z, z)
                 a = vb + t0 * ci
                 kb = ub + pc
+                # One view per row: each loop step then addresses row + c, no sums to form.
+                r0 = vf[a:]
+                r1 = vf[a + ci :]
+                r2 = vf[a + 2 * ci :]
+                r3 = vf[a + 3 * ci :]
+                r4 = vf[a + 4 * ci :]
+                r5 = vf[a + 5 * ci :]
                 for c in range(ci):
                     acc = _fma_6x4(
                         vload(uf, kb),
                         vload(uf, kb + lanes),
                         vload(uf, kb + 2 * lanes),
                         vload(uf, kb + 3 * lanes),
-                        sload(vf, a + c),
-                        sload(vf, a + ci + c),
-                        sload(vf, a + 2 * ci + c),
-                        sload(vf, a + 3 * ci + c),
-                        sload(vf, a + 4 * ci + c),
-                        sload(vf, a + 5 * ci + c),
+                        sload(r0, c),
+                        sload(r1, c),
+                        sload(r2, c),
+                        sload(r3, c),
+                        sload(r4, c),
+                        sload(r5, c),
                         acc,
                     )
                     kb += co
