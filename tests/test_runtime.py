@@ -250,3 +250,15 @@ def test_compiled_only_calls_leave_numpys_blas_alone() -> None:
         assert entered == []
         patchconv.conv2d(x, rng.standard_normal((5, 5, 16, 8)), padding="same", algorithm="fft")
     assert entered == ["pinned"]
+
+
+@pytest.mark.parametrize(("n", "parts"), [(28, 8), (7, 3), (5, 9), (64, 4), (1, 1)])
+def test_split_range_covers_the_range_longer_pieces_first(n: int, parts: int) -> None:
+    """Contiguous pieces that cover range(n) once, lengths within one of each other and never
+    growing, so cores taking them in turn finish together."""
+    pieces = _runtime.split_range(n, parts)
+    assert [i for lo, hi in pieces for i in range(lo, hi)] == list(range(n))
+    lengths = [hi - lo for lo, hi in pieces]
+    assert len(pieces) == min(n, parts)
+    assert max(lengths) - min(lengths) <= 1
+    assert lengths == sorted(lengths, reverse=True)

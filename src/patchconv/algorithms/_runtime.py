@@ -169,10 +169,12 @@ def _get_pool() -> ThreadPoolExecutor:
 
 
 def split_range(n: int, parts: int) -> list[tuple[int, int]]:
-    """``range(n)`` cut into at most ``parts`` contiguous, nearly equal, non-empty pieces."""
+    """``range(n)`` cut into at most ``parts`` contiguous, nearly equal, non-empty pieces, the
+    longer ones first (cores taking them in turn then finish together; see _simd._piece)."""
     parts = max(1, min(parts, n))
-    bounds = [n * p // parts for p in range(parts + 1)]
-    return [(bounds[p], bounds[p + 1]) for p in range(parts) if bounds[p] < bounds[p + 1]]
+    q, r = divmod(n, parts)
+    starts = [p * q + min(p, r) for p in range(parts + 1)]
+    return [(starts[p], starts[p + 1]) for p in range(parts) if starts[p] < starts[p + 1]]
 
 
 def parallel_for(

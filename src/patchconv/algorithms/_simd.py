@@ -1143,6 +1143,16 @@ def _take(typingctx: Any, counter: Any) -> Any:
     return sig, codegen
 
 
+@numba.njit(inline="always")
+def _piece(n, pieces, p):  # type: ignore[no-untyped-def]
+    # Piece p of range(n) cut in `pieces`, the longer ones first: when the lengths differ by
+    # one, the cores finish together (3- and 4-row pieces taken in turn left one core 16 rows
+    # of 28 and the other 12: a 3x3 stride-2 layer 15% slower).
+    q, r = divmod(n, pieces)
+    lo = p * q + min(p, r)
+    return lo, lo + q + (1 if p < r else 0)
+
+
 _par = numba.njit(nogil=True, cache=True, parallel=True)
 
 
@@ -1151,7 +1161,8 @@ def _conv_rows_par(args, n, pieces, threads, counter):  # type: ignore[no-untype
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            conv_rows(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            conv_rows(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1160,7 +1171,8 @@ def _conv_rows_narrow_par(args, n, pieces, threads, counter):  # type: ignore[no
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            conv_rows_narrow(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            conv_rows_narrow(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1169,7 +1181,8 @@ def _depthwise_rows_par(args, n, pieces, threads, counter):  # type: ignore[no-u
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            depthwise_rows(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            depthwise_rows(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1178,7 +1191,8 @@ def _depthwise_3x3_rows_par(args, n, pieces, threads, counter):  # type: ignore[
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            depthwise_3x3_rows(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            depthwise_3x3_rows(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1352,7 +1366,8 @@ def _winograd_grad_blocks_par(args, n, pieces, threads, counter, work):  # type:
     for t in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            winograd_grad_blocks(*args, work[t], n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            winograd_grad_blocks(*args, work[t], lo, hi)
             p = _take(counter)
 
 
@@ -1361,7 +1376,8 @@ def _batched_matmul_tn_par(args, n, pieces, threads, counter):  # type: ignore[n
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            batched_matmul_tn(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            batched_matmul_tn(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1370,7 +1386,8 @@ def _winograd_kernel_adjoint_par(args, n, pieces, threads, counter):  # type: ig
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            winograd_kernel_adjoint(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            winograd_kernel_adjoint(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1379,7 +1396,8 @@ def _flip_swap_par(args, n, pieces, threads, counter):  # type: ignore[no-untype
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            flip_swap(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            flip_swap(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1388,7 +1406,8 @@ def _winograd_grad_output_par(args, n, pieces, threads, counter):  # type: ignor
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            winograd_grad_output_into(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            winograd_grad_output_into(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1397,7 +1416,8 @@ def _winograd_blocks_par(args, n, pieces, threads, counter, work):  # type: igno
     for t in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            winograd_blocks(*args, work[t], n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            winograd_blocks(*args, work[t], lo, hi)
             p = _take(counter)
 
 
@@ -1406,7 +1426,8 @@ def _winograd_input_par(args, n, pieces, threads, counter):  # type: ignore[no-u
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            winograd_input_into(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            winograd_input_into(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1415,7 +1436,8 @@ def _winograd_output_par(args, n, pieces, threads, counter):  # type: ignore[no-
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            winograd_output(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            winograd_output(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1424,7 +1446,8 @@ def _winograd_kernel_par(args, n, pieces, threads, counter):  # type: ignore[no-
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            winograd_kernel(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            winograd_kernel(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1433,7 +1456,8 @@ def _winograd_position_products_par(args, n, pieces, threads, counter):  # type:
     for _ in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
-            winograd_position_products(*args, n * p // pieces, n * (p + 1) // pieces)
+            lo, hi = _piece(n, pieces, p)
+            winograd_position_products(*args, lo, hi)
             p = _take(counter)
 
 
