@@ -52,6 +52,7 @@ __all__ = [
     "matmul",
     "n_workers",
     "parallel_for",
+    "piece_plan",
     "release_workspace",
     "scratch",
     "single_threaded_blas",
@@ -177,6 +178,15 @@ def split_range(n: int, parts: int) -> list[tuple[int, int]]:
     return [(starts[p], starts[p + 1]) for p in range(parts) if starts[p] < starts[p + 1]]
 
 
+def piece_plan(
+    n: int, min_items: int, pieces_per_worker: int, workers: int | None = None
+) -> tuple[int, int]:
+    """(threads, pieces) for ``range(n)``: no more threads than pieces of ``min_items``, about
+    ``pieces_per_worker`` pieces per thread (``parallel_for`` and ``_simd.parallel``)."""
+    workers = min(workers or n_workers(), max(1, n // max(1, min_items)))
+    return workers, min(n // max(1, min_items), workers * max(1, pieces_per_worker))
+
+
 def parallel_for(
     fn: Callable[[int, int], Any],
     n: int,
@@ -194,11 +204,11 @@ def parallel_for(
     """
     if n <= 0:
         return
-    workers = min(workers or n_workers(), max(1, n // max(1, min_items)))
+    workers, count = piece_plan(n, min_items, pieces_per_worker, workers)
     if workers <= 1 or in_pool_thread():
         fn(0, n)
         return
-    pieces = split_range(n, min(n // max(1, min_items), workers * max(1, pieces_per_worker)))
+    pieces = split_range(n, count)
     taken = itertools.count()  # next() on a count is atomic under the GIL
 
     def worker() -> None:

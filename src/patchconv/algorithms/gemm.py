@@ -355,13 +355,18 @@ def implicit_applies(spec: ConvSpec, itemsize: int) -> bool:
     one group, at least 4 SIMD vectors of output channels, 6 output columns, and a kernel
     matrix within a core's L2 cache, which every block of 4 columns reads whole (measured:
     2-3x faster than the tiles at 0.04-0.6 MB, 2-3x slower at 2.4 and 9.4 MB)."""
-    wide = spec.c_out * itemsize >= 4 * VECTOR_BYTES and spec.ow >= 6
     return (
         spec.groups == 1
-        and (wide or narrow_applies(spec, itemsize))
+        and (_wide(spec, itemsize) or narrow_applies(spec, itemsize))
         and spec.patch_size * spec.c_out * itemsize <= _IMPLICIT_KERNEL_BYTES
         and get_numba() is not None
     )
+
+
+def _wide(spec: ConvSpec, itemsize: int) -> bool:
+    """The implicit GEMM's 6x4 form (:func:`_simd.conv_rows`): 4 vectors of output channels
+    and 6 output columns."""
+    return spec.c_out * itemsize >= 4 * VECTOR_BYTES and spec.ow >= 6
 
 
 def narrow_applies(spec: ConvSpec, itemsize: int) -> bool:
@@ -399,9 +404,8 @@ def forward_implicit(
         xr = xc.reshape(rows, 1, length, spec.c_in)
         outr = out.reshape(rows, 1, length, spec.c_out)
     per_row = outr.shape[2] * spec.c_out * spec.patch_size  # multiply-adds
-    wide = spec.c_out * dtype.itemsize >= 4 * VECTOR_BYTES and spec.ow >= 6
     _simd.parallel(
-        _simd.conv_rows if wide else _simd.conv_rows_narrow,
+        _simd.conv_rows if _wide(spec, dtype.itemsize) else _simd.conv_rows_narrow,
         (xr, kmat, b, outr, *dims),
         outr.shape[0] * outr.shape[1],
         min_items=max(1, 2**20 // per_row),

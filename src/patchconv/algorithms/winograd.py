@@ -544,8 +544,7 @@ def blas_free(spec: ConvSpec, dtype: np.dtype, workspace_limit: int, *, m: int =
     if _compile() is None:
         return False
     if _forward_splits(spec, m, dtype, workspace_limit):
-        simd_u = spec.c_in * spec.c_out * dtype.itemsize >= VECTOR_BYTES
-        return simd_u and _our_split_products(spec, dtype, m)
+        return _our_split_products(spec, dtype, m)  # 4 vectors of c_out: U's transform is SIMD
     return _fused_blocks(spec, dtype)
 
 
@@ -564,14 +563,9 @@ def _forward_splits(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: in
     tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
     vm_bytes = a * a * tiles * (spec.c_in + spec.c_out) * size
     u_bytes = a * a * spec.c_in * spec.c_out * size
-    compiled_steps = (
-        spec.c_in * size >= VECTOR_BYTES
-        and spec.c_out * size >= 4 * VECTOR_BYTES
-        and spec.c_in * spec.c_out * size <= _SIMD_PRODUCT_BYTES
-        and tiles >= 6
-    )
     return (
-        compiled_steps
+        spec.c_in * size >= VECTOR_BYTES
+        and _our_split_products(spec, dtype, m)
         and n_workers() > 1
         and vm_bytes <= 4 * BLOCK_BYTES * n_workers()
         and vm_bytes + u_bytes <= workspace_limit
@@ -634,10 +628,10 @@ def _forward_split(
     # Our products where U[xi] fits in L2 while every block of 6 tiles reads it (measured,
     # N8 14x14x256: 4.1 -> 3.2 ms; N8 7x7x512, 1 MB U[xi]: 6.5 ms with OpenBLAS on the Python
     # pool, 5.9 with ours on numba's threads).
-    simd_products = compiled["products_simd"] if _our_split_products(spec, dtype, m) else None
-    # All three steps compiled: run them on numba's threads. With BLAS products, all on the
-    # Python pool: numba's workers spin after a region and would slow our threads' BLAS.
-    native = simd_u is not None and simd_products is not None
+    # All three steps compiled (our products need 4 vectors of c_out, so U's transform is SIMD
+    # too): run them on numba's threads. With BLAS products, all on the Python pool: numba's
+    # workers spin after a region and would slow our threads' BLAS.
+    native = _our_split_products(spec, dtype, m)
 
     from patchconv.algorithms import _simd  # imports numba
 
