@@ -517,16 +517,42 @@ def test_implicit_gemm_applies_where_documented() -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_simd_batched_products_equal_matmul(nt: int, c_in: int, c_out: int, dtype: type) -> None:
     """The split schedule's products for positions lo:hi only, with overlapping last blocks of
-    rows and of columns."""
+    rows and of columns, U in column panels."""
     kernels = winograd.kernels()
     assert kernels is not None
     rng = np.random.default_rng(nt)
     v = rng.standard_normal((5, nt, c_in)).astype(dtype)
     u = rng.standard_normal((5, c_in, c_out)).astype(dtype)
+    shape = winograd.u_panels(3, c_in, c_out, np.dtype(dtype))[1:]
+    panels = np.empty((5, *shape), dtype)
+    width = shape[-1]
+    for p in range(shape[0]):
+        pc = min(p * width, c_out - width)
+        panels[:, p] = u[:, :, pc : pc + width]
     out = np.full((5, nt, c_out), np.nan, dtype)
-    kernels["products_simd"](v, u, out, 1, 4)
+    kernels["products_simd"](v, panels, out, 1, 4)
     assert_close(out[1:4], np.matmul(v[1:4], u[1:4]), dtype)
     assert np.isnan(out[0]).all() and np.isnan(out[4]).all()
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the column panels need numba")
+@pytest.mark.parametrize(("m", "c_in", "c_out"), [(4, 3, 64), (2, 5, 80), (4, 2, 136)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_transform_in_panels_matches_the_matrix_form(
+    m: int, c_in: int, c_out: int, dtype: type
+) -> None:
+    """U in column panels (the last overlapping the one before where 4 vectors do not divide
+    c_out) holds the same values as ``kron(G, G) @ kernel``."""
+    rng = np.random.default_rng(c_out)
+    kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(dtype)
+    dt = np.dtype(dtype)
+    plain = winograd.kernel_transform(kernel, m, dt)
+    panels = winograd.kernel_transform(kernel, m, dt, panels=True)
+    assert panels.shape == winograd.u_panels(m + 2, c_in, c_out, dt)
+    width = panels.shape[-1]
+    for p in range(panels.shape[1]):
+        pc = min(p * width, c_out - width)
+        np.testing.assert_array_equal(panels[:, p], plain[:, :, pc : pc + width])
 
 
 @pytest.mark.skipif(winograd.kernels() is None, reason="the compiled flip needs numba")

@@ -167,10 +167,11 @@ def test_parallel_kernel_covers_every_row_once(
     """``_simd.parallel`` through numba's threads (or the Python pool where they cannot run)
     writes every output row of the implicit GEMM once, as one serial call does."""
     from patchconv.algorithms import _simd
+    from patchconv.algorithms.gemm import kernel_panels
 
     x, kernel, bias = _rows_layer()
     x = np.concatenate([x] * 11)[:n]
-    kmat = np.ascontiguousarray(kernel.reshape(-1))
+    kmat = kernel_panels(kernel.reshape(-1, 64), 64, np.dtype(np.float32))
     args = (x, kmat, bias, None, 3, 3, 1, 1, 1, 1, 1, 1)
     serial = np.full((n, 11, 13, 64), np.nan, np.float32)
     _simd.conv_rows(*args[:3], serial, *args[4:], 0, n * 11)

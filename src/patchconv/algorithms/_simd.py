@@ -59,6 +59,7 @@ __all__ = [
     "winograd_grad_output",
     "winograd_input",
     "winograd_kernel",
+    "winograd_kernel_panels",
     "winograd_output",
 ]
 
@@ -673,6 +674,46 @@ def winograd_kernel(k9, kron, u, lo, hi):  # type: ignore[no-untyped-def]
             vstore(uf, xi * q + p, acc)
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_kernel_panels(k9, kron, u, lo, hi):  # type: ignore[no-untyped-def]
+    # winograd_kernel into column panels, as batched_matmul reads U: u (a*a, panels, c_in,
+    # 4 lanes), panel p holding output channels pc : pc + 4 lanes, pc = min(p * 4 lanes,
+    # c_out - 4 lanes); positions lo:hi. k9 is (9, c_in*c_out), c_out >= 4 lanes.
+    panels, ci, width = u.shape[1], u.shape[2], u.shape[3]
+    q = k9.shape[1]
+    co = q // ci
+    lanes = VECTOR_BYTES // k9.itemsize
+    kf = k9.reshape(-1)
+    uf = u.reshape(-1)
+    pitch = panels * ci * width  # from one position to the next
+    for c in range(ci):  # the kernel read in order, U written in runs of 4 vectors
+        for panel in range(panels):
+            pc = min(panel * width, co - width)
+            for vec in range(4):
+                p = c * co + pc + vec * lanes
+                g0 = vload(kf, p)
+                g1 = vload(kf, q + p)
+                g2 = vload(kf, 2 * q + p)
+                g3 = vload(kf, 3 * q + p)
+                g4 = vload(kf, 4 * q + p)
+                g5 = vload(kf, 5 * q + p)
+                g6 = vload(kf, 6 * q + p)
+                g7 = vload(kf, 7 * q + p)
+                g8 = vload(kf, 8 * q + p)
+                at = (panel * ci + c) * width + vec * lanes
+                for xi in range(lo, hi):
+                    acc = vmuls(g0, kron[xi, 0])
+                    acc = vfmas(g1, kron[xi, 1], acc)
+                    acc = vfmas(g2, kron[xi, 2], acc)
+                    acc = vfmas(g3, kron[xi, 3], acc)
+                    acc = vfmas(g4, kron[xi, 4], acc)
+                    acc = vfmas(g5, kron[xi, 5], acc)
+                    acc = vfmas(g6, kron[xi, 6], acc)
+                    acc = vfmas(g7, kron[xi, 7], acc)
+                    acc = vfmas(g8, kron[xi, 8], acc)
+                    vstore(uf, xi * pitch + at, acc)
+
+
 @numba.njit(inline="always")
 def _a6t(d0, d1, d2, d3):  # type: ignore[no-untyped-def]
     # A (6x4) applied to 4 values: the adjoint of _at6.
@@ -899,11 +940,13 @@ def _row_taps(x, ring, direct, rowlen, wp, held, taps, bases, b, y0, kh, dh, pl)
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
     # Implicit GEMM: out (n, oh, ow, co) rows lo:hi of the flattened (n*oh) output = patches @
-    # kmat (kh*kw*ci, co, 64-byte aligned) + bias (co,), without a patch matrix. Each input row
-    # a tap needs is copied once into an aligned ring of zero-padded rows (as depthwise_rows
-    # does), then each output row is done in blocks of 6 columns x 4 vectors of output
-    # channels: 24 accumulators stay in registers while the patch's kh*kw*ci values go by,
-    # each a broadcast times 4 kernel vectors (4x4 blocks ran 5% slower: more kernel reads
+    # kernel (kh*kw*ci, co) + bias (co,), without a patch matrix. kmat holds the kernel in
+    # column panels, (panels, kh*kw*ci, 4 lanes), 64-byte aligned: panel p is output channels
+    # pc : pc + 4 lanes, pc = min(p * 4 lanes, co - 4 lanes) (see gemm.kernel_panels). Each
+    # input row a tap needs is copied once into an aligned ring of zero-padded rows (as
+    # depthwise_rows does), then each output row is done in blocks of 6 columns x 4 vectors of
+    # output channels: 24 accumulators stay in registers while the patch's kh*kw*ci values go
+    # by, each a broadcast times 4 kernel vectors (4x4 blocks ran 5% slower: more kernel reads
     # per multiply-add). The last block of a row and the last channel panel overlap the ones
     # before (co >= 4 lanes, ow >= 6).
     ci = x.shape[3]
@@ -916,13 +959,15 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
     kf = kmat.reshape(-1)
     of = out.reshape(-1)
     step = sw * ci
+    width = 4 * lanes
     for r in range(lo, hi):
         b = r // oh
         i = r - b * oh
         nr = _row_taps(x, ring, direct, rowlen, wp, held, taps, bases, b, i * sh - pt, kh, dh, pl)
         obase = r * ow * co
-        for p0 in range(0, co, 4 * lanes):
-            pc = min(p0, co - 4 * lanes)
+        for panel in range(kmat.shape[0]):
+            pc = min(panel * width, co - width)
+            kp = panel * kmat.shape[1] * width
             e0 = vload(bias, pc)
             e1 = vload(bias, pc + lanes)
             e2 = vload(bias, pc + 2 * lanes)
@@ -936,7 +981,7 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
                 for t in range(nr):
                     for dj in range(kw):
                         a = bases[t] + (j * sw + dj * dw) * ci
-                        kb = (taps[t] * kw + dj) * ci * co + pc
+                        kb = kp + (taps[t] * kw + dj) * ci * width
                         for c in range(ci):
                             acc = _fma_6x4(
                                 vload(kf, kb),
@@ -951,7 +996,7 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
                                 sload(ring, a + 5 * step + c),
                                 acc,
                             )
-                            kb += co
+                            kb += width
                 _store_6x4(of, obase + j * co + pc, co, acc)
             if 0 < rest < 5:
                 j = ow - 4
@@ -959,7 +1004,7 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
                 for t in range(nr):
                     for dj in range(kw):
                         a = bases[t] + (j * sw + dj * dw) * ci
-                        kb = (taps[t] * kw + dj) * ci * co + pc
+                        kb = kp + (taps[t] * kw + dj) * ci * width
                         for c in range(ci):
                             acc4 = _fma_4x4(
                                 vload(kf, kb),
@@ -972,7 +1017,7 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
                                 sload(ring, a + 3 * step + c),
                                 acc4,
                             )
-                            kb += co
+                            kb += width
                 _store_4x4(of, obase + j * co + pc, co, acc4)
 
 
@@ -1053,29 +1098,32 @@ def conv_rows_narrow(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi)
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
-    # out[xi] (nt, co) = v[xi] (nt, ci) @ u[xi] (ci, co), xi in lo:hi, co >= 4 lanes, nt >= 6:
-    # the Winograd products of deep layers. Blocks of 6 rows x 4 vectors of columns keep 24
-    # accumulators in registers while the ci broadcasts of v go by (OpenBLAS, which packs
-    # u[xi] again for each product, ran these at 102-107 GF/s a core against 136-151 here, on
-    # 14x14x256's (128, 256) @ (256, 256) and 7x7x512's (128, 512) @ (512, 512)).
+    # out[xi] (nt, co) = v[xi] (nt, ci) @ U[xi] (ci, co), xi in lo:hi, co >= 4 lanes, nt >= 6:
+    # the Winograd products. U comes in column panels, u (a*a, panels, ci, 4 lanes) (see
+    # winograd_kernel_panels), so each panel is read as one contiguous stream: read from a
+    # (ci, co) matrix its rows sit co values apart and share a few cache sets (measured, one
+    # core: 14x14x256's products 133 -> 146 GF/s, 7x7x512's at N8 99 -> 149). Blocks of 6 rows
+    # x 4 vectors of columns keep 24 accumulators in registers while the ci broadcasts of v go
+    # by (OpenBLAS, which packs u[xi] again for each product, ran these at 102-107 GF/s a core).
     _, nt, ci = v.shape
-    co = u.shape[2]
+    panels, width = u.shape[1], u.shape[3]
+    co = out.shape[2]
     lanes = VECTOR_BYTES // v.itemsize
     vf = v.reshape(-1)
     uf = u.reshape(-1)
     of = out.reshape(-1)
     for xi in range(lo, hi):
         vb = xi * nt * ci
-        ub = xi * ci * co
         ob = xi * nt * co
-        for p0 in range(0, co, 4 * lanes):
-            pc = min(p0, co - 4 * lanes)
+        for panel in range(panels):
+            pc = min(panel * width, co - width)
+            ub = (xi * panels + panel) * ci * width
             for t0_ in range(0, nt, 6):
                 t0 = min(t0_, nt - 6)
                 z = vzero(vf)
                 acc = _block_6x4(z, z, z, z)
                 a = vb + t0 * ci
-                kb = ub + pc
+                kb = ub
                 # One view per row: each loop step then addresses row + c, no sums to form.
                 r0 = vf[a:]
                 r1 = vf[a + ci :]
@@ -1097,7 +1145,7 @@ def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
                         sload(r5, c),
                         acc,
                     )
-                    kb += co
+                    kb += width
                 _store_6x4(of, ob + t0 * co + pc, co, acc)
 
 
@@ -1198,27 +1246,31 @@ def _depthwise_3x3_rows_par(args, n, pieces, threads, counter):  # type: ignore[
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def _small_products(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
-    # out[xi] = v[xi] @ u[xi] for xi in lo:hi, any shape: the tail block of fewer than 6 tiles.
+    # batched_matmul for fewer than 6 tiles (a tail block): out[xi] = v[xi] @ U[xi], U in
+    # column panels (a later panel overlapping an earlier one recomputes those columns whole).
     _, nt, ci = v.shape
-    co = u.shape[2]
+    panels, width = u.shape[1], u.shape[3]
+    co = out.shape[2]
     for xi in range(lo, hi):
         for t in range(nt):
-            row = out[xi, t]
-            row[:] = 0.0
-            for c in range(ci):
-                s = v[xi, t, c]
-                krow = u[xi, c]
-                for o in range(co):
-                    row[o] += s * krow[o]
+            for panel in range(panels):
+                pc = min(panel * width, co - width)
+                row = out[xi, t, pc : pc + width]
+                row[:] = 0.0
+                for c in range(ci):
+                    s = v[xi, t, c]
+                    krow = u[xi, panel, c]
+                    for o in range(width):
+                        row[o] += s * krow[o]
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def winograd_blocks(x, pt, pl, m, th, tw, u, bias, out, block, total, work, lo, hi):  # type: ignore[no-untyped-def]
     # Blocks lo:hi of ``block`` tiles (of ``total``): input transform, the a*a products with
-    # U (a*a, c_in, c_out) and output transform, in one compiled call; ``work`` holds one
-    # block's V and M. Needs c_in >= lanes, c_out >= 4 lanes (batched_matmul).
+    # U (in column panels, see winograd_kernel_panels) and output transform, in one compiled
+    # call; ``work`` holds one block's V and M. Needs c_in >= lanes, c_out >= 4 lanes.
     a = m + 2
-    c_in, c_out = u.shape[1], u.shape[2]
+    c_in, c_out = x.shape[3], out.shape[3]
     for bi in range(lo, hi):
         t0 = bi * block
         nt = min(block, total - t0)
@@ -1237,8 +1289,7 @@ def winograd_blocks(x, pt, pl, m, th, tw, u, bias, out, block, total, work, lo, 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def winograd_position_products(k9, kron, u, v, mm, lo, hi):  # type: ignore[no-untyped-def]
     # The split schedule's share of positions lo:hi: U = G g G^T there, then M = V @ U there.
-    q = u.shape[1] * u.shape[2]
-    winograd_kernel(k9, kron, u.reshape(u.shape[0], q), lo, hi)
+    winograd_kernel_panels(k9, kron, u, lo, hi)
     batched_matmul(v, u, mm, lo, hi)
 
 
@@ -1452,6 +1503,16 @@ def _winograd_kernel_par(args, n, pieces, threads, counter):  # type: ignore[no-
 
 
 @_par
+def _winograd_kernel_panels_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            lo, hi = _piece(n, pieces, p)
+            winograd_kernel_panels(*args, lo, hi)
+            p = _take(counter)
+
+
+@_par
 def _winograd_position_products_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
     for _ in numba.prange(threads):
         p = _take(counter)
@@ -1469,6 +1530,7 @@ _NATIVE = {
     winograd_input_into: _winograd_input_par,
     winograd_output: _winograd_output_par,
     winograd_kernel: _winograd_kernel_par,
+    winograd_kernel_panels: _winograd_kernel_panels_par,
     winograd_position_products: _winograd_position_products_par,
     batched_matmul_tn: _batched_matmul_tn_par,
     winograd_kernel_adjoint: _winograd_kernel_adjoint_par,

@@ -387,8 +387,13 @@ def forward_implicit(
     from patchconv.algorithms import _simd  # imports numba
 
     dtype = x.dtype
-    kmat = aligned_empty((spec.patch_size * spec.c_out,), dtype)
-    kmat[:] = kernel.reshape(-1)  # (kh*kw*c_in, c_out), flat
+    wide = _wide(spec, dtype.itemsize)
+    kernel2 = kernel.reshape(spec.patch_size, spec.c_out)
+    if wide:
+        kmat = kernel_panels(kernel2, 4 * VECTOR_BYTES // dtype.itemsize, dtype)
+    else:
+        kmat = aligned_empty((spec.patch_size * spec.c_out,), dtype)
+        kmat[:] = kernel2.reshape(-1)  # (kh*kw*c_in, c_out), flat
     b = aligned_empty((spec.c_out,), dtype)
     b[:] = 0 if bias is None else bias
     out = aligned_empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype)
@@ -405,12 +410,28 @@ def forward_implicit(
         outr = out.reshape(rows, 1, length, spec.c_out)
     per_row = outr.shape[2] * spec.c_out * spec.patch_size  # multiply-adds
     _simd.parallel(
-        _simd.conv_rows if _wide(spec, dtype.itemsize) else _simd.conv_rows_narrow,
+        _simd.conv_rows if wide else _simd.conv_rows_narrow,
         (xr, kmat, b, outr, *dims),
         outr.shape[0] * outr.shape[1],
         min_items=max(1, 2**20 // per_row),
     )
     return out
+
+
+def kernel_panels(kernel2: np.ndarray, width: int, dtype: np.dtype) -> np.ndarray:
+    """``kernel2`` (K, c_out) as column panels ``(panels, K, width)``, 64-byte aligned: panel
+    ``p`` holds columns ``pc : pc + width``, ``pc = min(p * width, c_out - width)`` (the last
+    overlaps the one before when ``width`` does not divide ``c_out``), as
+    :func:`_simd.conv_rows` reads them. A panel is one contiguous stream: read straight from
+    the (K, c_out) matrix, its rows sit ``c_out`` values apart and share a few cache sets
+    (measured, N8 56x56 64 -> 256 1x1, one core: 140 against 150 GF/s with 64 columns)."""
+    k, c_out = kernel2.shape
+    panels = -(-c_out // width)
+    kmat = aligned_empty((panels, k, width), dtype)
+    for p in range(panels):
+        pc = min(p * width, c_out - width)
+        kmat[p] = kernel2[:, pc : pc + width]
+    return kmat
 
 
 @lru_cache(maxsize=256)

@@ -28,6 +28,7 @@ tolerance (1e-5); in float64 both stay near 1e-15.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from functools import lru_cache
@@ -56,6 +57,7 @@ __all__ = [
     "grad_kernel_applies",
     "kernel_transform",
     "split_products",
+    "u_panels",
 ]
 
 # Largest U[xi] (c_in*c_out values) for the SIMD products of the split schedule, and of the
@@ -130,8 +132,11 @@ def kernel_transform(
     *,
     workspace_limit: int | None = None,
     native: bool = False,
+    panels: bool = False,
 ) -> np.ndarray:
-    """HWIO 3x3 kernel -> ``U = G g G^T`` as ``(a*a, c_in, c_out)``, in ``dtype``.
+    """HWIO 3x3 kernel -> ``U = G g G^T`` as ``(a*a, c_in, c_out)``, in ``dtype``; with
+    ``panels``, in the column panels our products read, ``(a*a, panels, c_in, 4 lanes)`` (see
+    :func:`u_panels`; needs numba and ``c_out`` of 4 vectors or more).
 
     One product ``kron(G, G) (a*a, 9) @ kernel (9, c_in*c_out)``: a single pass over the kernel.
     With ``workspace_limit``, the result lives in a reused work buffer (valid until the next
@@ -141,13 +146,13 @@ def kernel_transform(
     a = m + 2
     c_in, c_out = kernel.shape[2:]
     kron = _kron(m, dtype)
-    size = a * a * c_in * c_out
+    shape = u_panels(a, c_in, c_out, dtype) if panels else (a * a, c_in, c_out)
+    size = math.prod(shape)
     if workspace_limit is None:
-        u = np.empty((a * a, c_in, c_out), dtype=dtype)
+        u = np.empty(shape, dtype=dtype)
     else:
-        u = scratch("winograd.u", size, dtype, limit=workspace_limit).reshape(a * a, c_in, c_out)
+        u = scratch("winograd.u", size, dtype, limit=workspace_limit).reshape(shape)
     k9 = np.ascontiguousarray(kernel.reshape(9, c_in * c_out), dtype=dtype)
-    u2 = u.reshape(a * a, c_in * c_out)
     compiled = _compile()
     if compiled is not None and c_in * c_out * dtype.itemsize >= VECTOR_BYTES:
         from patchconv.algorithms import _simd  # imports numba
@@ -155,16 +160,24 @@ def kernel_transform(
         # Positions per thread: only kernels of a MB or more are worth a hand-off.
         per_position = c_in * c_out * dtype.itemsize
         _simd.parallel(
-            _simd.winograd_kernel,
-            (k9, kron, u2),
+            _simd.winograd_kernel_panels if panels else _simd.winograd_kernel,
+            (k9, kron, u if panels else u.reshape(a * a, c_in * c_out)),
             a * a,
             min_items=max(1, 2**20 // per_position),
             pieces_per_worker=1,
             native=native,
         )
     else:
-        np.matmul(kron, k9, out=u2)
+        assert not panels, "column panels need the compiled transform"
+        np.matmul(kron, k9, out=u.reshape(a * a, c_in * c_out))
     return u
+
+
+def u_panels(a: int, c_in: int, c_out: int, dtype: np.dtype) -> tuple[int, int, int, int]:
+    """Shape of ``U`` in column panels, ``(a*a, panels, c_in, 4 lanes)``: panel ``p`` holds
+    output channels ``pc : pc + 4 lanes``, ``pc = min(p * 4 lanes, c_out - 4 lanes)``."""
+    width = 4 * VECTOR_BYTES // dtype.itemsize
+    return (a * a, -(-c_out // width), c_in, width)
 
 
 @lru_cache(maxsize=8)
@@ -458,7 +471,9 @@ def forward(
         _forward_split(compiled, x, kernel, b, out, spec, m, workspace_limit)
         return out
     fused = compiled is not None and _fused_blocks(spec, dtype)
-    u = kernel_transform(kernel, m, dtype, workspace_limit=workspace_limit, native=fused)
+    u = kernel_transform(
+        kernel, m, dtype, workspace_limit=workspace_limit, native=fused, panels=fused
+    )
     if compiled is None:
         # Blocks of whole images, or of tile rows where one image would pass the budget.
         budget = min(workspace_limit, BLOCK_BYTES * 4)
@@ -616,10 +631,13 @@ def _forward_split(
     kron = _kron(m, dtype)  # (a*a, 9)
     k9 = np.ascontiguousarray(kernel.reshape(9, c_in * c_out), dtype=dtype)
     simd_u = compiled["kernel_simd"] if c_in * c_out * dtype.itemsize >= VECTOR_BYTES else None
-    u = scratch("winograd.u", a * a * c_in * c_out, dtype, limit=workspace_limit)
+    # Our products read U in column panels; BLAS reads (a*a, c_in, c_out).
+    native = _our_split_products(spec, dtype, m)
+    u_shape = u_panels(a, c_in, c_out, dtype) if native else (a * a, c_in, c_out)
+    u = scratch("winograd.u", math.prod(u_shape), dtype, limit=workspace_limit)
     v = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
     mm = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
-    u2, u3 = u.reshape(a * a, c_in * c_out), u.reshape(a * a, c_in, c_out)
+    u2, u3 = u.reshape(a * a, -1), u.reshape(u_shape)
     v3, m3 = v.reshape(a * a, total, c_in), mm.reshape(a * a, total, c_out)
     (pt, _), (pl, _) = spec.pads
     in_t, out_t = _transform_kernels(compiled, spec, dtype, m)
@@ -631,7 +649,6 @@ def _forward_split(
     # All three steps compiled (our products need 4 vectors of c_out, so U's transform is SIMD
     # too): run them on numba's threads. With BLAS products, all on the Python pool: numba's
     # workers spin after a region and would slow our threads' BLAS.
-    native = _our_split_products(spec, dtype, m)
 
     from patchconv.algorithms import _simd  # imports numba
 
