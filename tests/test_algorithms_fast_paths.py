@@ -495,6 +495,29 @@ def test_narrow_implicit_gemm_matches_the_reference(
     assert_close(out, conv2d_reference(x, kernel, bias, **options), dtype)
 
 
+@pytest.mark.parametrize(("h", "w"), [(6, 17), (7, 25), (8, 17), (17, 21)])
+@pytest.mark.parametrize(
+    ("dtype", "dilation", "padding"),
+    [(np.float32, 1, "valid"), (np.float64, (1, 2), ((3, 0), (1, 2))), (np.float32, 1, "same")],
+)
+def test_narrow_row_pairs_match_the_reference(
+    h: int, w: int, dtype: type, dilation: object, padding: object
+) -> None:
+    """The narrow form two output rows at a time (stride and dilation 1 down the image): an
+    even and an odd number of output rows (the last pair overlapping), down to two rows, input
+    rows in the padding above and below, dilation across, and every kind of row end (0 to 11
+    columns past the blocks of 12: blocks of 4, or a 12-block overlapping the one before)."""
+    rng = np.random.default_rng(h)
+    x = rng.standard_normal((2, h, w, 16)).astype(dtype)
+    kernel = rng.standard_normal((5, 5, 16, 24)).astype(dtype)
+    bias = rng.standard_normal(24).astype(dtype)
+    options = {"padding": padding, "dilation_rate": dilation}
+    spec = conv_spec(x.shape, kernel.shape, bias.shape, **options)  # type: ignore[arg-type]
+    assert gemm.narrow_applies(spec, np.dtype(dtype).itemsize) and spec.oh >= 2
+    out = patchconv.conv2d(x, kernel, bias, algorithm="gemm", **options)  # type: ignore[arg-type]
+    assert_close(out, conv2d_reference(x, kernel, bias, **options), dtype)
+
+
 def test_implicit_gemm_applies_where_documented() -> None:
     """Shallow kernels take the implicit kernel; deep ones (2.4 MB kernel matrix), few output
     channels, groups or fewer than 6 output columns keep the tiles."""

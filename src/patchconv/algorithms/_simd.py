@@ -42,6 +42,7 @@ __all__ = [
     "batched_matmul",
     "conv_rows",
     "conv_rows_narrow",
+    "conv_rows_narrow_pairs",
     "depthwise_rows",
     "lanes",
     "native_ready",
@@ -1096,6 +1097,182 @@ def conv_rows_narrow(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi)
                 vstore(of, at + 11 * co, acc[11])
 
 
+@numba.njit(inline="always")
+def _fma_12x2(k0, k1, ring, a, step, c, a0, a1):  # type: ignore[no-untyped-def]
+    # a0[q] += s_q * k0 and a1[q] += s_q * k1 for the 12 columns' values s_q = ring[a + q*step
+    # + c]: each broadcast used twice as soon as it is loaded (written in that order: with all
+    # 12 loaded first, LLVM kept them and spilled accumulators).
+    s0 = sload(ring, a + c)
+    s1 = sload(ring, a + step + c)
+    s2 = sload(ring, a + 2 * step + c)
+    b00, b10 = vfmas(k0, s0, a0[0]), vfmas(k1, s0, a1[0])
+    b01, b11 = vfmas(k0, s1, a0[1]), vfmas(k1, s1, a1[1])
+    b02, b12 = vfmas(k0, s2, a0[2]), vfmas(k1, s2, a1[2])
+    s3 = sload(ring, a + 3 * step + c)
+    s4 = sload(ring, a + 4 * step + c)
+    s5 = sload(ring, a + 5 * step + c)
+    b03, b13 = vfmas(k0, s3, a0[3]), vfmas(k1, s3, a1[3])
+    b04, b14 = vfmas(k0, s4, a0[4]), vfmas(k1, s4, a1[4])
+    b05, b15 = vfmas(k0, s5, a0[5]), vfmas(k1, s5, a1[5])
+    s6 = sload(ring, a + 6 * step + c)
+    s7 = sload(ring, a + 7 * step + c)
+    s8 = sload(ring, a + 8 * step + c)
+    b06, b16 = vfmas(k0, s6, a0[6]), vfmas(k1, s6, a1[6])
+    b07, b17 = vfmas(k0, s7, a0[7]), vfmas(k1, s7, a1[7])
+    b08, b18 = vfmas(k0, s8, a0[8]), vfmas(k1, s8, a1[8])
+    s9 = sload(ring, a + 9 * step + c)
+    s10 = sload(ring, a + 10 * step + c)
+    s11 = sload(ring, a + 11 * step + c)
+    b09, b19 = vfmas(k0, s9, a0[9]), vfmas(k1, s9, a1[9])
+    b0a, b1a = vfmas(k0, s10, a0[10]), vfmas(k1, s10, a1[10])
+    b0b, b1b = vfmas(k0, s11, a0[11]), vfmas(k1, s11, a1[11])
+    return (
+        (b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b0a, b0b),
+        (b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b1a, b1b),
+    )
+
+
+@numba.njit(inline="always")
+def _row12(ring, a, step, c):  # type: ignore[no-untyped-def]
+    # The 12 columns' values of channel c: ring[a + q*step + c].
+    return (
+        sload(ring, a + c), sload(ring, a + step + c), sload(ring, a + 2 * step + c),
+        sload(ring, a + 3 * step + c), sload(ring, a + 4 * step + c),
+        sload(ring, a + 5 * step + c), sload(ring, a + 6 * step + c),
+        sload(ring, a + 7 * step + c), sload(ring, a + 8 * step + c),
+        sload(ring, a + 9 * step + c), sload(ring, a + 10 * step + c),
+        sload(ring, a + 11 * step + c),
+    )  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _fma_4x2(k0, k1, ring, a, step, c, a0, a1):  # type: ignore[no-untyped-def]
+    # _fma_12x2 for 4 columns: a row's last columns.
+    s0 = sload(ring, a + c)
+    s1 = sload(ring, a + step + c)
+    s2 = sload(ring, a + 2 * step + c)
+    s3 = sload(ring, a + 3 * step + c)
+    return (
+        (vfmas(k0, s0, a0[0]), vfmas(k0, s1, a0[1]), vfmas(k0, s2, a0[2]), vfmas(k0, s3, a0[3])),
+        (vfmas(k1, s0, a1[0]), vfmas(k1, s1, a1[1]), vfmas(k1, s2, a1[2]), vfmas(k1, s3, a1[3])),
+    )
+
+
+@numba.njit(inline="always")
+def _fma_4x1(k, ring, a, step, c, acc):  # type: ignore[no-untyped-def]
+    return (
+        vfmas(k, sload(ring, a + c), acc[0]),
+        vfmas(k, sload(ring, a + step + c), acc[1]),
+        vfmas(k, sload(ring, a + 2 * step + c), acc[2]),
+        vfmas(k, sload(ring, a + 3 * step + c), acc[3]),
+    )
+
+
+@numba.njit(inline="always")
+def _pair_taps_12(kf, ring, rows, bases, nr, kh, kw, ci, co, step, col, dw, pc, a0, a1):  # type: ignore[no-untyped-def]
+    # The taps of a row pair on 12 columns starting at ring offset col: input row offset yo
+    # is tap yo of the first row and tap yo - 1 of the second; the first and last input rows
+    # feed one row only.
+    krow = kw * ci * co  # one row of kernel taps
+    for t in range(nr):
+        yo = rows[t]
+        for dj in range(kw):
+            a = bases[t] + col + dj * dw * ci
+            kb = yo * krow + dj * ci * co + pc
+            if yo == 0:
+                for c in range(ci):
+                    a0 = _fma_12x1(vload(kf, kb), _row12(ring, a, step, c), a0)
+                    kb += co
+            elif yo == kh:
+                for c in range(ci):
+                    a1 = _fma_12x1(vload(kf, kb - krow), _row12(ring, a, step, c), a1)
+                    kb += co
+            else:
+                for c in range(ci):
+                    a0, a1 = _fma_12x2(
+                        vload(kf, kb), vload(kf, kb - krow), ring, a, step, c, a0, a1
+                    )
+                    kb += co
+    return a0, a1
+
+
+@numba.njit(inline="always")
+def _pair_taps_4(kf, ring, rows, bases, nr, kh, kw, ci, co, step, col, dw, pc, a0, a1):  # type: ignore[no-untyped-def]
+    # _pair_taps_12 on 4 columns.
+    krow = kw * ci * co
+    for t in range(nr):
+        yo = rows[t]
+        for dj in range(kw):
+            a = bases[t] + col + dj * dw * ci
+            kb = yo * krow + dj * ci * co + pc
+            if yo == 0:
+                for c in range(ci):
+                    a0 = _fma_4x1(vload(kf, kb), ring, a, step, c, a0)
+                    kb += co
+            elif yo == kh:
+                for c in range(ci):
+                    a1 = _fma_4x1(vload(kf, kb - krow), ring, a, step, c, a1)
+                    kb += co
+            else:
+                for c in range(ci):
+                    a0, a1 = _fma_4x2(vload(kf, kb), vload(kf, kb - krow), ring, a, step, c, a0, a1)
+                    kb += co
+    return a0, a1
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
+    # conv_rows_narrow two output rows at a time, for stride and dilation 1 down the image:
+    # units lo:hi of (n, ceil(oh / 2)) row pairs (r, r + 1), the last pair of an odd oh
+    # overlapping the one before (oh >= 2). Input row r - pt + yo feeds tap yo of row r and tap
+    # yo - 1 of row r + 1, so each broadcast serves two kernel vectors: 12 columns x 2 rows,
+    # 24 accumulators, 14 loads per 24 multiply-adds where one row needs 13 per 12. A row's
+    # last 1 to 8 columns go in blocks of 4, not an overlapping block of 12 (measured, N8
+    # 64x64 16 -> 16 11x11: 7.5 ms one row at a time, 6.4 in pairs, 5.6 with the blocks of
+    # 4, where 64 columns took 72). kmat is (kh*kw*ci, co), flat.
+    ci = x.shape[3]
+    oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
+    lanes = VECTOR_BYTES // x.itemsize
+    direct, ring, rowlen, wp = _ring(x, out, kh + 1, kw, sw, dw, pl)
+    held = np.full(kh + 1, -1, np.int64)  # the kh + 1 input rows of a pair
+    rows = np.empty(kh + 1, np.int64)
+    bases = np.empty(kh + 1, np.int64)
+    kf = kmat.reshape(-1)
+    of = out.reshape(-1)
+    step = sw * ci
+    pairs = (oh + 1) // 2
+    full, rest = divmod(ow, 12)
+    blocks = full + (1 if rest > 8 else 0)  # 9 to 11 left: a 12-block overlapping the last
+    tail = 0 if rest > 8 else -(-rest // 4) * 4  # else 4 or 8 columns in blocks of 4
+    for unit in range(lo, hi):
+        b = unit // pairs
+        r = min(2 * (unit - b * pairs), oh - 2)
+        nr = _row_taps(x, ring, direct, rowlen, wp, held, rows, bases, b, r - pt, kh + 1, 1, pl)
+        obase = (b * oh + r) * ow * co
+        for p0 in range(0, co, lanes):
+            pc = min(p0, co - lanes)
+            e = vload(bias, pc)
+            for blk in range(blocks):
+                j = min(blk * 12, ow - 12)
+                a0 = (e, e, e, e, e, e, e, e, e, e, e, e)
+                a0, a1 = _pair_taps_12(
+                    kf, ring, rows, bases, nr, kh, kw, ci, co, step, j * step, dw, pc, a0, a0
+                )
+                at = obase + j * co + pc
+                for q in numba.literal_unroll((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)):
+                    vstore(of, at + q * co, a0[q])
+                    vstore(of, at + (ow + q) * co, a1[q])
+            for j in range(ow - tail, ow, 4):
+                c0 = (e, e, e, e)
+                c0, c1 = _pair_taps_4(
+                    kf, ring, rows, bases, nr, kh, kw, ci, co, step, j * step, dw, pc, c0, c0
+                )
+                at = obase + j * co + pc
+                for q in numba.literal_unroll((0, 1, 2, 3)):
+                    vstore(of, at + q * co, c0[q])
+                    vstore(of, at + (ow + q) * co, c1[q])
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
     # out[xi] (nt, co) = v[xi] (nt, ci) @ U[xi] (ci, co), xi in lo:hi, co >= 4 lanes, nt >= 6:
@@ -1221,6 +1398,16 @@ def _conv_rows_narrow_par(args, n, pieces, threads, counter):  # type: ignore[no
         while p < pieces:
             lo, hi = _piece(n, pieces, p)
             conv_rows_narrow(*args, lo, hi)
+            p = _take(counter)
+
+
+@_par
+def _conv_rows_narrow_pairs_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            lo, hi = _piece(n, pieces, p)
+            conv_rows_narrow_pairs(*args, lo, hi)
             p = _take(counter)
 
 
@@ -1525,6 +1712,7 @@ def _winograd_position_products_par(args, n, pieces, threads, counter):  # type:
 _NATIVE = {
     conv_rows: _conv_rows_par,
     conv_rows_narrow: _conv_rows_narrow_par,
+    conv_rows_narrow_pairs: _conv_rows_narrow_pairs_par,
     depthwise_rows: _depthwise_rows_par,
     depthwise_3x3_rows: _depthwise_3x3_rows_par,
     winograd_input_into: _winograd_input_par,

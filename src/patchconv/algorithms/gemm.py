@@ -409,6 +409,14 @@ def forward_implicit(
         xr = xc.reshape(rows, 1, length, spec.c_in)
         outr = out.reshape(rows, 1, length, spec.c_out)
     per_row = outr.shape[2] * spec.c_out * spec.patch_size  # multiply-adds
+    if not wide and _pairs(spec):  # two output rows share each input value
+        _simd.parallel(
+            _simd.conv_rows_narrow_pairs,
+            (xc, kmat, b, out, spec.kh, spec.kw, spec.strides[1], spec.dilation[1], pt, pl),
+            spec.n * -(-spec.oh // 2),
+            min_items=max(1, 2**20 // (2 * per_row)),
+        )
+        return out
     _simd.parallel(
         _simd.conv_rows if wide else _simd.conv_rows_narrow,
         (xr, kmat, b, outr, *dims),
@@ -416,6 +424,12 @@ def forward_implicit(
         min_items=max(1, 2**20 // per_row),
     )
     return out
+
+
+def _pairs(spec: ConvSpec) -> bool:
+    """The narrow form's row pairs (:func:`_simd.conv_rows_narrow_pairs`): stride and
+    dilation 1 down the image and at least two output rows."""
+    return spec.strides[0] == 1 and spec.dilation[0] == 1 and spec.oh >= 2
 
 
 def kernel_panels(kernel2: np.ndarray, width: int, dtype: np.dtype) -> np.ndarray:
