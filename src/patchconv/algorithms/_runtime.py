@@ -35,6 +35,7 @@ import itertools
 import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,12 +65,24 @@ _pool_lock = threading.Lock()
 _pool_threads: set[int] = set()
 
 
+_workers: tuple[float, int, int] = (-1.0, 0, 0)  # (when read, by which process, CPUs)
+_WORKERS_TTL = 1.0
+
+
 def n_workers() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+    """CPUs this process may run on (the affinity mask, not the machine's count), read again
+    at most once a second: a call asked it about 8 times, a system call each."""
+    global _workers
+    now = time.monotonic()
+    when, pid, count = _workers
+    if now - when < _WORKERS_TTL and pid == os.getpid():
+        return count
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        count = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        count = max(1, os.cpu_count() or 1)
+    _workers = (now, os.getpid(), count)
+    return count
 
 
 _blas: tuple[Callable[[int], None], Callable[[], int]] | None = None
