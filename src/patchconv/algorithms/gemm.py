@@ -395,8 +395,10 @@ def forward_implicit(
     else:
         kmat = aligned_empty((spec.patch_size * spec.c_out,), dtype)
         kmat[:] = kernel2.reshape(-1)  # (kh*kw*c_in, c_out), flat
-    b = aligned_empty((spec.c_out,), dtype)
-    b[:] = 0 if bias is None else bias
+    if bias is not None and bias.dtype == dtype and bias.flags.c_contiguous:
+        b = bias  # the kernels read it with unaligned loads
+    else:
+        b = np.zeros(spec.c_out, dtype) if bias is None else bias.astype(dtype)
     out = aligned_empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype)
     xc = np.ascontiguousarray(x)
     (pt, _), (pl, _) = spec.pads
@@ -443,6 +445,9 @@ def kernel_panels(kernel2: np.ndarray, width: int, dtype: np.dtype) -> np.ndarra
     k, c_out = kernel2.shape
     panels = -(-c_out // width)
     kmat = aligned_empty((panels, k, width), dtype)
+    if c_out % width == 0:  # one copy
+        kmat[...] = kernel2.reshape(k, panels, width).transpose(1, 0, 2)
+        return kmat
     for p in range(panels):
         pc = min(p * width, c_out - width)
         kmat[p] = kernel2[:, pc : pc + width]

@@ -640,7 +640,6 @@ def _forward_split(
     u2, u3 = u.reshape(a * a, -1), u.reshape(u_shape)
     v3, m3 = v.reshape(a * a, total, c_in), mm.reshape(a * a, total, c_out)
     (pt, _), (pl, _) = spec.pads
-    in_t, out_t = _transform_kernels(compiled, spec, dtype, m)
     per_tile = a * a * max(c_in, c_out)
     min_tiles = max(1, 16384 // per_tile)  # tiles per thread hand-off
     # Our products where U[xi] fits in L2 while every block of 6 tiles reads it (measured,
@@ -658,6 +657,7 @@ def _forward_split(
             _simd.winograd_input_into, in_args, total, min_items=min_tiles, native=native
         )
     else:
+        in_t, _ = _transform_kernels(compiled, spec, dtype, m)
         parallel_for(
             lambda lo, hi: in_t(xc, pt, pl, th, tw, 0, lo, hi, v3), total, min_items=min_tiles
         )
@@ -679,6 +679,7 @@ def _forward_split(
         out_args = (m3, b, out, m, th, tw, 0)
         _simd.parallel(_simd.winograd_output, out_args, total, min_items=min_tiles, native=native)
     else:
+        _, out_t = _transform_kernels(compiled, spec, dtype, m)
         parallel_for(
             lambda lo, hi: out_t(m3, b, out, th, tw, 0, lo, hi), total, min_items=min_tiles
         )
