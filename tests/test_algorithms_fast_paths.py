@@ -404,7 +404,9 @@ def test_simd_winograd_transforms_equal_the_matrix_loops(
     n=st.integers(1, 2),
     hw=st.tuples(st.integers(1, 14), st.integers(6, 16)),
     c_in=st.sampled_from([1, 3, 8]),
-    c_out_dtype=st.sampled_from([(64, np.float32), (70, np.float32), (32, np.float64)]),
+    c_out_dtype=st.sampled_from(
+        [(64, np.float32), (70, np.float32), (32, np.float64), (40, np.float64)]
+    ),
     k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
     strides=st.tuples(st.integers(1, 3), st.integers(1, 2)),
     dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
@@ -518,6 +520,21 @@ def test_narrow_row_pairs_match_the_reference(
     assert_close(out, conv2d_reference(x, kernel, bias, **options), dtype)
 
 
+@pytest.mark.parametrize(("kh", "kw", "pairs"), [(3, 7, True), (4, 9, True), (1, 1, False)])
+def test_narrow_row_pairs_with_other_kernel_shapes(kh: int, kw: int, pairs: bool) -> None:
+    """Row pairs with kernels taller than wide and the reverse, an even height among them;
+    a 1x1 kernel (no input row serves both rows of a pair) keeps one row at a time."""
+    rng = np.random.default_rng(kh * 10 + kw)
+    c_in = 16 if kh > 1 else 256  # a patch of 256 values or more: the narrow form
+    x = rng.standard_normal((2, 9, 19, c_in)).astype(np.float32)
+    kernel = rng.standard_normal((kh, kw, c_in, 24)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    spec = conv_spec(x.shape, kernel.shape, bias.shape, padding="same")
+    assert gemm.narrow_applies(spec, 4) and gemm._pairs(spec) == pairs
+    out = patchconv.conv2d(x, kernel, bias, algorithm="gemm", padding="same")
+    assert_close(out, conv2d_reference(x, kernel, bias, padding="same"), np.float32)
+
+
 def test_implicit_gemm_applies_where_documented() -> None:
     """Shallow kernels take the implicit kernel; deep ones (2.4 MB kernel matrix), few output
     channels, groups or fewer than 6 output columns keep the tiles."""
@@ -576,6 +593,9 @@ def test_kernel_transform_in_panels_matches_the_matrix_form(
     for p in range(panels.shape[1]):
         pc = min(p * width, c_out - width)
         np.testing.assert_array_equal(panels[:, p], plain[:, :, pc : pc + width])
+    narrow = kernel[..., : width // 2]
+    with pytest.raises(ValueError, match=f"got c_out {width // 2}"):
+        winograd.kernel_transform(narrow, m, dt, panels=True)
 
 
 @pytest.mark.skipif(winograd.kernels() is None, reason="the compiled flip needs numba")

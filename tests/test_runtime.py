@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -187,6 +188,42 @@ def test_parallel_kernel_covers_every_row_once(
             pieces_per_worker=pieces_per_worker,
         )
     np.testing.assert_array_equal(out, serial)
+
+
+@needs_numba
+@pytest.mark.parametrize("native", [True, False])
+def test_parallel_row_pairs_cover_every_row_once(native: bool) -> None:
+    """The narrow implicit GEMM's row pairs through numba's threads (or the Python pool): with
+    an odd number of output rows the last pair overlaps the one before, and the result equals
+    one serial call's."""
+    from patchconv.algorithms import _simd
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 11, 14, 16)).astype(np.float32)  # 11 output rows per image
+    kmat = rng.standard_normal((5 * 5 * 16 * 24,)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    serial = np.full((5, 11, 14, 24), np.nan, np.float32)
+    args = (x, kmat, bias, serial, 5, 5, 1, 1, 2, 2)
+    _simd.conv_rows_narrow_pairs(*args, 0, 5 * 6)
+    assert not np.isnan(serial).any()
+    out = np.full_like(serial, np.nan)
+    with pytest.MonkeyPatch.context() as mp:
+        if not native:
+            mp.setattr(_simd, "native_ready", lambda: False)
+        _simd.parallel(_simd.conv_rows_narrow_pairs, (*args[:3], out, *args[4:]), 5 * 6)
+    np.testing.assert_array_equal(out, serial)
+
+
+def test_worker_count_is_reread_after_a_second_or_in_another_process() -> None:
+    """n_workers keeps the affinity count for a second in the process that read it."""
+    true_count = len(os.sched_getaffinity(0))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_runtime, "_workers", (time.monotonic(), os.getpid(), 99))
+        assert _runtime.n_workers() == 99  # still fresh
+        mp.setattr(_runtime, "_workers", (time.monotonic() - 2.0, os.getpid(), 99))
+        assert _runtime.n_workers() == true_count  # a second old: read again
+        mp.setattr(_runtime, "_workers", (time.monotonic(), os.getpid() + 1, 99))
+        assert _runtime.n_workers() == true_count  # another process's count
 
 
 @needs_numba

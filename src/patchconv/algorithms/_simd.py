@@ -1220,6 +1220,19 @@ def _pair_taps_4(kf, ring, rows, bases, nr, kh, kw, ci, co, step, col, dw, pc, a
     return a0, a1
 
 
+@numba.njit(inline="always")
+def _store_12x1(arr, at, pitch, a):  # type: ignore[no-untyped-def]
+    # a[q] to arr[at + q*pitch : ... + lanes]: a block of 12 columns.
+    for q in numba.literal_unroll((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)):
+        vstore(arr, at + q * pitch, a[q])
+
+
+@numba.njit(inline="always")
+def _store_4x1(arr, at, pitch, a):  # type: ignore[no-untyped-def]
+    for q in numba.literal_unroll((0, 1, 2, 3)):
+        vstore(arr, at + q * pitch, a[q])
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
     # conv_rows_narrow two output rows at a time, for stride and dilation 1 down the image:
@@ -1247,6 +1260,9 @@ def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi): 
     for unit in range(lo, hi):
         b = unit // pairs
         r = min(2 * (unit - b * pairs), oh - 2)
+        # The last pair of an odd oh overlaps the one before, which may be another thread's:
+        # it stores its second row only.
+        first = r == 2 * (unit - b * pairs)
         nr = _row_taps(x, ring, direct, rowlen, wp, held, rows, bases, b, r - pt, kh + 1, 1, pl)
         obase = (b * oh + r) * ow * co
         for p0 in range(0, co, lanes):
@@ -1259,18 +1275,18 @@ def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi): 
                     kf, ring, rows, bases, nr, kh, kw, ci, co, step, j * step, dw, pc, a0, a0
                 )
                 at = obase + j * co + pc
-                for q in numba.literal_unroll((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)):
-                    vstore(of, at + q * co, a0[q])
-                    vstore(of, at + (ow + q) * co, a1[q])
+                if first:
+                    _store_12x1(of, at, co, a0)
+                _store_12x1(of, at + ow * co, co, a1)
             for j in range(ow - tail, ow, 4):
                 c0 = (e, e, e, e)
                 c0, c1 = _pair_taps_4(
                     kf, ring, rows, bases, nr, kh, kw, ci, co, step, j * step, dw, pc, c0, c0
                 )
                 at = obase + j * co + pc
-                for q in numba.literal_unroll((0, 1, 2, 3)):
-                    vstore(of, at + q * co, c0[q])
-                    vstore(of, at + (ow + q) * co, c1[q])
+                if first:
+                    _store_4x1(of, at, co, c0)
+                _store_4x1(of, at + ow * co, co, c1)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)

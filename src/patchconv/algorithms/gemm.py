@@ -370,7 +370,8 @@ def _wide(spec: ConvSpec, itemsize: int) -> bool:
 
 
 def narrow_applies(spec: ConvSpec, itemsize: int) -> bool:
-    """True if the implicit GEMM takes its narrow form (:func:`_simd.conv_rows_narrow`): one
+    """True if the implicit GEMM takes its narrow form (:func:`_simd.conv_rows_narrow`, or
+    :func:`_simd.conv_rows_narrow_pairs` two output rows at a time, see :func:`_pairs`): one
     to three SIMD vectors of output channels, at least 12 output columns and a patch of 256
     values or more (measured, N8 64x64 16 -> 16 11x11: 5.6 ms in row pairs, 8.1 one row at a
     time, against 11.6 by FFT)."""
@@ -404,7 +405,9 @@ def forward_implicit(
     (pt, _), (pl, _) = spec.pads
     dims = (spec.kh, spec.kw, *spec.strides, *spec.dilation, pt, pl)
     xr, outr = xc, out
-    length = _pixel_rows(spec.n * spec.h * spec.w, spec.w, spec.c_in * dtype.itemsize)
+    # Rows cut from the pixels suit the 6-column blocks only (the narrow form's blocks of 12
+    # need rows of 12 or more: a 6-pixel row wrote before the output).
+    length = wide and _pixel_rows(spec.n * spec.h * spec.w, spec.w, spec.c_in * dtype.itemsize)
     if length and (spec.kh, spec.kw, *spec.strides, *spec.pads[0], *spec.pads[1]) == (
         (1, 1, 1, 1, 0, 0, 0, 0)
     ):  # 1x1, stride 1, no padding: any run of pixels is a row
@@ -417,7 +420,7 @@ def forward_implicit(
             _simd.conv_rows_narrow_pairs,
             (xc, kmat, b, out, spec.kh, spec.kw, spec.strides[1], spec.dilation[1], pt, pl),
             spec.n * -(-spec.oh // 2),
-            min_items=max(1, 2**20 // (2 * per_row)),
+            min_items=max(1, 2**20 // (2 * spec.ow * spec.c_out * spec.patch_size)),
         )
         return out
     _simd.parallel(
@@ -431,8 +434,9 @@ def forward_implicit(
 
 def _pairs(spec: ConvSpec) -> bool:
     """The narrow form's row pairs (:func:`_simd.conv_rows_narrow_pairs`): stride and
-    dilation 1 down the image and at least two output rows."""
-    return spec.strides[0] == 1 and spec.dilation[0] == 1 and spec.oh >= 2
+    dilation 1 down the image, at least two output rows, and a kernel two rows tall or more
+    (with one row no input value serves both rows of a pair)."""
+    return spec.strides[0] == 1 and spec.dilation[0] == 1 and spec.oh >= 2 and spec.kh >= 2
 
 
 def kernel_panels(kernel2: np.ndarray, width: int, dtype: np.dtype) -> np.ndarray:

@@ -60,8 +60,9 @@ __all__ = [
     "u_panels",
 ]
 
-# Largest U[xi] (c_in*c_out values) for the SIMD products of the split schedule, and of the
-# fused blocks, which read U once per block of tiles and so want it in L2.
+# Largest U[xi] (c_in*c_out values; in column panels a few more where 4 vectors do not divide
+# c_out) for the SIMD products of the split schedule, and of the fused blocks, which read U
+# once per block of tiles and so want it in L2.
 _SIMD_PRODUCT_BYTES = 2**21
 _FUSED_U_BYTES = 2**19
 # Fewest tiles for which the split weight gradient beats gemm's (see grad_kernel_applies).
@@ -145,6 +146,12 @@ def kernel_transform(
     """
     a = m + 2
     c_in, c_out = kernel.shape[2:]
+    compiled = _compile()
+    if panels and (compiled is None or c_out * dtype.itemsize < 4 * VECTOR_BYTES):
+        raise ValueError(
+            f"kernel_transform: column panels need numba and c_out of 4 vectors "
+            f"({4 * VECTOR_BYTES // dtype.itemsize} {dtype}) or more; got c_out {c_out}"
+        )
     kron = _kron(m, dtype)
     shape = u_panels(a, c_in, c_out, dtype) if panels else (a * a, c_in, c_out)
     size = math.prod(shape)
@@ -153,7 +160,6 @@ def kernel_transform(
     else:
         u = scratch("winograd.u", size, dtype, limit=workspace_limit).reshape(shape)
     k9 = np.ascontiguousarray(kernel.reshape(9, c_in * c_out), dtype=dtype)
-    compiled = _compile()
     if compiled is not None and c_in * c_out * dtype.itemsize >= VECTOR_BYTES:
         from patchconv.algorithms import _simd  # imports numba
 
@@ -167,8 +173,7 @@ def kernel_transform(
             pieces_per_worker=1,
             native=native,
         )
-    else:
-        assert not panels, "column panels need the compiled transform"
+    else:  # not reached with panels: c_out alone fills 4 vectors
         np.matmul(kron, k9, out=u.reshape(a * a, c_in * c_out))
     return u
 
@@ -577,7 +582,7 @@ def _forward_splits(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: in
     a, size = m + 2, dtype.itemsize
     tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
     vm_bytes = a * a * tiles * (spec.c_in + spec.c_out) * size
-    u_bytes = a * a * spec.c_in * spec.c_out * size
+    u_bytes = _u_bytes(spec, m, size)
     return (
         spec.c_in * size >= VECTOR_BYTES
         and _our_split_products(spec, dtype, m)
@@ -586,6 +591,14 @@ def _forward_splits(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: in
         and vm_bytes + u_bytes <= workspace_limit
         and _simd.native_ready()
     )
+
+
+def _u_bytes(spec: ConvSpec, m: int, itemsize: int) -> int:
+    """Bytes of ``U``: in column panels (:func:`u_panels`) where ``c_out`` fills 4 vectors, the
+    last panel's overlap included, else ``(a*a, c_in, c_out)``."""
+    width = 4 * VECTOR_BYTES // itemsize
+    cols = -(-spec.c_out // width) * width if spec.c_out >= width else spec.c_out
+    return (m + 2) ** 2 * spec.c_in * cols * itemsize
 
 
 def split_products(spec: ConvSpec, m: int, itemsize: int, workspace_limit: int) -> bool:
@@ -597,7 +610,7 @@ def split_products(spec: ConvSpec, m: int, itemsize: int, workspace_limit: int) 
     a = m + 2
     tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
     vm_bytes = a * a * tiles * (spec.c_in + spec.c_out) * itemsize
-    u_bytes = a * a * spec.c_in * spec.c_out * itemsize
+    u_bytes = _u_bytes(spec, m, itemsize)
     # Measured: 14x14x256 and 7x7x512 (U of 9.4 and 37.7 MB) gain 15-22%; 28x28x128 and
     # 56x56x64 (U of 2.4 and 0.6 MB) lose about 15%, so shallow layers keep the tile blocks.
     deep = u_bytes >= 2 * BLOCK_BYTES
@@ -631,6 +644,12 @@ def _forward_split(
     kron = _kron(m, dtype)  # (a*a, 9)
     k9 = np.ascontiguousarray(kernel.reshape(9, c_in * c_out), dtype=dtype)
     simd_u = compiled["kernel_simd"] if c_in * c_out * dtype.itemsize >= VECTOR_BYTES else None
+    # Our products where U[xi] fits in L2 while every block of 6 tiles reads it (measured,
+    # N8 14x14x256: 4.1 -> 3.2 ms; N8 7x7x512, 1 MB U[xi]: 6.5 ms with OpenBLAS on the Python
+    # pool, 5.9 with ours on numba's threads).
+    # All three steps compiled (our products need 4 vectors of c_out, so U's transform is SIMD
+    # too): run them on numba's threads. With BLAS products, all on the Python pool: numba's
+    # workers spin after a region and would slow our threads' BLAS.
     # Our products read U in column panels; BLAS reads (a*a, c_in, c_out).
     native = _our_split_products(spec, dtype, m)
     u_shape = u_panels(a, c_in, c_out, dtype) if native else (a * a, c_in, c_out)
@@ -642,12 +661,6 @@ def _forward_split(
     (pt, _), (pl, _) = spec.pads
     per_tile = a * a * max(c_in, c_out)
     min_tiles = max(1, 16384 // per_tile)  # tiles per thread hand-off
-    # Our products where U[xi] fits in L2 while every block of 6 tiles reads it (measured,
-    # N8 14x14x256: 4.1 -> 3.2 ms; N8 7x7x512, 1 MB U[xi]: 6.5 ms with OpenBLAS on the Python
-    # pool, 5.9 with ours on numba's threads).
-    # All three steps compiled (our products need 4 vectors of c_out, so U's transform is SIMD
-    # too): run them on numba's threads. With BLAS products, all on the Python pool: numba's
-    # workers spin after a region and would slow our threads' BLAS.
 
     from patchconv.algorithms import _simd  # imports numba
 
