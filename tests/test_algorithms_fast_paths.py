@@ -497,6 +497,44 @@ def test_narrow_implicit_gemm_matches_the_reference(
     assert_close(out, conv2d_reference(x, kernel, bias, **options), dtype)
 
 
+@settings(max_examples=40)
+@given(
+    n=st.integers(1, 2),
+    hw=st.tuples(st.integers(1, 19), st.integers(12, 29)),
+    c_in=st.integers(6, 40),
+    c_out_dtype=st.sampled_from([(16, np.float32), (37, np.float32), (8, np.float64)]),
+    k=st.tuples(st.integers(1, 7), st.integers(2, 7)),
+    strides=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=paddings(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_narrow_implicit_gemm_matches_the_reference_anywhere(
+    n: int,
+    hw: tuple[int, int],
+    c_in: int,
+    c_out_dtype: tuple[int, type],
+    k: tuple[int, int],
+    strides: tuple[int, int],
+    dilation: tuple[int, int],
+    padding: object,
+    seed: int,
+) -> None:
+    """The narrow form (one row or row pairs) on random layers: any height, row ends, taps in
+    the padding, strides and dilations; where it does not apply the tiles answer."""
+    c_out, dtype = c_out_dtype
+    kh, kw = k
+    h = max(hw[0], (kh - 1) * dilation[0] + 1)
+    w = max(hw[1], (kw - 1) * dilation[1] + 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c_in)).astype(dtype)
+    kernel = rng.standard_normal((kh, kw, c_in, c_out)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    options = {"strides": strides, "padding": padding, "dilation_rate": dilation}
+    out = patchconv.conv2d(x, kernel, bias, algorithm="gemm", **options)
+    assert_close(out, conv2d_reference(x, kernel, bias, **options), dtype)
+
+
 @pytest.mark.parametrize(("h", "w"), [(6, 17), (7, 25), (8, 17), (17, 21)])
 @pytest.mark.parametrize(
     ("dtype", "dilation", "padding"),
