@@ -114,6 +114,15 @@ _STREAM_BYTES = 20e9
 _COMPILED_FLOPS = 30e9
 _FFT_FLOPS = 4e9
 _CALL_SECONDS = 4e-6  # fixed cost per tile or per product call
+# One matrix of a batched product (np.matmul over the a*a transform positions): measured 0.07
+# us each (36 one-row products in 2.4 us); charged as 4 us each, F(4x4)'s 36 positions made
+# F(2x2) look cheaper on small layers where F(4x4) ran 35-40% faster (32x8x8 16 -> 32).
+_MATRIX_SECONDS = 0.1e-6
+# The implicit GEMM's compiled kernel (gemm and pointwise where it applies) runs at 265-340
+# GF/s on the bench layers, against _BLAS_FLOPS for BLAS: rated here as conservatively as the
+# Winograd products are (at 150e9 a 16x16x32 -> 32 layer went to Winograd, 0.48 against 0.31
+# ms; 16 layers of 3x3 checked, all picked right).
+_IMPLICIT_FLOPS = 200e9
 # Kernel values (c_in * c_out per tap) from which grad_x flips the kernel with a compiled loop
 # (measured on 3x3: 256x256 0.39 against 0.64 ms, 512x512 1.2 against 2.8; 128x128 a tie).
 _COMPILED_FLIP_VALUES = 256 * 256
@@ -138,9 +147,9 @@ def _blas_rate(m: int, k: int, n: int, itemsize: int) -> float:
 
 def _gemm_cost(spec: ConvSpec, itemsize: int) -> float:
     positions = spec.n * spec.oh * spec.ow
-    if gemm.implicit_applies(spec, itemsize):  # no patch copy; measured near BLAS' peak
+    if gemm.implicit_applies(spec, itemsize):  # no patch copy
         rows = spec.n * spec.oh
-        return spec.flops / _BLAS_FLOPS + rows * _CALL_SECONDS / 8
+        return spec.flops / _IMPLICIT_FLOPS + rows * _CALL_SECONDS / 8
     k = spec.kh * spec.kw * spec.c_in_group
     patch_bytes = positions * spec.patch_size * itemsize
     rate = _blas_rate(min(positions, 2048), k, spec.c_out_group, itemsize)
@@ -149,6 +158,8 @@ def _gemm_cost(spec: ConvSpec, itemsize: int) -> float:
 
 
 def _pointwise_cost(spec: ConvSpec, itemsize: int) -> float:
+    if gemm.implicit_applies(spec, itemsize):  # pointwise runs the implicit GEMM then
+        return spec.flops / _IMPLICIT_FLOPS + _CALL_SECONDS
     positions = spec.n * spec.oh * spec.ow
     rate = _blas_rate(positions, spec.c_in_group, spec.c_out_group, itemsize)
     copy = 0 if spec.strides == (1, 1) else positions * spec.c_in * itemsize / _COPY_BYTES
@@ -180,7 +191,7 @@ def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
         products / rate
         + transform / transform_rate
         + kernel_bytes * (1 + blocks / n_workers()) / _STREAM_BYTES
-        + blocks * a * a * _CALL_SECONDS
+        + blocks * (_CALL_SECONDS + a * a * _MATRIX_SECONDS)
     )
 
 
