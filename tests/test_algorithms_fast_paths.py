@@ -5,6 +5,8 @@ NumPy fallbacks."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -399,6 +401,30 @@ def test_simd_winograd_transforms_equal_the_matrix_loops(
     assert np.all(gm_simd[:, :lo] == 0) and np.all(gm_simd[:, hi:] == 0)
 
 
+def _random_layer(
+    n: int,
+    hw: tuple[int, int],
+    c_in: int,
+    c_out_dtype: tuple[int, type],
+    k: tuple[int, int],
+    strides: tuple[int, int],
+    dilation: tuple[int, int],
+    padding: object,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """x, kernel, bias and options of a drawn layer, the input at least as large as the
+    dilated kernel."""
+    c_out, dtype = c_out_dtype
+    kh, kw = k
+    h = max(hw[0], (kh - 1) * dilation[0] + 1)
+    w = max(hw[1], (kw - 1) * dilation[1] + 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c_in)).astype(dtype)
+    kernel = rng.standard_normal((kh, kw, c_in, c_out)).astype(dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    return x, kernel, bias, {"strides": strides, "padding": padding, "dilation_rate": dilation}
+
+
 @settings(max_examples=40)
 @given(
     n=st.integers(1, 2),
@@ -427,19 +453,14 @@ def test_implicit_gemm_matches_the_reference(
     """gemm's and pointwise's implicit kernel (4 SIMD vectors of output channels or more): the
     overlapping last block of columns and last channel panel, taps in the padding, strides
     and dilations; where it does not apply (too few output columns) the tiles answer."""
-    c_out, dtype = c_out_dtype
-    kh, kw = k
-    h = max(hw[0], (kh - 1) * dilation[0] + 1)
-    w = max(hw[1], (kw - 1) * dilation[1] + 1)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, h, w, c_in)).astype(dtype)
-    kernel = rng.standard_normal((kh, kw, c_in, c_out)).astype(dtype)
-    bias = rng.standard_normal(c_out).astype(dtype)
-    options = {"strides": strides, "padding": padding, "dilation_rate": dilation}
+    x, kernel, bias, options = _random_layer(
+        n, hw, c_in, c_out_dtype, k, strides, dilation, padding, seed
+    )
+    dtype = x.dtype
     expected = conv2d_reference(x, kernel, bias, **options)
     out = patchconv.conv2d(x, kernel, bias, algorithm="gemm", **options)
     assert_close(out, expected, dtype)
-    if (kh, kw) == (1, 1):
+    if k == (1, 1):
         out = patchconv.conv2d(x, kernel, bias, algorithm="pointwise", **options)
         assert_close(out, expected, dtype)
 
@@ -522,17 +543,11 @@ def test_narrow_implicit_gemm_matches_the_reference_anywhere(
 ) -> None:
     """The narrow form (one row or row pairs) on random layers: any height, row ends, taps in
     the padding, strides and dilations; where it does not apply the tiles answer."""
-    c_out, dtype = c_out_dtype
-    kh, kw = k
-    h = max(hw[0], (kh - 1) * dilation[0] + 1)
-    w = max(hw[1], (kw - 1) * dilation[1] + 1)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, h, w, c_in)).astype(dtype)
-    kernel = rng.standard_normal((kh, kw, c_in, c_out)).astype(dtype)
-    bias = rng.standard_normal(c_out).astype(dtype)
-    options = {"strides": strides, "padding": padding, "dilation_rate": dilation}
+    x, kernel, bias, options = _random_layer(
+        n, hw, c_in, c_out_dtype, k, strides, dilation, padding, seed
+    )
     out = patchconv.conv2d(x, kernel, bias, algorithm="gemm", **options)
-    assert_close(out, conv2d_reference(x, kernel, bias, **options), dtype)
+    assert_close(out, conv2d_reference(x, kernel, bias, **options), x.dtype)
 
 
 @pytest.mark.parametrize(("h", "w"), [(6, 17), (7, 25), (8, 17), (17, 21)])
