@@ -641,6 +641,25 @@ def winograd_output(mm, bias, out, m, th, tw, t0, lo, hi):  # type: ignore[no-un
                         vstore(of, base + c, vadd(row2[1], bv))
 
 
+@numba.njit(inline="always")
+def _taps9(kf, q, p):  # type: ignore[no-untyped-def]
+    # The 9 taps of the (9, q) flat kernel at vector p.
+    return (
+        vload(kf, p), vload(kf, q + p), vload(kf, 2 * q + p), vload(kf, 3 * q + p),
+        vload(kf, 4 * q + p), vload(kf, 5 * q + p), vload(kf, 6 * q + p),
+        vload(kf, 7 * q + p), vload(kf, 8 * q + p),
+    )  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _kron_row(g, kron, xi):  # type: ignore[no-untyped-def]
+    # U at position xi from the 9 taps: kron[xi] (9,) @ g.
+    acc = vmuls(g[0], kron[xi, 0])
+    for t in numba.literal_unroll((1, 2, 3, 4, 5, 6, 7, 8)):
+        acc = vfmas(g[t], kron[xi, t], acc)
+    return acc
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def winograd_kernel(k9, kron, u, lo, hi):  # type: ignore[no-untyped-def]
     # u[lo:hi] = kron[lo:hi] (P, 9) @ k9 (9, q): the transformed kernel U = G g G^T for
@@ -653,26 +672,9 @@ def winograd_kernel(k9, kron, u, lo, hi):  # type: ignore[no-untyped-def]
     uf = u.reshape(-1)
     for p0 in range(0, q, lanes):
         p = min(p0, q - lanes)
-        g0 = vload(kf, p)
-        g1 = vload(kf, q + p)
-        g2 = vload(kf, 2 * q + p)
-        g3 = vload(kf, 3 * q + p)
-        g4 = vload(kf, 4 * q + p)
-        g5 = vload(kf, 5 * q + p)
-        g6 = vload(kf, 6 * q + p)
-        g7 = vload(kf, 7 * q + p)
-        g8 = vload(kf, 8 * q + p)
+        g = _taps9(kf, q, p)
         for xi in range(lo, hi):
-            acc = vmuls(g0, kron[xi, 0])
-            acc = vfmas(g1, kron[xi, 1], acc)
-            acc = vfmas(g2, kron[xi, 2], acc)
-            acc = vfmas(g3, kron[xi, 3], acc)
-            acc = vfmas(g4, kron[xi, 4], acc)
-            acc = vfmas(g5, kron[xi, 5], acc)
-            acc = vfmas(g6, kron[xi, 6], acc)
-            acc = vfmas(g7, kron[xi, 7], acc)
-            acc = vfmas(g8, kron[xi, 8], acc)
-            vstore(uf, xi * q + p, acc)
+            vstore(uf, xi * q + p, _kron_row(g, kron, xi))
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -691,28 +693,10 @@ def winograd_kernel_panels(k9, kron, u, lo, hi):  # type: ignore[no-untyped-def]
         for panel in range(panels):
             pc = min(panel * width, co - width)
             for vec in range(4):
-                p = c * co + pc + vec * lanes
-                g0 = vload(kf, p)
-                g1 = vload(kf, q + p)
-                g2 = vload(kf, 2 * q + p)
-                g3 = vload(kf, 3 * q + p)
-                g4 = vload(kf, 4 * q + p)
-                g5 = vload(kf, 5 * q + p)
-                g6 = vload(kf, 6 * q + p)
-                g7 = vload(kf, 7 * q + p)
-                g8 = vload(kf, 8 * q + p)
+                g = _taps9(kf, q, c * co + pc + vec * lanes)
                 at = (panel * ci + c) * width + vec * lanes
                 for xi in range(lo, hi):
-                    acc = vmuls(g0, kron[xi, 0])
-                    acc = vfmas(g1, kron[xi, 1], acc)
-                    acc = vfmas(g2, kron[xi, 2], acc)
-                    acc = vfmas(g3, kron[xi, 3], acc)
-                    acc = vfmas(g4, kron[xi, 4], acc)
-                    acc = vfmas(g5, kron[xi, 5], acc)
-                    acc = vfmas(g6, kron[xi, 6], acc)
-                    acc = vfmas(g7, kron[xi, 7], acc)
-                    acc = vfmas(g8, kron[xi, 8], acc)
-                    vstore(uf, xi * pitch + at, acc)
+                    vstore(uf, xi * pitch + at, _kron_row(g, kron, xi))
 
 
 @numba.njit(inline="always")
@@ -889,7 +873,9 @@ def _store_6x4(arr, at, pitch, a):  # type: ignore[no-untyped-def]
 def _ring(x, out, nslots, kw, sw, dw, pl):  # type: ignore[no-untyped-def]
     # conv_rows' row source: x itself where no tap reaches the left or right padding (the patch
     # values are scalar broadcasts, so its alignment does not matter), else an aligned ring of
-    # zero-padded row copies (nslots rows); its row length and the padded width the taps reach.
+    # zero-padded row copies (nslots rows); its row length and the padded width the taps reach;
+    # and _row_taps' bookkeeping: which (image, row) each slot holds (none yet), and room for
+    # up to nslots kernel rows and where their input rows start.
     _, _, w, ci = x.shape
     ow = out.shape[2]
     lanes = VECTOR_BYTES // x.itemsize
@@ -899,7 +885,8 @@ def _ring(x, out, nslots, kw, sw, dw, pl):  # type: ignore[no-untyped-def]
     raw = np.zeros(0 if direct else nslots * rowlen + lanes, x.dtype)
     a0 = 0 if direct else ((-raw.ctypes.data) % VECTOR_BYTES) // x.itemsize
     ring = x.reshape(-1) if direct else raw[a0 : a0 + nslots * rowlen]
-    return direct, ring, rowlen, wp
+    held = np.full(nslots, -1, np.int64)
+    return direct, ring, rowlen, wp, held, np.empty(nslots, np.int64), np.empty(nslots, np.int64)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -953,10 +940,7 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
     ci = x.shape[3]
     oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
     lanes = VECTOR_BYTES // x.itemsize
-    direct, ring, rowlen, wp = _ring(x, out, kh * dh, kw, sw, dw, pl)
-    held = np.full(kh * dh, -1, np.int64)  # which (image, row) each slot holds
-    taps = np.empty(kh, np.int64)  # kernel rows inside the image, and their ring rows
-    bases = np.empty(kh, np.int64)
+    direct, ring, rowlen, wp, held, taps, bases = _ring(x, out, kh * dh, kw, sw, dw, pl)
     kf = kmat.reshape(-1)
     of = out.reshape(-1)
     step = sw * ci
@@ -1033,6 +1017,32 @@ def _fma_12x1(u, s, a):  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
+@numba.njit(inline="always")
+def _row12(ring, a, step, c):  # type: ignore[no-untyped-def]
+    # The 12 columns' values of channel c: ring[a + q*step + c].
+    return (
+        sload(ring, a + c), sload(ring, a + step + c), sload(ring, a + 2 * step + c),
+        sload(ring, a + 3 * step + c), sload(ring, a + 4 * step + c),
+        sload(ring, a + 5 * step + c), sload(ring, a + 6 * step + c),
+        sload(ring, a + 7 * step + c), sload(ring, a + 8 * step + c),
+        sload(ring, a + 9 * step + c), sload(ring, a + 10 * step + c),
+        sload(ring, a + 11 * step + c),
+    )  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _store_12x1(arr, at, pitch, a):  # type: ignore[no-untyped-def]
+    # a[q] to arr[at + q*pitch : ... + lanes]: a block of 12 columns.
+    for q in numba.literal_unroll((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)):
+        vstore(arr, at + q * pitch, a[q])
+
+
+@numba.njit(inline="always")
+def _store_4x1(arr, at, pitch, a):  # type: ignore[no-untyped-def]
+    for q in numba.literal_unroll((0, 1, 2, 3)):
+        vstore(arr, at + q * pitch, a[q])
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def conv_rows_narrow(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
     # conv_rows for 1 to 3 vectors of output channels (lanes <= co < 4 lanes): blocks of 12
@@ -1043,10 +1053,7 @@ def conv_rows_narrow(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi)
     ci = x.shape[3]
     oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
     lanes = VECTOR_BYTES // x.itemsize
-    direct, ring, rowlen, wp = _ring(x, out, kh * dh, kw, sw, dw, pl)
-    held = np.full(kh * dh, -1, np.int64)
-    taps = np.empty(kh, np.int64)
-    bases = np.empty(kh, np.int64)
+    direct, ring, rowlen, wp, held, taps, bases = _ring(x, out, kh * dh, kw, sw, dw, pl)
     kf = kmat.reshape(-1)
     of = out.reshape(-1)
     step = sw * ci
@@ -1066,35 +1073,9 @@ def conv_rows_narrow(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi)
                         a = bases[t] + (j * sw + dj * dw) * ci
                         kb = (taps[t] * kw + dj) * ci * co + pc
                         for c in range(ci):
-                            s = (
-                                sload(ring, a + c),
-                                sload(ring, a + step + c),
-                                sload(ring, a + 2 * step + c),
-                                sload(ring, a + 3 * step + c),
-                                sload(ring, a + 4 * step + c),
-                                sload(ring, a + 5 * step + c),
-                                sload(ring, a + 6 * step + c),
-                                sload(ring, a + 7 * step + c),
-                                sload(ring, a + 8 * step + c),
-                                sload(ring, a + 9 * step + c),
-                                sload(ring, a + 10 * step + c),
-                                sload(ring, a + 11 * step + c),
-                            )
-                            acc = _fma_12x1(vload(kf, kb), s, acc)
+                            acc = _fma_12x1(vload(kf, kb), _row12(ring, a, step, c), acc)
                             kb += co
-                at = obase + j * co + pc
-                vstore(of, at, acc[0])
-                vstore(of, at + co, acc[1])
-                vstore(of, at + 2 * co, acc[2])
-                vstore(of, at + 3 * co, acc[3])
-                vstore(of, at + 4 * co, acc[4])
-                vstore(of, at + 5 * co, acc[5])
-                vstore(of, at + 6 * co, acc[6])
-                vstore(of, at + 7 * co, acc[7])
-                vstore(of, at + 8 * co, acc[8])
-                vstore(of, at + 9 * co, acc[9])
-                vstore(of, at + 10 * co, acc[10])
-                vstore(of, at + 11 * co, acc[11])
+                _store_12x1(of, obase + j * co + pc, co, acc)
 
 
 @numba.njit(inline="always")
@@ -1130,19 +1111,6 @@ def _fma_12x2(k0, k1, ring, a, step, c, a0, a1):  # type: ignore[no-untyped-def]
         (b00, b01, b02, b03, b04, b05, b06, b07, b08, b09, b0a, b0b),
         (b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b1a, b1b),
     )
-
-
-@numba.njit(inline="always")
-def _row12(ring, a, step, c):  # type: ignore[no-untyped-def]
-    # The 12 columns' values of channel c: ring[a + q*step + c].
-    return (
-        sload(ring, a + c), sload(ring, a + step + c), sload(ring, a + 2 * step + c),
-        sload(ring, a + 3 * step + c), sload(ring, a + 4 * step + c),
-        sload(ring, a + 5 * step + c), sload(ring, a + 6 * step + c),
-        sload(ring, a + 7 * step + c), sload(ring, a + 8 * step + c),
-        sload(ring, a + 9 * step + c), sload(ring, a + 10 * step + c),
-        sload(ring, a + 11 * step + c),
-    )  # fmt: skip
 
 
 @numba.njit(inline="always")
@@ -1220,19 +1188,6 @@ def _pair_taps_4(kf, ring, rows, bases, nr, kh, kw, ci, co, step, col, dw, pc, a
     return a0, a1
 
 
-@numba.njit(inline="always")
-def _store_12x1(arr, at, pitch, a):  # type: ignore[no-untyped-def]
-    # a[q] to arr[at + q*pitch : ... + lanes]: a block of 12 columns.
-    for q in numba.literal_unroll((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)):
-        vstore(arr, at + q * pitch, a[q])
-
-
-@numba.njit(inline="always")
-def _store_4x1(arr, at, pitch, a):  # type: ignore[no-untyped-def]
-    for q in numba.literal_unroll((0, 1, 2, 3)):
-        vstore(arr, at + q * pitch, a[q])
-
-
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi):  # type: ignore[no-untyped-def]
     # conv_rows_narrow two output rows at a time, for stride and dilation 1 down the image:
@@ -1246,10 +1201,8 @@ def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi): 
     ci = x.shape[3]
     oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
     lanes = VECTOR_BYTES // x.itemsize
-    direct, ring, rowlen, wp = _ring(x, out, kh + 1, kw, sw, dw, pl)
-    held = np.full(kh + 1, -1, np.int64)  # the kh + 1 input rows of a pair
-    rows = np.empty(kh + 1, np.int64)
-    bases = np.empty(kh + 1, np.int64)
+    # The kh + 1 input rows of a pair, each in a slot of its own.
+    direct, ring, rowlen, wp, held, rows, bases = _ring(x, out, kh + 1, kw, sw, dw, pl)
     kf = kmat.reshape(-1)
     of = out.reshape(-1)
     step = sw * ci
