@@ -151,11 +151,38 @@ def test_constant_initializers() -> None:
             TypeError,
             r"Conv2D: dtype must be float16, float32 or float64",
         ),
+        (
+            {"filters": 2, "kernel_size": 3, "dtype": "foo"},
+            TypeError,
+            r"Conv2D: dtype must be float16, float32 or float64; got 'foo'",
+        ),
+        ({"filters": 2, "kernel_size": 3, "seed": "x"}, TypeError, r"Conv2D: seed must be an int"),
+        (
+            {"filters": 2, "kernel_size": 3, "seed": -1},
+            PatchconvError,
+            r"seed must be >= 0; got -1",
+        ),
+        ({"filters": 2, "kernel_size": 3, "name": 5}, TypeError, r"Conv2D: name must be a str"),
     ],
 )
 def test_constructor_errors(kwargs: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         patchconv.Conv2D(**kwargs)
+
+
+def test_dtype_none_means_float32_as_in_keras() -> None:
+    layer = patchconv.Conv2D(4, 3, dtype=None)
+    out = layer(np.zeros((1, 5, 5, 2), dtype=np.float64))
+    assert layer.kernel is not None and layer.kernel.dtype == np.float32
+    assert out.dtype == np.float32
+
+
+def test_compute_output_shape_takes_a_none_batch() -> None:
+    layer = patchconv.Conv2D(4, 3, strides=2, padding="same")
+    assert layer.compute_output_shape((None, 9, 7, 3)) == (None, 5, 4, 4)
+    assert layer.compute_output_shape((2, 9, 7, 3)) == (2, 5, 4, 4)
+    with pytest.raises(PatchconvError, match=r"only the batch size may be None; got input_shape"):
+        layer.compute_output_shape((None, None, 7, 3))
 
 
 def test_set_weights_errors() -> None:

@@ -359,6 +359,42 @@ def test_load_weights_refuses_a_mismatched_file(tmp_path: Path) -> None:
         model.save_weights(tmp_path / "x.npz", extra={"layers.0.x": np.zeros(1)})
 
 
+def test_weight_loads_are_all_or_nothing(tmp_path: Path) -> None:
+    # The keys and shapes match, but the last array is text: no layer may change.
+    model = tiny()
+    before = model.get_weights()
+    path = tmp_path / "w.npz"
+    arrays = model.weights_dict()
+    arrays["layers.4.Dense.bias"] = np.array(["a", "b", "c"])
+    np.savez(path, format=np.array(nn.model.FORMAT), **arrays)
+    with pytest.raises(TypeError, match=r"Dense.set_weights: bias must have a real float"):
+        model.load_weights(path)
+    new = [w + 1 for w in before]
+    with pytest.raises(PatchconvError, match=r"Dense.set_weights: kernel must have shape"):
+        model.set_weights([*new[:2], np.zeros((1, 3), np.float32), new[3]])
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.set_weights(new)  # and a good list still loads
+    np.testing.assert_array_equal(model.get_weights()[0], new[0])
+
+
+def test_shapes_take_keras_none_batch_and_dtype_none() -> None:
+    model = nn.Sequential([nn.Conv2D(3, 3, dtype=None), nn.Flatten(), nn.Dense(2, dtype=None)])
+    model.build((None, 6, 6, 1))
+    assert model.compute_output_shape((None, 6, 6, 1)) == (None, 2)
+    assert all(w.dtype == np.float32 for w in model.get_weights())
+    assert model.predict(np.zeros((3, 6, 6, 1), np.float32)).shape == (3, 2)
+    with pytest.raises(PatchconvError, match=r"only the batch size may be None"):
+        nn.Sequential([nn.Dense(2)]).build((None, None))
+
+
+def test_junk_weights_file_message_does_not_suggest_unpickling(tmp_path: Path) -> None:
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(PatchconvError, match=r"is not an \.npz weights file") as info:
+        tiny().load_weights(tmp_path / "junk.npz")
+    assert "pickle" not in str(info.value)
+
+
 def test_config_round_trip_rebuilds_the_same_network() -> None:
     model = small_cnn("channels_first", dtype="float32")
     x = np.random.default_rng(5).standard_normal((2, 2, 9, 9)).astype(np.float32)
@@ -462,6 +498,21 @@ def test_type_errors_name_the_parameter() -> None:
         nn.Sequential().add("dense")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"ZeroPadding2D: padding must be an int"):
         nn.ZeroPadding2D("same")
+    with pytest.raises(TypeError, match=r"Conv2D: dtype must be float16, float32 or float64"):
+        nn.Conv2D(2, 3, dtype="foo")
+    with pytest.raises(TypeError, match=r"Conv2D: name must be a str; got 5"):
+        nn.Conv2D(2, 3, name=5)  # type: ignore[arg-type]
+    for make in (
+        lambda: nn.Dense(2, seed="x"),
+        lambda: nn.Dropout(0.5, seed="x"),
+        lambda: nn.DepthwiseConv2D(3, seed="x"),
+    ):
+        with pytest.raises(
+            TypeError, match=r"(Dense|Dropout|DepthwiseConv2D): seed must be an int"
+        ):
+            make()
+    with pytest.raises(PatchconvError, match=r"Dense: seed must be >= 0; got -1"):
+        nn.Dense(2, seed=-1)
     with pytest.raises(
         TypeError,
         match=r"SoftmaxCrossEntropy: y_true must hold integer class labels; got dtype float64",

@@ -8,9 +8,10 @@ copied from a Keras model give the same outputs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -137,6 +138,71 @@ def input_channels(input_shape: Sequence[int], data_format: str, *, func: str) -
     return int(input_shape[1] if data_format == "channels_first" else input_shape[-1])
 
 
+def float_dtype(dtype: Any, *, func: str) -> np.dtype:
+    """A layer's ``dtype`` argument -> float16, float32 or float64; None means float32, as
+    Keras' default policy."""
+    if dtype is None:
+        return np.dtype(np.float32)
+    try:
+        out = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(
+            f"{func}: dtype must be float16, float32 or float64; got {dtype!r}"
+        ) from exc
+    if out not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"{func}: dtype must be float16, float32 or float64; got {dtype!r}")
+    return out
+
+
+def check_seed(seed: Any, *, func: str) -> int | None:
+    """A layer's ``seed`` argument: None or a non-negative int, checked at construction."""
+    if seed is None:
+        return None
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"{func}: seed must be an int or None; got {seed!r}")
+    if seed < 0:
+        raise PatchconvError(f"{func}: seed must be >= 0; got {seed}")
+    return int(seed)
+
+
+def check_name(name: Any, *, func: str) -> str | None:
+    """A layer's ``name`` argument: None or a str."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"{func}: name must be a str; got {name!r}")
+    return name
+
+
+ShapeFn = TypeVar("ShapeFn", bound=Callable[..., tuple[Any, ...]])
+
+
+def batch_agnostic(method: ShapeFn) -> ShapeFn:
+    """Let ``compute_output_shape`` take Keras' ``None`` batch size: the shape is worked out
+    for a batch of 1 and the ``None`` put back. Any other ``None`` is a clear error."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, input_shape: Sequence[int | None]) -> tuple[Any, ...]:
+        shape = tuple(input_shape)
+        if any(v is None for v in shape[1:]):
+            raise PatchconvError(
+                f"{type(self).__name__}.compute_output_shape: only the batch size may be None; "
+                f"got input_shape {shape}"
+            )
+        if not shape or shape[0] is not None:
+            return method(self, shape)
+        return (None, *method(self, (1, *shape[1:]))[1:])
+
+    return wrapper  # type: ignore[return-value]
+
+
+def build_shape(input_shape: Sequence[int | None], *, func: str) -> tuple[int, ...]:
+    """A shape given to ``build`` as ints, Keras' None batch size read as 1 (no weight depends
+    on it); any other None is a clear error."""
+    shape = tuple(input_shape)
+    if any(v is None for v in shape[1:]):
+        raise PatchconvError(f"{func}: only the batch size may be None; got input_shape {shape}")
+    return tuple(1 if v is None else int(v) for v in shape)
+
+
 def _positive_int(value: Any, *, name: str, func: str = "Conv2D") -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
         raise TypeError(f"{func}: {name} must be an int; got {value!r}")
@@ -161,7 +227,8 @@ class Conv2D:
     seed : int, optional
         Makes the initial weights reproducible.
     dtype : str
-        The weights' dtype; inputs are cast to it, as Keras' layers do.
+        The weights' dtype (float16, float32 or float64; None means float32); inputs are cast
+        to it, as Keras' layers do.
     name : str, optional
     padding_mode : {"zeros", "reflect", "replicate", "circular"}
         PyTorch's ``Conv2d`` option (Keras has none: always "zeros"); see
@@ -223,11 +290,9 @@ class Conv2D:
         self.bias_initializer = check_initializer(
             bias_initializer, label="bias_initializer", func=func
         )
-        self.seed = seed
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float16, np.float32, np.float64):
-            raise TypeError(f"{func}: dtype must be float16, float32 or float64; got {dtype!r}")
-        self.name = name or "conv2d"
+        self.seed = check_seed(seed, func=func)
+        self.dtype = float_dtype(dtype, func=func)
+        self.name = check_name(name, func=func) or "conv2d"
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None
 
@@ -277,8 +342,10 @@ class Conv2D:
             arr.astype(self.dtype, copy=False), self.kernel, self.bias, **self._conv_options()
         )
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
-        """The output shape for ``input_shape``, computing nothing (Keras' method)."""
+        """The output shape for ``input_shape``, computing nothing (Keras' method); the batch
+        size may be None."""
         c_in = self._channels(input_shape)
         return conv_spec(
             tuple(int(v) for v in input_shape),

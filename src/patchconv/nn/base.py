@@ -19,9 +19,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from patchconv._spec import PatchconvError, as_float_array
+from patchconv.layers import batch_agnostic, build_shape, check_name, float_dtype
 from patchconv.nn.activations import ACTIVATIONS
 
-__all__ = ["Layer", "float_dtype", "spatial_axes"]
+__all__ = ["Layer", "float_dtype", "set_all_weights", "spatial_axes"]
 
 
 def _snake(name: str) -> str:
@@ -29,16 +30,28 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower()
 
 
-def float_dtype(dtype: Any, *, func: str) -> np.dtype:
+def set_all_weights(layers: Sequence[Layer], weights: Sequence[Any], *, func: str) -> None:
+    """Load one flat list of weights into ``layers`` in order, all or nothing: the count is
+    checked first, and if any layer refuses its arrays (shape, dtype), the layers loaded before
+    it get their old weights back before the error propagates."""
+    counts = [len(layer.weight_names()) for layer in layers]
+    if not isinstance(weights, (list, tuple)) or len(weights) != sum(counts):
+        got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+        raise PatchconvError(f"{func}: expected {sum(counts)} arrays; got {got}")
+    done: list[tuple[Layer, list[np.ndarray]]] = []
+    start = 0
     try:
-        out = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(
-            f"{func}: dtype must be float16, float32 or float64; got {dtype!r}"
-        ) from exc
-    if out not in (np.float16, np.float32, np.float64):
-        raise TypeError(f"{func}: dtype must be float16, float32 or float64; got {dtype!r}")
-    return out
+        for layer, count in zip(layers, counts, strict=True):
+            if count:
+                old = layer.get_weights()
+                layer.set_weights(list(weights[start : start + count]))
+                done.append((layer, old))
+            start += count
+    except Exception:
+        for layer, old in reversed(done):
+            if old:
+                layer.set_weights(old)
+        raise
 
 
 def spatial_axes(data_format: str) -> tuple[int, int, int]:
@@ -71,9 +84,7 @@ class Layer:
         self, *, name: str | None = None, dtype: Any = "float32", trainable: bool = True
     ) -> None:
         cls = type(self).__name__
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"{cls}: name must be a str; got {name!r}")
-        self.name = name or _snake(cls)
+        self.name = check_name(name, func=cls) or _snake(cls)
         self.dtype = float_dtype(dtype, func=cls)
         self.trainable = bool(trainable)
         self.input_shape: tuple[int, ...] | None = None
@@ -86,8 +97,9 @@ class Layer:
 
     def build(self, input_shape: Sequence[int]) -> None:
         """Create the weights for inputs of ``input_shape``; weightless layers only record it."""
-        self.input_shape = tuple(int(v) for v in input_shape)
+        self.input_shape = build_shape(input_shape, func=f"{type(self).__name__}.build")
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """The output shape for ``input_shape``, computing nothing (Keras' method)."""
         return tuple(int(v) for v in input_shape)

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import PatchconvError
-from patchconv.nn.base import Layer
+from patchconv.layers import batch_agnostic, build_shape
+from patchconv.nn.base import Layer, set_all_weights
 
 __all__ = ["AddBranches"]
 
@@ -61,13 +62,14 @@ class AddBranches(Layer):
 
     def build(self, input_shape: Sequence[int]) -> None:
         for branch in self.branches:
-            shape = tuple(int(v) for v in input_shape)
+            shape = build_shape(input_shape, func="AddBranches.build")
             for layer in branch:
                 if not layer.built:
                     layer.build(shape)
                 shape = tuple(layer.compute_output_shape(shape))
         super().build(input_shape)
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shapes = []
         for branch in self.branches:
@@ -125,17 +127,8 @@ class AddBranches(Layer):
         return [w for layer in self._layers() for w in layer.get_weights()]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
-        counts = [len(layer.weight_names()) for layer in self._layers()]
-        if not isinstance(weights, (list, tuple)) or len(weights) != sum(counts):
-            got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
-            raise PatchconvError(
-                f"AddBranches.set_weights: expected {sum(counts)} arrays; got {got}"
-            )
-        start = 0
-        for layer, count in zip(self._layers(), counts, strict=True):
-            if count:
-                layer.set_weights(list(weights[start : start + count]))
-            start += count
+        """Every branch layer's weights in order, all or nothing (see :func:`set_all_weights`)."""
+        set_all_weights(self._layers(), weights, func="AddBranches.set_weights")
 
     def params(self) -> list[np.ndarray]:
         if not self.trainable:

@@ -23,7 +23,10 @@ from patchconv._spec import (
 from patchconv._spec import normalize_pair as _pair
 from patchconv.functional import conv2d, conv2d_backward
 from patchconv.layers import (
+    batch_agnostic,
+    build_shape,
     check_initializer,
+    check_seed,
     initialize,
     input_channels,
     padding_from_config,
@@ -111,7 +114,7 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
 
     def build(self, input_shape: Sequence[int]) -> None:
         super().build(input_shape)
-        self.input_shape = tuple(int(v) for v in input_shape)
+        self.input_shape = build_shape(input_shape, func=f"{type(self).__name__}.build")
 
     def __call__(self, x: Any, training: bool = False) -> np.ndarray:
         return self.forward(x, training=training)
@@ -145,7 +148,7 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
                 setattr(self, attr, previous)
 
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
-        return super().compute_output_shape(input_shape)
+        return super().compute_output_shape(input_shape)  # batch_agnostic there
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -229,7 +232,7 @@ class DepthwiseConv2D(Layer):
         )
         self.activation = get_activation(activation, func=func)
         self.use_bias = bool(use_bias)
-        self.seed = seed
+        self.seed = check_seed(seed, func=func)
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None
 
@@ -249,7 +252,7 @@ class DepthwiseConv2D(Layer):
             self.bias = initialize(
                 self.bias_initializer, (c_in * self.depth_multiplier,), seed=rng, dtype=self.dtype
             )
-        self.input_shape = tuple(int(v) for v in input_shape)
+        self.input_shape = build_shape(input_shape, func=f"{type(self).__name__}.build")
 
     def _conv_options(self, c_in: int) -> dict[str, Any]:
         return {
@@ -265,6 +268,7 @@ class DepthwiseConv2D(Layer):
         kh, kw, c_in, m = self.kernel.shape
         return self.kernel.reshape(kh, kw, 1, c_in * m)  # (kh, kw, 1, c_in*m)
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int, int]:
         c_in = self._channels(input_shape)
         return conv_spec(

@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import PatchconvError
-from patchconv.layers import _positive_int, check_initializer, initialize
+from patchconv.layers import (
+    _positive_int,
+    batch_agnostic,
+    build_shape,
+    check_initializer,
+    check_seed,
+    initialize,
+)
 from patchconv.nn.activations import (
     ACTIVATIONS,
     get_activation,
@@ -80,7 +87,7 @@ class Dense(Layer):
         self.bias_initializer = check_initializer(
             bias_initializer, label="bias_initializer", func="Dense"
         )
-        self.seed = seed
+        self.seed = check_seed(seed, func="Dense")
         self.kernel: np.ndarray | None = None
         self.bias: np.ndarray | None = None
 
@@ -100,8 +107,9 @@ class Dense(Layer):
         )
         if self.use_bias:
             self.bias = initialize(self.bias_initializer, (self.units,), seed=rng, dtype=self.dtype)
-        self.input_shape = tuple(int(v) for v in input_shape)
+        self.input_shape = build_shape(input_shape, func="Dense.build")
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         return (*(int(v) for v in input_shape[:-1]), self.units)
 
@@ -353,8 +361,8 @@ class Dropout(Layer):
         if not 0.0 <= rate < 1.0:
             raise PatchconvError(f"Dropout: rate must be in [0, 1); got {rate}")
         self.rate = rate
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.seed = check_seed(seed, func="Dropout")
+        self._rng = np.random.default_rng(self.seed)
         self._mask: np.ndarray | None = None
         self._shape: tuple[int, ...] | None = None
 

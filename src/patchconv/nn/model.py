@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import PatchconvError, as_float_array
+from patchconv.layers import batch_agnostic, build_shape
 from patchconv.nn import branches, conv, core, normalization, pooling, reshaping
-from patchconv.nn.base import Layer
+from patchconv.nn.base import Layer, set_all_weights
 from patchconv.nn.losses import Loss, get_loss
 from patchconv.nn.optimizers import Optimizer, get_optimizer
 
@@ -115,7 +116,7 @@ class Sequential:
 
     def build(self, input_shape: Sequence[int]) -> None:
         """Build every layer for inputs of ``input_shape`` (batch axis included)."""
-        shape = tuple(int(v) for v in input_shape)
+        shape = build_shape(input_shape, func="Sequential.build")
         self.input_shape = shape
         self.output_shapes = []
         for layer in self.layers:
@@ -124,6 +125,7 @@ class Sequential:
             shape = tuple(layer.compute_output_shape(shape))
             self.output_shapes.append(shape)
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         shape = tuple(int(v) for v in input_shape)
         for layer in self.layers:
@@ -370,18 +372,9 @@ class Sequential:
         return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
-        """Load :meth:`get_weights`' list; checks the count before any layer changes."""
-        counts = [len(layer.weight_names()) for layer in self.layers]
-        if not isinstance(weights, (list, tuple)) or len(weights) != sum(counts):
-            got = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
-            raise PatchconvError(
-                f"Sequential.set_weights: expected {sum(counts)} arrays; got {got}"
-            )
-        start = 0
-        for layer, count in zip(self.layers, counts, strict=True):
-            if count:
-                layer.set_weights(list(weights[start : start + count]))
-            start += count
+        """Load :meth:`get_weights`' list, all or nothing: on any error (count, shape, dtype)
+        every layer keeps its weights."""
+        set_all_weights(self.layers, weights, func="Sequential.set_weights")
 
     def weights_dict(self) -> dict[str, np.ndarray]:
         """``{"layers.{i}.{ClassName}.{weight}": array}``: what :meth:`save_weights` writes."""
@@ -428,7 +421,9 @@ class Sequential:
         try:
             data = np.load(path, allow_pickle=False)
         except (zipfile.BadZipFile, ValueError, EOFError) as exc:
-            raise PatchconvError(f"{func}: {path} is not an .npz weights file ({exc})") from exc
+            raise PatchconvError(
+                f"{func}: {path} is not an .npz weights file ({type(exc).__name__})"
+            ) from exc
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise PatchconvError(f"{func}: {path} is not an .npz weights file (a single array)")
         try:
@@ -457,11 +452,8 @@ class Sequential:
                 raise PatchconvError(
                     f"{func}: {key} must have shape {arr.shape}; got {found[key].shape} in {path}"
                 )
-        for i, layer in enumerate(self.layers):
-            names = layer.weight_names()
-            if names:
-                prefix = f"layers.{i}.{type(layer).__name__}."
-                layer.set_weights([found[prefix + n] for n in names])
+        # In the model's own order: set_all_weights restores every layer on any later refusal.
+        set_all_weights(self.layers, [found[key] for key in expected], func=func)
 
     # -- description ----------------------------------------------------------------------
     def summary(self) -> str:

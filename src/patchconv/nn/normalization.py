@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import PatchconvError
-from patchconv.layers import check_initializer, initialize
+from patchconv.layers import build_shape, check_initializer, initialize
 from patchconv.nn.base import Layer
 
 __all__ = ["BatchNormalization"]
@@ -121,7 +121,7 @@ class BatchNormalization(Layer):
         self.moving_variance = initialize(
             init["moving_variance_initializer"], shape, dtype=self.dtype
         )
-        self.input_shape = tuple(int(v) for v in input_shape)
+        self.input_shape = build_shape(input_shape, func=f"{type(self).__name__}.build")
 
     def _broadcast(self, v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
         shape = [1] * ndim

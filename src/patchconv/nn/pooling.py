@@ -20,7 +20,7 @@ from patchconv._spec import (
     normalize_padding,
     normalize_pair,
 )
-from patchconv.layers import padding_from_config, padding_to_config
+from patchconv.layers import batch_agnostic, padding_from_config, padding_to_config
 from patchconv.nn.base import Layer, spatial_axes
 
 __all__ = ["AveragePool2D", "GlobalAveragePooling2D", "MaxPool2D"]
@@ -91,6 +91,7 @@ class _Pool2D(Layer):
             out.append((size + lo + hi - k) // s + 1)
         return pads, out[0], out[1]
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         _, oh, ow = self._geometry(input_shape)
         shape = [int(v) for v in input_shape]
@@ -301,6 +302,7 @@ class GlobalAveragePooling2D(Layer):
                 f"{tuple(shape)}"
             )
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         self._check(input_shape)
         ha, wa, ca = spatial_axes(self.data_format)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from patchconv._spec import PadPairs, PatchconvError, normalize_data_format, normalize_padding
+from patchconv.layers import batch_agnostic
 from patchconv.nn.base import Layer, spatial_axes
 
 __all__ = ["Flatten", "ZeroPadding2D"]
@@ -45,6 +46,7 @@ class Flatten(Layer):
         self.data_format = normalize_data_format(data_format, func="Flatten")
         self._shape: tuple[int, ...] | None = None
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         if len(input_shape) < 1:
             raise PatchconvError("Flatten: input must have a batch axis; got shape ()")
@@ -113,6 +115,7 @@ class ZeroPadding2D(Layer):
         width[ha], width[wa] = self.pads
         return width
 
+    @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         width = self._width(len(input_shape))
         return tuple(int(v) + lo + hi for v, (lo, hi) in zip(input_shape, width, strict=True))
