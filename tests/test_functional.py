@@ -182,3 +182,20 @@ def test_same_upper_and_same_lower_differ_on_odd_total_padding() -> None:
     assert upper[0, 0, 0, 0] == 0 + 1 + 4 + 5
     assert lower[0, 0, 0, 0] == 0.0
     assert lower[0, 3, 3, 0] == 10 + 11 + 14 + 15
+
+
+@pytest.mark.parametrize(("algorithm", "most"), [
+    ("gemm", 3 * 3), ("winograd_f2", 4 * 4), ("winograd_f4", 8 * 8), ("fft", 32 * 32),
+])  # fmt: skip
+def test_a_nan_pixel_reaches_as_the_readme_says(algorithm: str, most: int) -> None:
+    # gemm: the 3x3 outputs around it; winograd: the tiles it falls in; fft: everything.
+    k = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        for at in (4, 5, 6, 13):
+            x = np.ones((1, 32, 32, 16), np.float32)
+            x[0, at, at, 0] = np.nan
+            out = patchconv.conv2d(x, k, padding="same", algorithm=algorithm)
+            spoilt = np.isnan(out).any(-1)[0]
+            assert spoilt[at - 1 : at + 2, at - 1 : at + 2].all()
+            assert 9 <= spoilt.sum() <= most
+    assert algorithm != "fft" or spoilt.all()
