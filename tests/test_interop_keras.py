@@ -292,8 +292,26 @@ def test_branching_functional_model_is_refused() -> None:
     inputs = keras.Input((6, 6, 2))
     a = L.Conv2D(2, 3, padding="same")(inputs)
     model = keras.Model(inputs, L.Add()([a, inputs]))
-    with pytest.raises(PatchconvError, match=r"only single-chain Functional models are supported"):
+    with pytest.raises(
+        PatchconvError,
+        match=r"layer 'add\w*' is not fed by .* \(inputs \['conv2d\w*', 'input_layer\w*'\]\)",
+    ):
         from_keras(model)
+
+
+def test_softmax_over_several_axes() -> None:
+    model = keras.Sequential([keras.Input((3, 4, 5)), L.Softmax(axis=[2, 3])])
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    ours = from_keras(model)
+    assert_close(ours.predict(x), np.asarray(model(x)), np.float32)
+    assert ours.layers[0].get_config()["axis"] == [2, 3]
+
+
+@pytest.mark.parametrize("padding", [1, "same_lower", ((1, 0), (0, 1))])
+def test_to_keras_refuses_padding_keras_lacks(padding: object) -> None:
+    model = nn.Sequential([nn.Conv2D(2, 3, padding=padding, name="c")], input_shape=(6, 6, 1))
+    with pytest.raises(PatchconvError, match=r"to_keras: layer 'c': padding .* has no Keras"):
+        to_keras(model)
 
 
 def test_not_a_model() -> None:

@@ -240,6 +240,78 @@ def test_non_constant_weight_and_unsupported_attribute(tmp_path: Path) -> None:
         from_onnx(_graph_model(nodes, {}, (1, 1, 5, 5), (1, 1, 3, 3)))
 
 
+def _run_both(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return from_onnx(model).predict(x), _onnxruntime(model.SerializeToString(), x)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("axis", [1, 2, -1])
+def test_softmax_before_opset_13_normalises_everything_from_its_axis(opset: int, axis: int) -> None:
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    model = _graph_model(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=axis)], {}, x.shape, x.shape, opset
+    )
+    ours, theirs = _run_both(model, x)
+    assert_close(ours, theirs, np.float32)
+
+
+def test_gemm_and_matmul_biases_follow_onnx_broadcasting() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
+    w = rng.standard_normal((6, 12)).astype(np.float32)
+    for c in (rng.standard_normal((1, 6)), rng.standard_normal(6), np.array(0.5)):
+        nodes = [
+            helper.make_node("Flatten", ["x"], ["f"]),
+            helper.make_node("Gemm", ["f", "w", "c"], ["y"], transB=1, beta=0.5),
+        ]
+        model = _graph_model(nodes, {"w": w, "c": c.astype(np.float32)}, x.shape, (2, 6))
+        ours, theirs = _run_both(model, x)
+        assert_close(ours, theirs, np.float32)
+    for op, inits in (
+        ("Gemm", {"w": w, "c": np.ones((2, 6), np.float32)}),
+        ("MatMul", {"w": w.T.copy(), "c": np.ones((2, 1), np.float32)}),
+    ):
+        nodes = [helper.make_node("Flatten", ["x"], ["f"])] + (
+            [helper.make_node("Gemm", ["f", "w", "c"], ["y"], transB=1, name="g")]
+            if op == "Gemm"
+            else [
+                helper.make_node("MatMul", ["f", "w"], ["m"]),
+                helper.make_node("Add", ["m", "c"], ["y"], name="g"),
+            ]
+        )
+        with pytest.raises(PatchconvError, match=r"node 'g' .*the bias must be the same for"):
+            from_onnx(_graph_model(nodes, inits, x.shape, (2, 6)))
+
+
+def test_reshape_that_is_not_a_flatten_and_training_mode_are_refused() -> None:
+    x_shape = (2, 16, 1, 1)
+    for target in ([-1, 8], [4, -1]):
+        nodes = [helper.make_node("Reshape", ["x", "s"], ["y"], name="r")]
+        inits = {"s": np.array(target, np.int64)}
+        with pytest.raises(PatchconvError, match=r"node 'r' \(Reshape\): only a reshape to"):
+            from_onnx(_graph_model(nodes, inits, x_shape, (4, 8)))
+    nodes = [helper.make_node("Reshape", ["x", "s"], ["y"])]
+    model = _graph_model(nodes, {"s": np.array([-1, 16], np.int64)}, x_shape, (2, 16))
+    x = np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)
+    ours, theirs = _run_both(model, x)
+    assert_close(ours, theirs, np.float32)
+    nodes = [helper.make_node("Dropout", ["x", "r", "t"], ["y"], name="d")]
+    inits = {"r": np.array(0.5, np.float32), "t": np.array(True)}
+    with pytest.raises(PatchconvError, match=r"node 'd' \(Dropout\): Dropout in training mode"):
+        from_onnx(_graph_model(nodes, inits, x_shape, x_shape))
+    stats = {k: np.ones(16, np.float32) for k in ("s", "b", "m", "v")}
+    nodes = [
+        helper.make_node(
+            "BatchNormalization",
+            ["x", "s", "b", "m", "v"],
+            ["y", "rm", "rv", "sm", "sv"],
+            name="bn",
+        )
+    ]
+    with pytest.raises(PatchconvError, match=r"node 'bn' \(BatchNormalization\): training"):
+        from_onnx(_graph_model(nodes, stats, x_shape, x_shape, 13))
+
+
 def test_add_branches_gradients_config_and_saving(tmp_path: Path) -> None:
     """The residual block trains like any layer: finite differences, config, save/load."""
     rng = np.random.default_rng(0)

@@ -260,6 +260,48 @@ def test_unsupported_modules_are_named() -> None:
         from_torch(tnn.Sequential(tnn.MaxPool2d(2, ceil_mode=True)))
 
 
+def test_modules_whose_forward_the_state_dict_cannot_show_are_refused() -> None:
+    class Residual(tnn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + super().forward(x)
+
+    with pytest.raises(PatchconvError, match=r"got Residual \(a custom forward\(\)"):
+        from_torch(Residual(tnn.Conv2d(3, 3, 3, padding=1)))
+    with pytest.raises(PatchconvError, match=r"module '1' \(Residual\) subclasses nn.Sequential"):
+        from_torch(tnn.Sequential(tnn.ReLU(), Residual(tnn.Conv2d(3, 3, 3, padding=1))))
+
+    class Scaled(tnn.Conv2d):
+        pass
+
+    with pytest.raises(PatchconvError, match=r"module '0' \(.*Scaled\) is not supported"):
+        from_torch(tnn.Sequential(Scaled(3, 3, 3)))
+    hooked = tnn.Sequential(tnn.Conv2d(3, 4, 3))
+    hooked[0].register_forward_hook(lambda module, inputs, output: output * 3)
+    with pytest.raises(PatchconvError, match=r"module '0' \(Conv2d\) has a forward hook"):
+        from_torch(hooked)
+
+
+def test_architecture_entries_are_checked_key_by_key() -> None:
+    state = {"0.weight": np.ones((4, 3, 3, 3), np.float32), "0.bias": np.zeros(4, np.float32)}
+    conv = {"type": "Conv2d", "name": "0", "in_channels": 3, "out_channels": 4, "kernel_size": 3}
+    pool = from_state_dict(state, [conv, {"type": "MaxPool2d", "kernel_size": 2}])
+    assert pool.predict(np.ones((1, 3, 8, 8), np.float32)).shape == (1, 4, 3, 3)
+    for entry, match in (
+        ({**conv, "strides": 2}, r"module '0' \(Conv2d\): unknown keys \['strides'\]"),
+        ({k: v for k, v in conv.items() if k != "kernel_size"}, r"Conv2d needs \['kernel_size'\]"),
+        ({**conv, "padding": "same", "stride": 2}, r"padding='same' needs stride 1"),
+    ):
+        with pytest.raises(PatchconvError, match=match):
+            from_state_dict(state, [entry])
+    with pytest.raises(PatchconvError, match=r"padding must be an int or \(left, right, top"):
+        from_state_dict(state, [{"type": "ZeroPad2d", "padding": [1, 2]}, conv])
+    bn = {"type": "BatchNorm2d", "name": "1", "num_features": 4}
+    stats = {f"1.{k}": np.ones(5, np.float32) for k in ("weight", "bias")}
+    stats |= {f"1.{k}": np.ones(4, np.float32) for k in ("running_mean", "running_var")}
+    with pytest.raises(PatchconvError, match=r"module '1' \(BatchNorm2d\): weight must have"):
+        from_state_dict(state | stats, [conv, bn])
+
+
 def test_state_dict_and_architecture_must_agree(saved: tuple) -> None:
     module, folder, _, _ = saved
     arch = describe(module)

@@ -231,6 +231,7 @@ def test_activation_matches_pytorch_autograd(activation: str) -> None:
         nn.ReLU(negative_slope=0.1, threshold=0.3),
         nn.LeakyReLU(),
         nn.Softmax(axis=1),
+        nn.Softmax(axis=[1, 2]),
         nn.Sigmoid(),
         nn.Tanh(),
     ],

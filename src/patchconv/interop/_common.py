@@ -53,6 +53,8 @@ def layer_error(func: str, where: str, build: Callable[[], T]) -> T:
     try:
         return build()
     except (PatchconvError, TypeError) as exc:
+        if str(exc).startswith(f"{func}: "):  # already names the function (and the layer)
+            raise
         raise type(exc)(f"{func}: {where}: {exc}") from exc
 
 

@@ -213,6 +213,13 @@ def _axis(value: Any) -> int:
     return int(value)
 
 
+def _axes(value: Any) -> int | list[int]:
+    """Keras' Softmax axis: an int, or a list of several (normalised jointly)."""
+    if isinstance(value, (list, tuple)) and len(value) > 1:
+        return [int(v) for v in value]
+    return _axis(value)
+
+
 def _layer_from_config(
     class_name: str, config: Mapping[str, Any], *, func: str, where: str
 ) -> nn.Layer | None:
@@ -261,7 +268,7 @@ def _layer_from_config(
             c.get("max_value"), c.get("negative_slope", 0.0), c.get("threshold", 0.0), **common
         ),
         "LeakyReLU": lambda: nn.LeakyReLU(c.get("negative_slope", c.get("alpha", 0.3)), **common),
-        "Softmax": lambda: nn.Softmax(_axis(c.get("axis", -1)), **common),
+        "Softmax": lambda: nn.Softmax(_axes(c.get("axis", -1)), **common),
         "MaxPooling2D": lambda: nn.MaxPool2D(
             _pairs(c.get("pool_size", 2)),
             _pairs(c.get("strides")),
@@ -310,6 +317,17 @@ def _layer_from_config(
     return layer_error(func, where, builders[class_name])
 
 
+def _sources(arg: Any, out: list[Any]) -> None:
+    """The layers named by the keras_history of every tensor in a node's (nested) args."""
+    if isinstance(arg, (list, tuple)):
+        for item in arg:
+            _sources(item, out)
+    elif isinstance(arg, dict):
+        history = arg.get("config", {}).get("keras_history")
+        if history:
+            out.append(history[0])
+
+
 def _layer_list(model_config: Mapping[str, Any], *, func: str) -> tuple[str, list[dict[str, Any]]]:
     """``(model class, [layer entries])``; a Functional model must be one chain of layers."""
     kind = model_config.get("class_name")
@@ -324,16 +342,9 @@ def _layer_list(model_config: Mapping[str, Any], *, func: str) -> tuple[str, lis
         previous = None
         for entry in layers:
             nodes = entry.get("inbound_nodes") or []
-            sources = []
+            sources: list[Any] = []
             for node in nodes:
-                for arg in node.get("args", []) if isinstance(node, dict) else []:
-                    history = (
-                        arg.get("config", {}).get("keras_history")
-                        if isinstance(arg, dict)
-                        else None
-                    )
-                    if history:
-                        sources.append(history[0])
+                _sources(node.get("args", []) if isinstance(node, dict) else [], sources)
             if entry.get("class_name") == "InputLayer":
                 if previous is not None:
                     raise PatchconvError(
@@ -577,9 +588,9 @@ def _keras_config(layer: Any) -> dict[str, Any]:
             )
     if name == "ZeroPadding2D":
         config["padding"] = tuple(tuple(p) for p in config["padding"])
-    if isinstance(config.get("padding"), list):
+    if name != "ZeroPadding2D" and config.get("padding", "valid") not in ("valid", "same"):
         raise PatchconvError(
-            f"to_keras: layer {layer.name!r}: explicit padding {config['padding']} has no Keras "
+            f"to_keras: layer {layer.name!r}: padding {config['padding']!r} has no Keras "
             "counterpart (Keras has 'valid' and 'same'; add a ZeroPadding2D)"
         )
     if name == "Flatten":

@@ -6,6 +6,7 @@ HWIO kernels, so weights are transposed at this edge and nowhere else.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +114,9 @@ class OnnxGraph:
     outputs: list[str]
     opset: int = 0
     producers: dict[str, OnnxNode] = field(default_factory=dict)
+    # Each tensor's shape as ONNX's shape inference gives it (None for an unknown dimension);
+    # tensors it cannot type are missing.
+    shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
 
 
 def read_onnx(path_or_model: Any) -> OnnxGraph:
@@ -170,7 +174,27 @@ def read_onnx(path_or_model: Any) -> OnnxGraph:
         )
     out = OnnxGraph(nodes, initializers, inputs, [v.name for v in graph.output], opset)
     out.producers = {t: n for n in nodes for t in n.outputs}
+    out.shapes = _inferred_shapes(model)
     return out
+
+
+def _inferred_shapes(model: Any) -> dict[str, tuple[int | None, ...]]:
+    """Tensor name -> shape, from ``onnx.shape_inference`` (empty where it cannot run)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is a help for checks, never a reason to refuse a model
+        return {}
+    shapes = {}
+    g = inferred.graph
+    for value in [*g.input, *g.value_info, *g.output]:
+        t = value.type.tensor_type
+        if t.HasField("shape"):
+            shapes[value.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
+            )
+    return shapes
 
 
 SUPPORTED_OPS = (
@@ -229,6 +253,20 @@ class _Converter:
                 "computed in the graph",
             )
         return np.asarray(self.g.initializers[name])
+
+    def row_bias(self, node: OnnxNode, c: np.ndarray, width: int | None = None) -> np.ndarray:
+        """A constant added to every row of a (batch, width) product -> its (width,) bias; one
+        that differs from row to row (shape (k, 1), (k, width)) is refused."""
+        if c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
+            raise self.fail(
+                node,
+                f"the bias must be the same for every row (shape (n,), (1, n) or a scalar); got "
+                f"shape {c.shape}",
+            )
+        flat = c.reshape(-1)
+        if width is not None and flat.size not in (1, width):
+            raise self.fail(node, f"the bias must have {width} values; got shape {c.shape}")
+        return flat
 
     def is_merge(self, node: OnnxNode) -> bool:
         return node.op_type == "Add" and all(t not in self.g.initializers for t in node.inputs[:2])
@@ -334,9 +372,7 @@ class _Converter:
                 bias = (
                     None
                     if c is None
-                    else np.broadcast_to(
-                        c * np.asarray(a.get("beta", 1.0), dtype=c.dtype), kernel.shape[1:]
-                    )
+                    else self.row_bias(node, c) * np.asarray(a.get("beta", 1.0), dtype=c.dtype)
                 )
             else:
                 kernel, bias = w, None
@@ -346,10 +382,11 @@ class _Converter:
                     k = 1 if add.inputs[0] == out else 0
                     c = self.const(add, k)
                     assert c is not None
-                    if c.size == kernel.shape[1]:
-                        bias = c.reshape(-1)
-                        self.skip.add(id(add))
-                        out = add.outputs[0]
+                    bias = self.row_bias(add, c, int(kernel.shape[1]))
+                    self.skip.add(id(add))
+                    out = add.outputs[0]
+            if bias is not None:
+                bias = np.broadcast_to(bias, kernel.shape[1:])
             dense = nn.Dense(
                 int(kernel.shape[1]), use_bias=bias is not None, name=node.name or None
             )
@@ -358,6 +395,12 @@ class _Converter:
             )
             return [dense], out
         if op == "Add":
+            if self.is_merge(node):
+                raise self.fail(
+                    node,
+                    "an Add of two computed tensors is supported only where it closes a residual "
+                    "block (two branches from one tensor)",
+                )
             raise self.fail(
                 node, "an Add of a constant that does not follow a MatMul is not supported"
             )
@@ -365,6 +408,12 @@ class _Converter:
             self.check_attrs(
                 node, {"epsilon": None, "momentum": None, "training_mode": [0], "spatial": [1]}
             )
+            if len([t for t in node.outputs if t]) > 1:
+                raise self.fail(
+                    node,
+                    "training mode (batch statistics, running statistics as outputs) is not "
+                    "supported; export the model in eval mode",
+                )
             scale, bias, mean, var = (self.const(node, i) for i in range(1, 5))
             bn = nn.BatchNormalization(
                 axis=1,
@@ -410,14 +459,22 @@ class _Converter:
         if op == "Reshape":
             shape = self.const(node, 1)
             assert shape is not None
-            if shape.tolist() not in (
-                [0, -1],
-                [-1, int(np.prod(shape[1:]) if shape.size > 1 else 0)],
-            ) and not (shape.size == 2 and shape[1] == -1):
+            target = shape.tolist()
+            given = self.g.shapes.get(node.inputs[0])
+            dims = [v for v in given[1:] if v is not None] if given is not None else []
+            features = (
+                math.prod(dims) if given is not None and len(dims) == len(given) - 1 else None
+            )
+            # A flatten keeps the batch: (0, -1), (batch, -1) with 0 copying it, or (-1, k)
+            # where k is every feature of one sample.
+            if not (
+                target == [0, -1]
+                or (len(target) == 2 and target[0] == -1 and target[1] == features)
+            ):
                 raise self.fail(
                     node,
                     "only a reshape to (batch, -1) (a flatten) is supported; got shape "
-                    f"{shape.tolist()}",
+                    f"{target} for an input of shape {given}",
                 )
             return [nn.Flatten(cf, name=node.name or None)], out
         if op == "Relu":
@@ -430,7 +487,20 @@ class _Converter:
             return [nn.Tanh(name=node.name or None)], out
         if op == "Softmax":
             axis = int(a.get("axis", -1 if self.g.opset >= 13 else 1))
-            return [nn.Softmax(axis, name=node.name or None)], out
+            if self.g.opset >= 13:
+                return [nn.Softmax(axis, name=node.name or None)], out
+            # Before opset 13 the input is flattened from axis on and normalised as one row.
+            given = self.g.shapes.get(node.inputs[0])
+            if given is None:
+                raise self.fail(
+                    node,
+                    f"Softmax before opset 13 (here {self.g.opset}) needs its input's rank, "
+                    "which shape inference could not give",
+                )
+            rank = len(given)
+            first = axis + rank if axis < 0 else axis
+            axes = list(range(first, rank))
+            return [nn.Softmax(axes[0] if len(axes) == 1 else axes, name=node.name or None)], out
         if op == "Clip":
             lo = a.get("min") if "min" in a else self.const(node, 1, required=False)
             hi = a.get("max") if "max" in a else self.const(node, 2, required=False)
@@ -441,7 +511,14 @@ class _Converter:
             return [
                 nn.ReLU(max_value=None if hi is None else float(hi), name=node.name or None)
             ], out
-        if op in ("Dropout", "Identity"):
+        if op == "Dropout":
+            training = self.const(node, 2, required=False)
+            if (training is not None and bool(training)) or a.get("is_test", 1) == 0:
+                raise self.fail(
+                    node, "Dropout in training mode is not supported; export in eval mode"
+                )
+            return [], out
+        if op == "Identity":
             return [], out
         raise self.fail(node, f"op {op!r} is not supported; supported: {list(SUPPORTED_OPS)}")
 
@@ -474,5 +551,11 @@ def from_onnx(path_or_model: Any) -> Any:
         raise PatchconvError(f"{func}: the graph does not end at its output {graph.outputs[0]!r}")
     model = nn.Sequential(layers, name="onnx")
     if all(v is not None for v in shape[1:]):
-        model.build((1, *(int(v or 0) for v in shape[1:])))
+        try:
+            model.build((1, *(int(v or 0) for v in shape[1:])))
+        except PatchconvError as exc:
+            raise PatchconvError(
+                f"{func}: the layers read from the graph do not fit its input {name!r} of shape "
+                f"{shape} (a broadcasting op?): {exc}"
+            ) from exc
     return model

@@ -211,16 +211,35 @@ def describe(module: Any) -> list[dict[str, Any]]:
     func = "describe"
     out: list[dict[str, Any]] = []
 
+    def no_hooks(mod: Any, name: str) -> None:
+        # A hook changes what forward() returns, and the state_dict cannot say how.
+        for attr in ("_forward_hooks", "_forward_pre_hooks"):
+            if getattr(mod, attr, None):
+                raise PatchconvError(
+                    f"{func}: module {name!r} ({type(mod).__name__}) has a forward hook, which "
+                    "cannot be read; remove it or export the model to ONNX"
+                )
+
     def walk(mod: Any, prefix: str) -> None:
         for key, child in mod.named_children():
             name = f"{prefix}{key}"
+            no_hooks(child, name)
+            cls = type(child).__name__
             if isinstance(child, torch.nn.Sequential):
+                if type(child).forward is not torch.nn.Sequential.forward:
+                    raise PatchconvError(
+                        f"{func}: module {name!r} ({cls}) subclasses nn.Sequential with its own "
+                        "forward(), which cannot be read; export the model to ONNX"
+                    )
                 walk(child, f"{name}.")
                 continue
-            cls = type(child).__name__
-            if cls not in _ARGS or type(child).__module__.split(".")[0] != "torch":
+            # Exactly PyTorch's class: a subclass (a user's, or e.g. torch.ao's quantization
+            # -aware Conv2d) may compute something else under the same name.
+            if cls not in _ARGS or type(child) is not getattr(torch.nn, cls, None):
+                where = type(child).__module__
+                label = cls if where.startswith("torch.nn.modules") else f"{where}.{cls}"
                 raise PatchconvError(
-                    f"{func}: module {name!r} ({cls}) is not supported; supported: "
+                    f"{func}: module {name!r} ({label}) is not supported; supported: torch.nn's "
                     f"{sorted(SUPPORTED_MODULES)} inside nn.Sequential"
                 )
             entry: dict[str, Any] = {"type": cls, "name": name}
@@ -233,11 +252,15 @@ def describe(module: Any) -> list[dict[str, Any]]:
                 entry[arg] = value
             out.append(entry)
 
-    if not isinstance(module, torch.nn.Sequential):
+    if (
+        not isinstance(module, torch.nn.Sequential)
+        or type(module).forward is not torch.nn.Sequential.forward
+    ):
         raise PatchconvError(
             f"{func}: module must be a torch.nn.Sequential; got {type(module).__name__} (a custom "
             "forward() cannot be read; rebuild it as nn.Sequential or export it to ONNX)"
         )
+    no_hooks(module, "")
     walk(module, "")
     return out
 
@@ -267,9 +290,35 @@ def _torch_pads(padding: Any, kernel: tuple[int, int], dilation: tuple[int, int]
     return ((ph, ph), (pw, pw))
 
 
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "Conv2d": ("in_channels", "out_channels", "kernel_size"),
+    "Linear": ("in_features", "out_features"),
+    "BatchNorm2d": ("num_features",),
+    "MaxPool2d": ("kernel_size",),
+    "AvgPool2d": ("kernel_size",),
+}
+
+
+def _check_keys(entry: Mapping[str, Any]) -> None:
+    """Every key of an architecture entry known (a misspelt one would silently be the default),
+    and the arguments without a default present."""
+    kind = entry.get("type")
+    if kind not in _ARGS:
+        raise PatchconvError(
+            f"module type {kind!r} is not supported; supported: {sorted(SUPPORTED_MODULES)}"
+        )
+    known = {"type", "name", *_ARGS[kind]}
+    unknown = sorted(str(k) for k in entry if k not in known)
+    if unknown:
+        raise PatchconvError(f"unknown keys {unknown}; {kind} takes {sorted(_ARGS[kind])}")
+    missing = [k for k in _REQUIRED.get(kind, ()) if k not in entry]
+    if missing:
+        raise PatchconvError(f"{kind} needs {missing}")
+
+
 def _check(entry: Mapping[str, Any], rules: Mapping[str, Any]) -> None:
     for key, allowed in rules.items():
-        value = entry.get(key, allowed)
+        value = entry.get(key, allowed[0] if isinstance(allowed, list) else allowed)
         if isinstance(value, list):
             value = tuple(value)
         ok = value in allowed if isinstance(allowed, list) else value == allowed
@@ -283,6 +332,7 @@ def _layer(
     """One architecture entry -> (patchconv.nn layer or None, state -> weights in Keras order)."""
     from patchconv import nn
 
+    _check_keys(entry)
     kind = entry.get("type")
     e = dict(entry)
     name = str(e.get("name", ""))
@@ -304,6 +354,10 @@ def _layer(
         groups = int(e.get("groups", 1))
         bias = bool(e.get("bias", True))
         mode = e.get("padding_mode", "zeros")
+        if e.get("padding") == "same" and _pair(e.get("stride", 1)) != (1, 1):
+            raise PatchconvError(
+                f"padding='same' needs stride 1 (as in PyTorch); got stride {e.get('stride')!r}"
+            )
         layer: Any = nn.Conv2D(
             int(e["out_channels"]),
             kernel,
@@ -353,8 +407,15 @@ def _layer(
         )
 
         def bn_weights(state: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-            stats = [get(state, "running_mean"), get(state, "running_var")]
-            return ([get(state, "weight"), get(state, "bias")] if affine else []) + stats
+            keys = ["weight", "bias"] if affine else []
+            arrays = [get(state, k) for k in [*keys, "running_mean", "running_var"]]
+            features = (int(e["num_features"]),)
+            for key, arr in zip([*keys, "running_mean", "running_var"], arrays, strict=True):
+                if arr.shape != features:
+                    raise PatchconvError(
+                        f"{func}: {where}: {key} must have shape {features}; got {arr.shape}"
+                    )
+            return arrays
 
         return layer, bn_weights
     if kind in ("MaxPool2d", "AvgPool2d"):
@@ -398,6 +459,10 @@ def _layer(
         return None, no_weights
     if kind == "ZeroPad2d":
         pad = e.get("padding", 0)
+        if isinstance(pad, (list, tuple)) and len(pad) != 4:
+            raise PatchconvError(
+                f"padding must be an int or (left, right, top, bottom); got {pad!r}"
+            )
         left, right, top, bottom = (
             (int(pad),) * 4 if not isinstance(pad, (list, tuple)) else tuple(int(v) for v in pad)
         )

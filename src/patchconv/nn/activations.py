@@ -25,13 +25,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+def softmax(x: np.ndarray, axis: int | tuple[int, ...] = -1) -> np.ndarray:
     """exp(x) / sum(exp(x)) along ``axis``, shifted by the max so exp never overflows."""
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def softmax_backward(g: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+def softmax_backward(g: np.ndarray, y: np.ndarray, axis: int | tuple[int, ...] = -1) -> np.ndarray:
     """The softmax Jacobian-vector product: ``y * (g - sum(g * y))`` along ``axis``."""
     return y * (g - (g * y).sum(axis=axis, keepdims=True))
 

@@ -301,23 +301,25 @@ class LeakyReLU(ReLU):
 
 
 class Softmax(Activation):
-    """Keras' ``Softmax`` along ``axis`` (default the last)."""
+    """Keras' ``Softmax`` along ``axis`` (default the last), or jointly along a list of axes."""
 
     def __init__(
         self,
-        axis: int = -1,
+        axis: int | Sequence[int] = -1,
         *,
         name: str | None = None,
         dtype: str = "float32",
         trainable: bool = True,
     ) -> None:
         super().__init__("linear", name=name, dtype=dtype, trainable=trainable)
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise TypeError(f"Softmax: axis must be an int; got {axis!r}")
-        self.axis = axis
+        axes = tuple(axis) if isinstance(axis, (list, tuple)) else (axis,)
+        if not axes or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes):
+            raise TypeError(f"Softmax: axis must be an int or a list of ints; got {axis!r}")
+        self.axis: int | tuple[int, ...] = axes if isinstance(axis, (list, tuple)) else axes[0]
 
     def _fn(self, x: np.ndarray) -> np.ndarray:
-        if not -x.ndim <= self.axis < x.ndim:
+        axes = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+        if not all(-x.ndim <= a < x.ndim for a in axes):
             raise PatchconvError(
                 f"Softmax: axis ({self.axis}) must index the input's {x.ndim} axes; got x {x.shape}"
             )
@@ -329,7 +331,8 @@ class Softmax(Activation):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         del config["activation"]
-        return {**config, "axis": self.axis}
+        axis = list(self.axis) if isinstance(self.axis, tuple) else self.axis
+        return {**config, "axis": axis}
 
 
 class Dropout(Layer):
