@@ -129,6 +129,15 @@ def test_grey_16_bit_input_and_list_filters(
         (["--strides", "x"], r"apply: --strides must be 1 or 2 comma-separated integers; got 'x'"),
         (["--padding", "1,2,3"], r"apply: --padding must be 1 or 2 or 4 comma-separated"),
         (["--chunks", "64"], r"apply: --chunks needs --filter NAME or --weights FILE"),
+        (["--chunks", "0", "-f", "identity"], r"apply: --chunks must be >= 16 .*; got 0"),
+        (["--chunks", "64", "--size", "8", "-f", "identity"], r"--size resizes in memory"),
+        (["--output-format", "tiff"], r"apply: --output-format is for streaming; it needs"),
+        (["--cluster", "local"], r"apply: --cluster is for streaming; it needs --chunks"),
+        (["-f", "identity,identity"], r"'-f identity' and '-f identity' would both write maps"),
+        (["-f", "identity", "-w", "identity.npy"], r"and '-w identity.npy' would both write"),
+        (["-w", "junk.npz"], r"load_kernel: '.*junk.npz' is not a .npy or .npz array file"),
+        (["-w", "text.npy"], r"is not a .npy or .npz array file \(ValueError; pickled objects"),
+        (["-w", "nan.npy"], r"load_kernel: kernel in '.*nan.npy' holds NaN or Inf values"),
         (
             ["-f", "luma_edges", "--channels", "1"],
             r"filter_kernel: filter 'luma_edges' mixes the three RGB channels, so c_in must be 3; got 1",
@@ -145,6 +154,10 @@ def test_errors_are_one_line_and_leave_no_output(
     monkeypatch.chdir(tmp_path)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save("a.png")
     np.save("bad.npy", np.ones((3, 3, 2, 1)))
+    np.save("identity.npy", np.ones((3, 3)))
+    np.save("nan.npy", np.full((3, 3), np.nan))
+    Path("junk.npz").write_bytes(b"PK\x03\x04junk")
+    Path("text.npy").write_text("1 2 3")
     full = ["apply", *(argv if argv[0] == "missing.png" else ["a.png", *argv])]
     assert main(full) == 2
     err = capsys.readouterr().err
@@ -214,13 +227,48 @@ def test_streaming_errors_and_a_local_cluster(
     tifffile.imwrite(tmp_path / "g.tif", img, tile=(16, 16))
     out = ["-o", str(tmp_path / "o")]
     assert main(["apply", "--chunks", "32", "-f", "identity", *out]) == 2
-    assert main(["apply", str(tmp_path / "g.tif"), "--chunks", "40", "-f", "identity", *out]) == 2
+    tiff40 = ["--chunks", "40", "--output-format", "tiff", "-f", "identity"]
+    assert main(["apply", str(tmp_path / "g.tif"), *tiff40, *out]) == 2
     err = capsys.readouterr().err
     assert "apply: --chunks needs an IMAGE (a large TIFF or Zarr); got none" in err
-    assert "apply: --chunks must be a multiple of 16; got 40" in err
+    assert (
+        "apply: --chunks must be >= 16 (and a multiple of 16 for --output-format tiff); got 40"
+        in err
+    )
     assert not (tmp_path / "o").exists()
     argv = ["apply", str(tmp_path / "g.tif"), "--chunks", "16", "-f", "box_blur", "--scale", "none"]
     assert main([*argv, "--cluster", "local", *out]) == 0
+    # Zarr takes any chunk size from 16; two inputs with one stem get two outputs.
+    import shutil
+
+    shutil.copytree(tmp_path / "o" / "g_box_blur.zarr", tmp_path / "g.zarr")
+    two = ["apply", str(tmp_path / "g.tif"), str(tmp_path / "g.zarr"), "-f", "identity"]
+    assert main([*two, "--chunks", "20", "--scale", "none", *out]) == 0
+    assert (tmp_path / "o" / "g_identity.zarr").is_dir()
+    assert (tmp_path / "o" / "g__identity.zarr").is_dir()
     got = zarr.open_array(tmp_path / "o" / "g_box_blur.zarr", mode="r")[:, :, 0]
     expected = ndi.correlate(img / 65535.0, np.full((5, 5), 1 / 25), mode="constant")
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dark_16_bit_images_keep_their_scale_when_resized(tmp_path: Path) -> None:
+    data = np.linspace(50, 249, 40 * 40).reshape(40, 40).astype(np.uint16)
+    Image.fromarray(data).save(tmp_path / "dark16.png")
+    loaded = images.load_image(tmp_path / "dark16.png", size=20)
+    assert 0.0 < loaded.max() <= 250 / 65535.0
+
+
+def test_alpha_is_dropped_unless_asked_for(tmp_path: Path) -> None:
+    rgba = np.zeros((12, 12, 4), np.uint8)
+    rgba[:, 6:, :3] = 200
+    rgba[..., 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    out = tmp_path / "o"
+    assert (
+        main(["apply", str(tmp_path / "a.png"), "-f", "sobel_x", "--no-sheet", "-o", str(out)]) == 0
+    )
+    written = np.asarray(Image.open(out / "a_sobel_x.png"))
+    assert written.shape == (12, 12, 3)  # no alpha plane: an opaque edge map
+    assert written[:, 5:7].max() > 0 and written[:, :4].max() == 0
+    kept = images.load_image(tmp_path / "a.png")
+    assert kept.shape[2] == 4 and images.load_image(tmp_path / "a.png", alpha=False).shape[2] == 3

@@ -371,6 +371,14 @@ def test_weights_errors(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> No
         in err
     )
 
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"PK\x03\x04junk")
+    rc, _, err = run_cli(capsys, "--weights", str(junk))
+    assert rc == 2 and "is not a readable .npz file (BadZipFile" in err
+    bad = _save_weights(tmp_path / "nan.npz", np.full((3, 3, 3, 2), np.inf, dtype=np.float32))
+    rc, _, err = run_cli(capsys, "--weights", bad)
+    assert rc == 2 and "kernel holds NaN or Inf values" in err
+
     path = _save_weights(tmp_path / "w.npz", np.ones((3, 3, 4, 2), dtype=np.float32))
     rc, _, err = run_cli(capsys, "--weights", path, "--input-shape", "1,5,5,3")
     assert rc == 2
@@ -464,6 +472,11 @@ def test_image_is_read_with_the_weights_channel_count(
             "explain: the dilated kernel height (5) must not exceed the padded input height (4)",
         ),
         (["--batch-index", "1"], "explain: batch_index must be in [0, 1); got 1"),
+        (["--strides", "0"], "explain: strides must be >= 1; got 0"),
+        (["--dilation-rate", "0"], "explain: dilation_rate must be >= 1; got 0"),
+        (["--figure", "."], "--figure must name a file; got the folder '.'"),
+        (["--animate", "walk.mp4"], "--animate must end in .gif; got 'walk.mp4'"),
+        (["--html", "no/such/dir/page.html"], "--html: folder "),
     ],
 )
 def test_cli_errors_are_one_clear_line(

@@ -33,6 +33,10 @@ def test_figure_from_the_command_line(tmp_path: Any, capsys: pytest.CaptureFixtu
     # The highlight colour (the patch, its row, the output pixel) is drawn.
     orange = np.all(np.abs(pixels - [255, 127, 14]) < 30, axis=-1)
     assert orange.sum() > 500
+    # A name without a suffix gets .png, and the message names the file written.
+    assert main(["explain", "--seed", "0", "--figure", str(tmp_path / "bare")]) == 0
+    assert f"wrote the figure to {tmp_path / 'bare.png'}" in capsys.readouterr().err
+    assert (tmp_path / "bare.png").is_file() and not (tmp_path / "bare").exists()
 
 
 @pytest.mark.parametrize(

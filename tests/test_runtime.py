@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -300,3 +302,19 @@ def test_split_range_covers_the_range_longer_pieces_first(n: int, parts: int) ->
     assert len(pieces) == min(n, parts)
     assert max(lengths) - min(lengths) <= 1
     assert lengths == sorted(lengths, reverse=True)
+
+
+def test_numba_caches_in_a_temporary_folder_where_it_could_write_nowhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setattr(_runtime, "_writable", lambda folder: False)
+    _runtime._numba_cache_fallback()
+    assert os.environ["NUMBA_CACHE_DIR"].startswith(tempfile.gettempdir())
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    _runtime._numba_cache_fallback()
+    assert os.environ["NUMBA_CACHE_DIR"] == str(tmp_path)  # the user's choice stays
+    monkeypatch.undo()
+    assert _runtime._writable(str(tmp_path / "new" / "deeper"))  # created when needed
+    (tmp_path / "file.txt").write_text("")
+    assert not _runtime._writable(str(tmp_path / "file.txt" / "sub"))  # under a file: never

@@ -81,8 +81,27 @@ def _apply(args: argparse.Namespace) -> int:
         if name not in images.FILTERS:
             images.filter_kernel(name, 3)  # raises the unknown-filter error with suggestions
     kernels: list[images.Kernel | str] = [*names, *(images.load_kernel(w) for w in args.weights)]
+    streaming = args.chunks is not None
+    if streaming and args.size is not None:
+        raise PatchconvError(
+            f"apply: --size resizes in memory and cannot be used with --chunks; got --size "
+            f"{args.size} and --chunks {args.chunks}"
+        )
+    if not streaming and (args.output_format != "zarr" or args.cluster):
+        given = "--output-format" if args.output_format != "zarr" else "--cluster"
+        raise PatchconvError(f"apply: {given} is for streaming; it needs --chunks")
+    seen: dict[str, str] = {}
+    sources = [*(f"-f {n}" for n in names), *(f"-w {w}" for w in args.weights)]
+    for k, source in zip(kernels, sources, strict=True):
+        label = k if isinstance(k, str) else k.name
+        if label in seen:
+            raise PatchconvError(
+                f"apply: {seen[label]!r} and {source!r} would both write maps named {label!r}; "
+                "give each filter once and each weights file its own name"
+            )
+        seen[label] = source
     if not kernels:
-        if args.chunks:
+        if streaming:
             raise PatchconvError(
                 "apply: --chunks needs --filter NAME or --weights FILE (each is one pass over "
                 "the image); got neither"
@@ -96,11 +115,13 @@ def _apply(args: argparse.Namespace) -> int:
     # Colour-mixing filters read RGB; convert other images unless --channels says otherwise.
     mixing = any(isinstance(k, str) and images.FILTERS[k].mixing is not None for k in kernels)
     channels = args.channels or (3 if mixing else None)
-    if args.chunks:
+    if streaming:
         return _apply_stream(args, kernels, channels, options)
     if args.image:
+        # An alpha channel is dropped unless asked for (--channels 4): filtered like a colour,
+        # it would make edge maps transparent.
         loaded = [
-            (path, images.load_image(path, size=args.size, channels=channels))
+            (path, images.load_image(path, size=args.size, channels=channels, alpha=False))
             for path in args.image
         ]
     else:
@@ -138,8 +159,11 @@ def _apply_stream(
 
     if not args.image:
         raise PatchconvError("apply: --chunks needs an IMAGE (a large TIFF or Zarr); got none")
-    if args.chunks < 16 or args.chunks % 16:
-        raise PatchconvError(f"apply: --chunks must be a multiple of 16; got {args.chunks}")
+    if args.chunks < 16 or (args.output_format == "tiff" and args.chunks % 16):
+        raise PatchconvError(
+            f"apply: --chunks must be >= 16 (and a multiple of 16 for --output-format tiff); "
+            f"got {args.chunks}"
+        )
     sources = [(path, scale.open_image(path)) for path in args.image]  # checks every file first
     client = None
     if args.cluster == "local":
@@ -151,8 +175,14 @@ def _apply_stream(
     parallel = sum(client.nthreads().values()) if client is not None else 2
     out = Path(args.out)
     ext = ".zarr" if args.output_format == "zarr" else ".tif"
+    stems: list[str] = []
+    for path, _ in sources:  # two inputs with one stem (a.tif, a.zarr) get a.., a_..
+        stem = Path(path).stem or "image"
+        while stem in stems:
+            stem += "_"
+        stems.append(stem)
     try:
-        for path, x in sources:
+        for (path, x), stem in zip(sources, stems, strict=True):
             if channels is not None:
                 x = images.convert_channels(x, channels)
             resolved = [images.resolve_kernel(k, int(x.shape[3]), label=path) for k in kernels]
@@ -188,7 +218,7 @@ def _apply_stream(
                 bar = _apply_progress(n_blocks, f"{k.name}: filtering (blocks)")
                 target = scale.write_blocks(
                     y,
-                    out / f"{Path(path).stem}_{k.name}{ext}",
+                    out / f"{stem}_{k.name}{ext}",
                     tile=args.chunks,
                     transform=transform,
                     dtype="float32" if mode == "none" else "uint8",
@@ -231,6 +261,14 @@ def _bench(args: argparse.Namespace) -> int:
                 f"note: {var} is set and slows OpenBLAS; `python3 tasks.py bench` unsets it",
                 file=sys.stderr,
             )
+    if args.rounds is not None and args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1; got {args.rounds}")
+    if args.quick and args.layers:
+        raise ValueError("--quick picks its own 7 layers; give --quick or --layers, not both")
+    for option, path in (("--json", args.json), ("--png", args.png)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if path and not os.path.isdir(folder):
+            raise ValueError(f"{option}: folder {folder!r} does not exist; got {path!r}")
     chosen = layers.select(args.layers, quick=args.quick)
     if not chosen:
         raise ValueError(f"--layers {args.layers} matches no layer of the suite")
@@ -242,7 +280,7 @@ def _bench(args: argparse.Namespace) -> int:
     opts = conv_suite.Options(
         layers=chosen,
         peers=present,
-        rounds=args.rounds if args.rounds else (3 if args.quick else 7),
+        rounds=args.rounds if args.rounds is not None else (3 if args.quick else 7),
         pause=args.pause,
         backward=not args.no_backward,
         memory=not args.no_memory,
@@ -269,6 +307,10 @@ def _train(args: argparse.Namespace) -> int:
     from patchconv._spec import PatchconvError
 
     start = time.perf_counter()
+    if args.plot:
+        from patchconv.explain_cli import picture_path
+
+        args.plot = picture_path(args.plot, option="--plot", suffixes=(".png", ".svg", ".pdf"))
     for option, path in (("--save", args.save), ("--plot", args.plot)):
         folder = os.path.dirname(os.path.abspath(path)) if path else ""
         if path and not os.path.isdir(folder):
@@ -292,7 +334,8 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         batch_size=args.batch_size,
-        verbose=0 if args.quiet else 1,
+        # A bar on a terminal, a line per epoch in a log, nothing beside --json's one object.
+        verbose=0 if args.quiet or args.json else (1 if sys.stderr.isatty() else 2),
     )
     conv = result.first_conv
     if args.save:
@@ -478,9 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(with --chunks)",
     )
     apply.add_argument(
-        "--channels", type=int, choices=(1, 3, 4), help="convert the image to grey, RGB or RGBA"
+        "--channels",
+        type=int,
+        choices=(1, 3, 4),
+        help="convert the image to grey, RGB or RGBA (by default an alpha channel is dropped)",
     )
-    apply.add_argument("--size", type=int, help="resize the image to SIZE x SIZE first")
+    apply.add_argument(
+        "--size", type=int, help="resize the image to SIZE x SIZE first (not with --chunks)"
+    )
     apply.add_argument(
         "-o", "--out", default="patchconv_out", help="output folder (default ./patchconv_out)"
     )
@@ -488,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument(
         "--chunks",
         type=int,
-        help="stream a large image through Dask in CHUNKS x CHUNKS blocks (e.g. 2048)",
+        help="stream a large image through Dask in CHUNKS x CHUNKS blocks (e.g. 2048; at "
+        "least 16, a multiple of 16 for TIFF output)",
     )
     apply.add_argument(
         "--output-format",
@@ -512,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="7 layers, 3 rounds (~2 minutes)")
     bench.add_argument("--layers", nargs="+", metavar="TEXT", help="layers whose name has TEXT")
     bench.add_argument("--peers", nargs="+", metavar="PEER", help="subset of the peers")
-    bench.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 7)")
+    bench.add_argument("--rounds", type=int, help="interleaved rounds (default 7; 3 with --quick)")
     bench.add_argument("--pause", type=float, default=0.15, help="seconds after each peer")
     bench.add_argument("--no-backward", action="store_true", help="skip forward+backward")
     bench.add_argument("--no-memory", action="store_true", help="skip peak memory")

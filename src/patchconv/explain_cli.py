@@ -12,13 +12,14 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Any
+import zipfile
+from typing import Any, overload
 
 import numpy as np
 
 from patchconv._spec import PatchconvError
 
-__all__ = ["load_weights", "parse_ints", "parse_padding", "run"]
+__all__ = ["load_weights", "parse_ints", "parse_padding", "picture_path", "run"]
 
 _PADDING_WORDS = ("valid", "same", "same_lower", "same_upper")
 
@@ -35,9 +36,17 @@ def parse_ints(text: str, *, name: str, counts: tuple[int, ...]) -> tuple[int, .
     return values
 
 
-def _int_or_pair(text: str | None, *, name: str) -> int | tuple[int, int] | None:
+@overload
+def _int_or_pair(text: str | None, *, name: str, default: int) -> int | tuple[int, int]: ...
+@overload
+def _int_or_pair(text: str | None, *, name: str) -> int | tuple[int, int] | None: ...
+def _int_or_pair(
+    text: str | None, *, name: str, default: int | None = None
+) -> int | tuple[int, int] | None:
+    """'2' or '2,1' -> 2 or (2, 1); ``default`` when the option was not given (a given 0 is
+    passed on, to be refused by the layer's own check)."""
     if text is None:
-        return None
+        return default
     values = parse_ints(text, name=name, counts=(1, 2))
     return values[0] if len(values) == 1 else (values[0], values[1])
 
@@ -62,14 +71,34 @@ def parse_padding(text: str) -> Any:
     )
 
 
+def picture_path(path: str, *, option: str, suffixes: tuple[str, ...]) -> str:
+    """The file an output option will really write: the first of ``suffixes`` appended when
+    the name has none (matplotlib would append one anyway), a suffix outside ``suffixes``
+    refused, and so is a folder or a missing parent folder, all before any work."""
+    if os.path.isdir(path):
+        raise PatchconvError(f"{option} must name a file; got the folder {path!r}")
+    suffix = os.path.splitext(path)[1].lower()
+    if not suffix:
+        path += suffixes[0]
+    elif suffix not in suffixes:
+        raise PatchconvError(f"{option} must end in {' or '.join(suffixes)}; got {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise PatchconvError(f"{option}: folder {folder!r} does not exist; got {path!r}")
+    return path
+
+
 def load_weights(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """An .npz with "kernel" (kh, kw, c_in/groups, c_out) and optionally "bias" (c_out,)."""
     if not os.path.isfile(path):
         raise PatchconvError(f"--weights must be an existing .npz file; got {path!r}")
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise PatchconvError(f"--weights {path!r} is not a readable .npz file: {exc}") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise PatchconvError(
+            f"--weights {path!r} is not a readable .npz file ({type(exc).__name__}; pickled "
+            "objects are never loaded)"
+        ) from exc
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise PatchconvError(
             f"--weights {path!r} must be an .npz archive with a 'kernel' array; got a single "
@@ -84,7 +113,7 @@ def load_weights(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         try:
             kernel = data["kernel"]
             bias = data["bias"] if "bias" in keys else None
-        except ValueError as exc:  # object arrays: never unpickled
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # object arrays too
             raise PatchconvError(
                 f"--weights {path!r} holds arrays that need pickle: {exc}"
             ) from exc
@@ -92,6 +121,13 @@ def load_weights(path: str) -> tuple[np.ndarray, np.ndarray | None]:
         raise PatchconvError(
             f"--weights {path!r}: kernel must hold real numbers; got dtype {kernel.dtype}"
         )
+    if bias is not None and bias.dtype.kind not in "fiub":
+        raise PatchconvError(
+            f"--weights {path!r}: bias must hold real numbers; got dtype {bias.dtype}"
+        )
+    for label, arr in (("kernel", kernel), ("bias", bias)):
+        if arr is not None and not np.isfinite(arr).all():
+            raise PatchconvError(f"--weights {path!r}: {label} holds NaN or Inf values")
     if kernel.ndim != 4:
         raise PatchconvError(
             f"--weights {path!r}: kernel must be 4-D (kh, kw, c_in // groups, c_out); got shape "
@@ -155,6 +191,13 @@ def run(args: argparse.Namespace) -> int:
 
     padding = parse_padding(args.padding)
     groups = args.groups
+    if args.figure is not None:
+        figures = (".png", ".svg", ".pdf")
+        args.figure = picture_path(args.figure, option="--figure", suffixes=figures)
+    if args.animate is not None:
+        args.animate = picture_path(args.animate, option="--animate", suffixes=(".gif",))
+    if args.html is not None:
+        args.html = picture_path(args.html, option="--html", suffixes=(".html", ".htm"))
     kernel = bias = None
     notes: dict[str, str] = {}
     if args.weights is not None:
@@ -174,9 +217,9 @@ def run(args: argparse.Namespace) -> int:
         input_shape=input_shape,
         filters=args.filters,
         kernel_size=_int_or_pair(args.kernel_size, name="--kernel-size"),
-        strides=_int_or_pair(args.strides, name="--strides") or 1,
+        strides=_int_or_pair(args.strides, name="--strides", default=1),
         padding=padding,
-        dilation_rate=_int_or_pair(args.dilation_rate, name="--dilation-rate") or 1,
+        dilation_rate=_int_or_pair(args.dilation_rate, name="--dilation-rate", default=1),
         groups=groups,
         data_format=args.data_format,
         position=tuple(args.position),

@@ -16,6 +16,7 @@ import difflib
 import importlib.util
 import os
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ def load_image(
     *,
     size: int | tuple[int, int] | None = None,
     channels: int | None = None,
+    alpha: bool = True,
 ) -> np.ndarray:
     """Read a PNG/JPEG/TIFF/... as float32 ``(h, w, c)`` in ``[0, 1]``.
 
@@ -68,6 +70,9 @@ def load_image(
         Resize to this (an int gives a square), with Lanczos resampling.
     channels : {1, 3, 4}, optional
         Convert to grayscale, RGB or RGBA; by default the file's own (palette images become RGB).
+    alpha : bool
+        False drops the file's alpha channel (RGBA -> RGB, grey+alpha -> grey) where
+        ``channels`` does not ask for one.
     """
     Image = _pillow()
     func = "load_image"
@@ -86,8 +91,13 @@ def load_image(
         img = img.convert({1: "L", 3: "RGB", 4: "RGBA"}[channels])
     elif img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "1"):
         img = img.convert("RGB")
+    elif img.mode in ("LA", "La") and not alpha:
+        img = img.convert("L")
     elif img.mode == "LA":
         img = img.convert("RGBA")
+    if channels is None and not alpha and img.mode in ("RGBA", "RGBa", "PA"):
+        img = img.convert("RGB")
+    sixteen = img.mode in ("I;16", "I;16B", "I;16L")  # kept through a resize below
     if size is not None:
         h, w = (size, size) if isinstance(size, int) else size
         if min(h, w) < 1:
@@ -96,7 +106,7 @@ def load_image(
             img = img.convert("F")
         img = img.resize((int(w), int(h)), Image.Resampling.LANCZOS)
     arr = np.asarray(img)
-    if img.mode in ("I;16", "I;16B", "I;16L"):
+    if sixteen:  # a 16-bit file, even after the resize made it "F": its range is 0..65535
         scaled = arr.astype(np.float32) / 65535.0
     elif img.mode in ("I", "F"):
         scaled = arr.astype(np.float32)
@@ -303,8 +313,17 @@ def load_kernel(path: str | os.PathLike[str]) -> Kernel:
     bias = None
     try:
         loaded = np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise PatchconvError(f"{func}: cannot read {str(p)!r} as .npy/.npz: {exc}") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if "Object arrays" in str(exc):
+            raise PatchconvError(
+                f"{func}: {str(p)!r} holds an object array, which is never loaded (it would "
+                "need pickle)"
+            ) from exc
+        # NumPy's message for a text file suggests allow_pickle: say what the file is not.
+        raise PatchconvError(
+            f"{func}: {str(p)!r} is not a .npy or .npz array file ({type(exc).__name__}; "
+            "pickled objects are never loaded)"
+        ) from exc
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             if "kernel" not in loaded.files:
@@ -312,9 +331,15 @@ def load_kernel(path: str | os.PathLike[str]) -> Kernel:
                     f"{func}: {str(p)!r} must hold an array named 'kernel' (and optionally "
                     f"'bias'); got {sorted(loaded.files)}"
                 )
-            kernel = np.asarray(loaded["kernel"])
-            if "bias" in loaded.files:
-                bias = np.asarray(loaded["bias"])
+            try:
+                kernel = np.asarray(loaded["kernel"])
+                if "bias" in loaded.files:
+                    bias = np.asarray(loaded["bias"])
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise PatchconvError(
+                    f"{func}: {str(p)!r} holds an array we cannot read ({type(exc).__name__}; "
+                    "pickled objects are never loaded)"
+                ) from exc
     else:
         kernel = np.asarray(loaded)
     if kernel.dtype.kind not in "fiu" or kernel.ndim not in (2, 3, 4) or 0 in kernel.shape:
@@ -322,6 +347,13 @@ def load_kernel(path: str | os.PathLike[str]) -> Kernel:
             f"{func}: kernel must be a real (k, k), (kh, kw, c_in) or (kh, kw, c_in, c_out) "
             f"array; got {kernel.dtype} {kernel.shape} from {str(p)!r}"
         )
+    if bias is not None and bias.dtype.kind not in "fiu":
+        raise PatchconvError(
+            f"{func}: bias must hold real numbers; got dtype {bias.dtype} from {str(p)!r}"
+        )
+    for label, arr in (("kernel", kernel), ("bias", bias)):
+        if arr is not None and not np.isfinite(arr).all():
+            raise PatchconvError(f"{func}: {label} in {str(p)!r} holds NaN or Inf values")
     if bias is not None and bias.shape != (kernel.shape[-1] if kernel.ndim == 4 else 1,):
         raise PatchconvError(
             f"{func}: bias must have shape ({kernel.shape[-1] if kernel.ndim == 4 else 1},) to "

@@ -34,6 +34,7 @@ import contextlib
 import itertools
 import math
 import os
+import tempfile
 import threading
 import time
 import weakref
@@ -356,6 +357,31 @@ _numba: ModuleType | None = None
 _numba_tried = False
 
 
+def _writable(folder: str) -> bool:
+    """True if ``folder`` can be written, or created in a parent that can be."""
+    while not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return False
+        folder = parent
+    return os.path.isdir(folder) and os.access(folder, os.W_OK)
+
+
+def _numba_cache_fallback() -> None:
+    """numba caches compiled kernels in the package's ``__pycache__`` or in the user's cache
+    folder, and raises on the first cached kernel where it can write neither (a read-only
+    install run by a user without a writable home). Then point it at a per-user temporary
+    folder; an explicit ``NUMBA_CACHE_DIR`` is left alone."""
+    if "NUMBA_CACHE_DIR" in os.environ:
+        return
+    in_tree = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if _writable(in_tree) or _writable(home):
+        return
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"patchconv-numba-{uid}")
+
+
 def get_numba() -> ModuleType | None:
     """numba if it is installed and not disabled (``PATCHCONV_NUMBA=0``), else None.
 
@@ -366,6 +392,7 @@ def get_numba() -> ModuleType | None:
         return None
     if not _numba_tried:
         _numba_tried = True
+        _numba_cache_fallback()
         try:
             import numba
 
