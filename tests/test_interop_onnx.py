@@ -290,11 +290,12 @@ def test_reshape_that_is_not_a_flatten_and_training_mode_are_refused() -> None:
         inits = {"s": np.array(target, np.int64)}
         with pytest.raises(PatchconvError, match=r"node 'r' \(Reshape\): only a reshape to"):
             from_onnx(_graph_model(nodes, inits, x_shape, (4, 8)))
-    nodes = [helper.make_node("Reshape", ["x", "s"], ["y"])]
-    model = _graph_model(nodes, {"s": np.array([-1, 16], np.int64)}, x_shape, (2, 16))
     x = np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)
-    ours, theirs = _run_both(model, x)
-    assert_close(ours, theirs, np.float32)
+    for target in ([-1, 16], [2, -1], [0, -1]):  # flattens: the batch (fixed at 2) is kept
+        nodes = [helper.make_node("Reshape", ["x", "s"], ["y"])]
+        model = _graph_model(nodes, {"s": np.array(target, np.int64)}, x_shape, (2, 16))
+        ours, theirs = _run_both(model, x)
+        assert_close(ours, theirs, np.float32)
     nodes = [helper.make_node("Dropout", ["x", "r", "t"], ["y"], name="d")]
     inits = {"r": np.array(0.5, np.float32), "t": np.array(True)}
     with pytest.raises(PatchconvError, match=r"node 'd' \(Dropout\): Dropout in training mode"):

@@ -465,10 +465,13 @@ class _Converter:
             features = (
                 math.prod(dims) if given is not None and len(dims) == len(given) - 1 else None
             )
-            # A flatten keeps the batch: (0, -1), (batch, -1) with 0 copying it, or (-1, k)
-            # where k is every feature of one sample.
+            # A flatten keeps the batch: (0, -1) (0 copies it), (n, -1) where the graph fixes
+            # the batch at n (an export traced at batch n), or (-1, k) where k is every feature
+            # of one sample.
+            batch = given[0] if given else None
             if not (
                 target == [0, -1]
+                or (len(target) == 2 and target[1] == -1 and bool(batch) and target[0] == batch)
                 or (len(target) == 2 and target[0] == -1 and target[1] == features)
             ):
                 raise self.fail(
