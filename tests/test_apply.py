@@ -134,6 +134,7 @@ def test_grey_16_bit_input_and_list_filters(
         (["--output-format", "tiff"], r"apply: --output-format is for streaming; it needs"),
         (["--cluster", "local"], r"apply: --cluster is for streaming; it needs --chunks"),
         (["-f", "identity,identity"], r"'-f identity' and '-f identity' would both write maps"),
+        (["-w", "sheet.npy"], r"'the contact sheet' and '-w sheet.npy' would both write"),
         (["-f", "identity", "-w", "identity.npy"], r"and '-w identity.npy' would both write"),
         (["-w", "junk.npz"], r"load_kernel: '.*junk.npz' is not a .npy or .npz array file"),
         (["-w", "text.npy"], r"is not a .npy or .npz array file \(ValueError; pickled objects"),
@@ -155,6 +156,7 @@ def test_errors_are_one_line_and_leave_no_output(
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save("a.png")
     np.save("bad.npy", np.ones((3, 3, 2, 1)))
     np.save("identity.npy", np.ones((3, 3)))
+    np.save("sheet.npy", np.ones((3, 3)))
     np.save("nan.npy", np.full((3, 3), np.nan))
     Path("junk.npz").write_bytes(b"PK\x03\x04junk")
     Path("text.npy").write_text("1 2 3")
@@ -272,3 +274,13 @@ def test_alpha_is_dropped_unless_asked_for(tmp_path: Path) -> None:
     assert written[:, 5:7].max() > 0 and written[:, :4].max() == 0
     kept = images.load_image(tmp_path / "a.png")
     assert kept.shape[2] == 4 and images.load_image(tmp_path / "a.png", alpha=False).shape[2] == 3
+
+
+def test_streaming_drops_alpha_too(tmp_path: Path) -> None:
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[:, 16:, :3] = 200
+    rgba[..., 3] = 255
+    tifffile.imwrite(tmp_path / "a.tif", rgba, tile=(16, 16), photometric="rgb", extrasamples=[2])
+    argv = ["apply", str(tmp_path / "a.tif"), "--chunks", "16", "-f", "sobel_x"]
+    assert main([*argv, "-o", str(tmp_path / "o")]) == 0
+    assert zarr.open_array(tmp_path / "o" / "a_sobel_x.zarr", mode="r").shape == (32, 32, 3)

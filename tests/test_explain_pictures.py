@@ -37,6 +37,11 @@ def test_figure_from_the_command_line(tmp_path: Any, capsys: pytest.CaptureFixtu
     assert main(["explain", "--seed", "0", "--figure", str(tmp_path / "bare")]) == 0
     assert f"wrote the figure to {tmp_path / 'bare.png'}" in capsys.readouterr().err
     assert (tmp_path / "bare.png").is_file() and not (tmp_path / "bare").exists()
+    assert main(["explain", "--seed", "0", "--figure", str(tmp_path / "w.jpg")]) == 0
+    from PIL import Image
+
+    with Image.open(tmp_path / "w.jpg") as img:
+        assert img.format == "JPEG"
 
 
 @pytest.mark.parametrize(

@@ -284,12 +284,14 @@ def test_modules_whose_forward_the_state_dict_cannot_show_are_refused() -> None:
 def test_architecture_entries_are_checked_key_by_key() -> None:
     state = {"0.weight": np.ones((4, 3, 3, 3), np.float32), "0.bias": np.zeros(4, np.float32)}
     conv = {"type": "Conv2d", "name": "0", "in_channels": 3, "out_channels": 4, "kernel_size": 3}
-    pool = from_state_dict(state, [conv, {"type": "MaxPool2d", "kernel_size": 2}])
+    relu = {"type": "ReLU", "inplace": True}  # PyTorch's own arguments are all known
+    pool = from_state_dict(state, [conv, relu, {"type": "MaxPool2d", "kernel_size": 2}])
     assert pool.predict(np.ones((1, 3, 8, 8), np.float32)).shape == (1, 4, 3, 3)
     for entry, match in (
         ({**conv, "strides": 2}, r"module '0' \(Conv2d\): unknown keys \['strides'\]"),
         ({k: v for k, v in conv.items() if k != "kernel_size"}, r"Conv2d needs \['kernel_size'\]"),
         ({**conv, "padding": "same", "stride": 2}, r"padding='same' needs stride 1"),
+        ({"type": "AdaptiveAvgPool2d"}, r"AdaptiveAvgPool2d needs \['output_size'\]"),
     ):
         with pytest.raises(PatchconvError, match=match):
             from_state_dict(state, [entry])

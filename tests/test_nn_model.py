@@ -384,8 +384,15 @@ def test_shapes_take_keras_none_batch_and_dtype_none() -> None:
     assert model.compute_output_shape((None, 6, 6, 1)) == (None, 2)
     assert all(w.dtype == np.float32 for w in model.get_weights())
     assert model.predict(np.zeros((3, 6, 6, 1), np.float32)).shape == (3, 2)
-    with pytest.raises(PatchconvError, match=r"only the batch size may be None"):
-        nn.Sequential([nn.Dense(2)]).build((None, None))
+    for layer, shape in (
+        (nn.Dense(2), (None, None)),
+        (nn.Conv2D(2, 3), (None, 5, None, 3)),
+        (nn.DepthwiseConv2D(3), (None, 5, 5, None)),
+        (nn.BatchNormalization(), (None, 8, 8, None)),
+    ):
+        with pytest.raises(PatchconvError, match=r"only the batch size may be None"):
+            layer.build(shape)
+        assert not layer.built  # refused before any weight was made
 
 
 def test_junk_weights_file_message_does_not_suggest_unpickling(tmp_path: Path) -> None:
@@ -513,6 +520,8 @@ def test_type_errors_name_the_parameter() -> None:
             make()
     with pytest.raises(PatchconvError, match=r"Dense: seed must be >= 0; got -1"):
         nn.Dense(2, seed=-1)
+    with pytest.raises(PatchconvError, match=r"Softmax: axis \(\(1, -3\)\) must index .*each once"):
+        nn.Softmax([1, -3])(np.ones((2, 3, 4, 5)))  # -3 is axis 1 again
     with pytest.raises(
         TypeError,
         match=r"SoftmaxCrossEntropy: y_true must hold integer class labels; got dtype float64",

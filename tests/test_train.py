@@ -153,7 +153,7 @@ def test_text_output_reports_accuracy_and_contrast(capsys: pytest.CaptureFixture
         (["--seed", "-1"], "train_task: seed must be an int >= 0; got -1"),
         (["--save", "/no/such/folder/w.npz"], "--save: folder '/no/such/folder' does not exist"),
         (["--plot", "/no/such/folder/k.png"], "--plot: folder '/no/such/folder' does not exist"),
-        (["--plot", "k.gif"], "--plot must end in .png or .svg or .pdf; got 'k.gif'"),
+        (["--plot", "k.gif"], "--plot must end in .png, .svg, .svgz, .pdf, .jpg"),
     ],
 )
 def test_bad_options_print_one_line(

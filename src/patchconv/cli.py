@@ -90,7 +90,7 @@ def _apply(args: argparse.Namespace) -> int:
     if not streaming and (args.output_format != "zarr" or args.cluster):
         given = "--output-format" if args.output_format != "zarr" else "--cluster"
         raise PatchconvError(f"apply: {given} is for streaming; it needs --chunks")
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = {} if args.no_sheet or streaming else {"sheet": "the contact sheet"}
     sources = [*(f"-f {n}" for n in names), *(f"-w {w}" for w in args.weights)]
     for k, source in zip(kernels, sources, strict=True):
         label = k if isinstance(k, str) else k.name
@@ -185,6 +185,8 @@ def _apply_stream(
         for (path, x), stem in zip(sources, stems, strict=True):
             if channels is not None:
                 x = images.convert_channels(x, channels)
+            elif int(x.shape[3]) == 4:  # alpha dropped, as in memory (--channels 4 keeps it)
+                x = images.convert_channels(x, 3)
             resolved = [images.resolve_kernel(k, int(x.shape[3]), label=path) for k in kernels]
             for k in resolved:
                 # A 64 MiB patch workspace per block keeps memory near the blocks' own size.
@@ -308,9 +310,9 @@ def _train(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     if args.plot:
-        from patchconv.explain_cli import picture_path
+        from patchconv.explain_cli import FIGURE_SUFFIXES, picture_path
 
-        args.plot = picture_path(args.plot, option="--plot", suffixes=(".png", ".svg", ".pdf"))
+        args.plot = picture_path(args.plot, option="--plot", suffixes=FIGURE_SUFFIXES)
     for option, path in (("--save", args.save), ("--plot", args.plot)):
         folder = os.path.dirname(os.path.abspath(path)) if path else ""
         if path and not os.path.isdir(folder):

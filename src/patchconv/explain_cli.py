@@ -19,9 +19,13 @@ import numpy as np
 
 from patchconv._spec import PatchconvError
 
-__all__ = ["load_weights", "parse_ints", "parse_padding", "picture_path", "run"]
+__all__ = ["FIGURE_SUFFIXES", "load_weights", "parse_ints", "parse_padding", "picture_path", "run"]
 
 _PADDING_WORDS = ("valid", "same", "same_lower", "same_upper")
+# What matplotlib's Agg, PDF, PS and SVG backends write (PNG first: the suffix of a bare name).
+FIGURE_SUFFIXES = (
+    ".png", ".svg", ".svgz", ".pdf", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp",
+)  # fmt: skip
 
 
 def parse_ints(text: str, *, name: str, counts: tuple[int, ...]) -> tuple[int, ...]:
@@ -81,7 +85,7 @@ def picture_path(path: str, *, option: str, suffixes: tuple[str, ...]) -> str:
     if not suffix:
         path += suffixes[0]
     elif suffix not in suffixes:
-        raise PatchconvError(f"{option} must end in {' or '.join(suffixes)}; got {path!r}")
+        raise PatchconvError(f"{option} must end in {', '.join(suffixes)}; got {path!r}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise PatchconvError(f"{option}: folder {folder!r} does not exist; got {path!r}")
@@ -192,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     padding = parse_padding(args.padding)
     groups = args.groups
     if args.figure is not None:
-        figures = (".png", ".svg", ".pdf")
+        figures = FIGURE_SUFFIXES
         args.figure = picture_path(args.figure, option="--figure", suffixes=figures)
     if args.animate is not None:
         args.animate = picture_path(args.animate, option="--animate", suffixes=(".gif",))

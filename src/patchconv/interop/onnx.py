@@ -372,7 +372,8 @@ class _Converter:
                 bias = (
                     None
                     if c is None
-                    else self.row_bias(node, c) * np.asarray(a.get("beta", 1.0), dtype=c.dtype)
+                    else self.row_bias(node, c, int(kernel.shape[1]))
+                    * np.asarray(a.get("beta", 1.0), dtype=c.dtype)
                 )
             else:
                 kernel, bias = w, None

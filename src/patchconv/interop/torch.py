@@ -190,13 +190,13 @@ _ARGS: dict[str, tuple[str, ...]] = {
     ),
     "AdaptiveAvgPool2d": ("output_size",),
     "Flatten": ("start_dim", "end_dim"),
-    "ReLU": (),
-    "ReLU6": (),
-    "LeakyReLU": ("negative_slope",),
+    "ReLU": ("inplace",),
+    "ReLU6": ("inplace",),
+    "LeakyReLU": ("negative_slope", "inplace"),
     "Sigmoid": (),
     "Tanh": (),
     "Softmax": ("dim",),
-    "Dropout": ("p",),
+    "Dropout": ("p", "inplace"),
     "Identity": (),
     "ZeroPad2d": ("padding",),
 }  # fmt: skip
@@ -296,6 +296,8 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "BatchNorm2d": ("num_features",),
     "MaxPool2d": ("kernel_size",),
     "AvgPool2d": ("kernel_size",),
+    "AdaptiveAvgPool2d": ("output_size",),
+    "ZeroPad2d": ("padding",),
 }
 
 

@@ -113,8 +113,9 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
         self._grads: dict[str, np.ndarray] = {}
 
     def build(self, input_shape: Sequence[int]) -> None:
-        super().build(input_shape)
-        self.input_shape = build_shape(input_shape, func=f"{type(self).__name__}.build")
+        shape = build_shape(input_shape, func="Conv2D.build")  # checked before any weight
+        super().build(shape)
+        self.input_shape = shape
 
     def __call__(self, x: Any, training: bool = False) -> np.ndarray:
         return self.forward(x, training=training)
@@ -244,7 +245,8 @@ class DepthwiseConv2D(Layer):
         return input_channels(input_shape, self.data_format, func="DepthwiseConv2D")
 
     def build(self, input_shape: Sequence[int]) -> None:
-        c_in = self._channels(input_shape)
+        checked = build_shape(input_shape, func="DepthwiseConv2D.build")  # before any weight
+        c_in = self._channels(checked)
         rng = np.random.default_rng(self.seed)
         shape = (*self.kernel_size, c_in, self.depth_multiplier)
         self.kernel = initialize(self.depthwise_initializer, shape, seed=rng, dtype=self.dtype)
@@ -252,7 +254,7 @@ class DepthwiseConv2D(Layer):
             self.bias = initialize(
                 self.bias_initializer, (c_in * self.depth_multiplier,), seed=rng, dtype=self.dtype
             )
-        self.input_shape = build_shape(input_shape, func=f"{type(self).__name__}.build")
+        self.input_shape = checked
 
     def _conv_options(self, c_in: int) -> dict[str, Any]:
         return {

@@ -100,14 +100,15 @@ class Dense(Layer):
             raise PatchconvError(
                 f"Dense: input must be at least 2-D (n, features); got shape {tuple(input_shape)}"
             )
+        shape = build_shape(input_shape, func="Dense.build")  # checked before any weight
         rng = np.random.default_rng(self.seed)
-        n_in = int(input_shape[-1])
+        n_in = shape[-1]
         self.kernel = initialize(
             self.kernel_initializer, (n_in, self.units), seed=rng, dtype=self.dtype
         )
         if self.use_bias:
             self.bias = initialize(self.bias_initializer, (self.units,), seed=rng, dtype=self.dtype)
-        self.input_shape = build_shape(input_shape, func="Dense.build")
+        self.input_shape = shape
 
     @batch_agnostic
     def compute_output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -319,9 +320,12 @@ class Softmax(Activation):
 
     def _fn(self, x: np.ndarray) -> np.ndarray:
         axes = self.axis if isinstance(self.axis, tuple) else (self.axis,)
-        if not all(-x.ndim <= a < x.ndim for a in axes):
+        if not all(-x.ndim <= a < x.ndim for a in axes) or len({a % x.ndim for a in axes}) < len(
+            axes
+        ):
             raise PatchconvError(
-                f"Softmax: axis ({self.axis}) must index the input's {x.ndim} axes; got x {x.shape}"
+                f"Softmax: axis ({self.axis}) must index the input's {x.ndim} axes, each once; "
+                f"got x {x.shape}"
             )
         return softmax(x, self.axis)
 

@@ -110,7 +110,8 @@ class BatchNormalization(Layer):
         return self.axis % ndim
 
     def build(self, input_shape: Sequence[int]) -> None:
-        features = int(input_shape[self._feature_axis(len(input_shape))])
+        checked = build_shape(input_shape, func="BatchNormalization.build")  # before any weight
+        features = checked[self._feature_axis(len(checked))]
         shape = (features,)
         init = self.initializers
         if self.scale:
@@ -121,7 +122,7 @@ class BatchNormalization(Layer):
         self.moving_variance = initialize(
             init["moving_variance_initializer"], shape, dtype=self.dtype
         )
-        self.input_shape = build_shape(input_shape, func=f"{type(self).__name__}.build")
+        self.input_shape = checked
 
     def _broadcast(self, v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
         shape = [1] * ndim
