@@ -172,3 +172,17 @@ def test_errors_are_raised_before_any_work(rng: np.random.Generator) -> None:
         PatchconvError, match=r"scale\.conv2d: workspace_limit must be >= 1 byte; got 0"
     ):
         conv2d(x, np.ones((3, 3, 3, 1)), workspace_limit=0)
+
+
+def test_open_image_scales_signed_tiffs_and_refuses_stacks(tmp_path: Any) -> None:
+    import tifffile
+
+    from patchconv.scale import open_image
+
+    signed = np.array([[-32768, 0], [32767, 1000]], np.int16)
+    tifffile.imwrite(tmp_path / "s.tif", signed)
+    got = open_image(tmp_path / "s.tif").compute()[0, :, :, 0]
+    np.testing.assert_allclose(got, (signed + 32768.0) / 65535.0, rtol=1e-6)
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 10, 12), np.uint8))
+    with pytest.raises(patchconv.PatchconvError, match=r"holds a stack of 5 images"):
+        open_image(tmp_path / "stack.tif")

@@ -25,6 +25,7 @@ import itertools
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,9 +359,15 @@ def local_client(
 
 
 def _scale_to_unit(arr: np.ndarray) -> np.ndarray:
-    """Integer samples -> float32 in [0, 1] (as images.load_image does); floats unchanged."""
-    if arr.dtype.kind in "ui":
+    """Integer samples -> float32 in [0, 1] (as images.load_image does; a signed type's range
+    maps onto [0, 1] as a whole); floats unchanged."""
+    if arr.dtype.kind == "u":
         return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+    if arr.dtype.kind == "i":
+        info = np.iinfo(arr.dtype)
+        return (arr.astype(np.float64) - info.min).astype(np.float32) / np.float32(
+            float(info.max) - float(info.min)
+        )
     if arr.dtype.kind == "b":
         return arr.astype(np.float32)
     return arr.astype(np.float32, copy=False)
@@ -412,6 +419,11 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             dtype=dtype,
             meta=np.empty((0,) * len(shape), dtype=dtype),
         )
+        if arr.ndim == 3 and axes not in ("YXS", "SYX"):
+            raise PatchconvError(
+                f"{func}: {os.fspath(p)!r} holds a stack of {shape[0]} images (axes {axes}); "
+                "give one image, (h, w) or (h, w, c)"
+            )
         if axes.startswith("S") and arr.ndim == 3:  # planar RGB: (c, h, w)
             arr = arr.transpose(1, 2, 0)
     elif suffix == ".zarr" or p.is_dir():
@@ -440,15 +452,31 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
     return out[None]
 
 
+def _on_cluster() -> bool:
+    """True if a dask.distributed client is the default scheduler in this process."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.default_client()
+    except ValueError:
+        return False
+    return True
+
+
 def _iter_blocks(arr: Any, batch: int) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
     """Compute ``arr`` (h, w, c) a few blocks at a time, in row-major block order."""
     import dask
 
     r_bounds, c_bounds = _bounds(arr.chunks[0]), _bounds(arr.chunks[1])
     keys = [(i, j) for i in range(len(r_bounds) - 1) for j in range(len(c_bounds) - 1)]
+    # Each call below optimises its own piece of one graph; on a distributed cluster the same
+    # key then reaches the scheduler in two forms (dask/dask#9888: a KeyError, or a hang), so
+    # there the graph goes unoptimised. Threads keep the fused graph (10-15% faster).
+    optimize = not _on_cluster()
     for start in range(0, len(keys), batch):
         group = keys[start : start + batch]
-        values = dask.compute(*[arr.blocks[i, j] for i, j in group])
+        values = dask.compute(*[arr.blocks[i, j] for i, j in group], optimize_graph=optimize)
         for (i, j), value in zip(group, values, strict=True):
             yield (
                 (slice(r_bounds[i], r_bounds[i + 1]), slice(c_bounds[j], c_bounds[j + 1])),
