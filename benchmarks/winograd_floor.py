@@ -1,8 +1,10 @@
 """How close the deep batch-1 3x3 layers can come to issue 5's 1.3x target, measured.
 
 For each layer: the best peer's forward time (PyTorch NCHW and channels_last, ONNX Runtime),
-the time the target asks for (best peer / 1.3), patchconv's whole forward, and two parts of a
-Winograd forward on both cores, for F(2x2, 3x3) and F(4x4, 3x3):
+the time the target asks for (best peer / 1.3), patchconv's whole forward per call
+(``conv2d``) and with the kernel prepared once (``patchconv.prepare``, as ONNX Runtime packs
+its weights once per session), and two parts of a Winograd forward on both cores, for
+F(2x2, 3x3) and F(4x4, 3x3):
 
 - "U+prod": each core transforms the kernel for its half of the positions and runs their
   products (the split schedule without its input and output transforms and without Python);
@@ -98,7 +100,8 @@ def main() -> None:
     print(f"BLAS: {blas}; numba threads: {numba.get_num_threads()}")
     names = peers.available(("torch_nchw", "torch_cl", "onnxruntime"))
     header = (
-        "layer | best peer ms | target ms | ours ms | ratio | F2 U+prod / prod | F4 U+prod / prod"
+        "layer | best peer ms | target ms | conv2d ms | ratio | prepared ms | ratio "
+        "| F2 U+prod / prod | F4 U+prod / prod"
     )
     print(header)
     print("|".join("---" for _ in header.split("|")))
@@ -109,6 +112,8 @@ def main() -> None:
             p: peers.forward_fn(p, layer, x, kernel) for p in names
         }
         calls["patchconv"] = lambda x=x, kernel=kernel: patchconv.conv2d(x, kernel, padding="same")
+        prepared = patchconv.prepare(kernel, x.shape, padding="same")
+        calls["prepared"] = lambda x=x, prepared=prepared: prepared(x)
         for m in (2, 4):
             if _tiles(layer, m) >= 6:  # our products need 6 tiles
                 calls[f"F{m} prod"], calls[f"F{m} U+prod"] = floors(layer, m, rng)
@@ -126,7 +131,8 @@ def main() -> None:
 
         print(
             f"{layer.name} | {best:.2f} | {target:.2f} | {med['patchconv']:.2f} | "
-            f"{best / med['patchconv']:.2f} | {floor(2)} | {floor(4)}"
+            f"{best / med['patchconv']:.2f} | {med['prepared']:.2f} | "
+            f"{best / med['prepared']:.2f} ({prepared.prepared}) | {floor(2)} | {floor(4)}"
         )
 
 

@@ -21,6 +21,7 @@ from patchconv.functional import (
     im2col,
 )
 from patchconv.layers import Conv2D
+from patchconv.prepared import PreparedConv, prepare
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "Conv2D",
     "ConvGrads",
     "PatchconvError",
+    "PreparedConv",
     "__version__",
     "col2im",
     "conv2d",
@@ -37,6 +39,7 @@ __all__ = [
     "explain_algorithm",
     "get_workspace_limit",
     "im2col",
+    "prepare",
     "release_workspace",
     "set_workspace_limit",
 ]

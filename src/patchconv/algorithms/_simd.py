@@ -1678,7 +1678,18 @@ def _winograd_position_products_par(args, n, pieces, threads, counter):  # type:
             p = _take(counter)
 
 
+@_par
+def _batched_matmul_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
+    for _ in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            lo, hi = _piece(n, pieces, p)
+            batched_matmul(*args, lo, hi)
+            p = _take(counter)
+
+
 _NATIVE = {
+    batched_matmul: _batched_matmul_par,
     conv_rows: _conv_rows_par,
     conv_rows_narrow: _conv_rows_narrow_par,
     conv_rows_narrow_pairs: _conv_rows_narrow_pairs_par,

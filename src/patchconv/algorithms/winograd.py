@@ -461,8 +461,12 @@ def forward(
     workspace_limit: int,
     *,
     m: int = 4,
+    u_ready: np.ndarray | None = None,
 ) -> np.ndarray:
-    """NHWC ``x``, 3x3 HWIO ``kernel`` -> NHWC output by F(m x m, 3x3), ``m`` in (2, 4)."""
+    """NHWC ``x``, 3x3 HWIO ``kernel`` -> NHWC output by F(m x m, 3x3), ``m`` in (2, 4).
+
+    ``u_ready``: the kernel already transformed, from :func:`prepared_u` for this ``spec``,
+    ``m`` and dtype; the products then read it and the kernel is not transformed again."""
     bt, _, at = TRANSFORMS[m]
     a = m + 2
     dtype = x.dtype
@@ -472,8 +476,10 @@ def forward(
     total = spec.n * th * tw
     compiled = _compile()
     per_tile = a * a * (spec.c_in + spec.c_out) * dtype.itemsize
-    if compiled is not None and _forward_splits(spec, m, dtype, workspace_limit):
-        _forward_split(compiled, x, kernel, b, out, spec, m, workspace_limit)
+    if compiled is not None and (
+        u_ready is not None or _forward_splits(spec, m, dtype, workspace_limit)
+    ):
+        _forward_split(compiled, x, kernel, b, out, spec, m, workspace_limit, u_ready)
         return out
     fused = compiled is not None and _fused_blocks(spec, dtype)
     u = kernel_transform(
@@ -593,6 +599,38 @@ def _forward_splits(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: in
     )
 
 
+def prepared_u(
+    kernel: np.ndarray, spec: ConvSpec, dtype: np.dtype, workspace_limit: int, m: int
+) -> np.ndarray | None:
+    """U for F(m x m, 3x3), to keep with a kernel that will run many times on inputs like
+    ``spec``, or None where keeping U does not pay.
+
+    It pays on deep layers, whose U (several MB) each call would otherwise transform again and
+    write out (the split schedule). There the products alone on a kept U measured 0.39 ms
+    against 0.63 for U's transform and products (F(2x2), N1 14x14x256), and 3.30 against
+    3.93 ms on N8 7x7x512 (``benchmarks/winograd_floor.py``)."""
+    if applies(spec) is not None or _compile() is None:
+        return None
+    from patchconv.algorithms import _simd  # imports numba
+
+    if not _simd.native_ready():
+        return None
+    a = m + 2
+    tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
+    vm_bytes = a * a * tiles * (spec.c_in + spec.c_out) * dtype.itemsize
+    if not (
+        spec.c_in * dtype.itemsize >= VECTOR_BYTES
+        and _our_split_products(spec, dtype, m)
+        and _u_bytes(spec, m, dtype.itemsize) >= 2 * BLOCK_BYTES
+        and vm_bytes <= workspace_limit
+    ):
+        return None
+    u = np.empty(u_panels(a, spec.c_in, spec.c_out, dtype), dtype)
+    k9 = np.ascontiguousarray(kernel.reshape(9, -1), dtype=dtype)
+    _simd.parallel(_simd.winograd_kernel_panels, (k9, _kron(m, dtype), u), a * a)
+    return u
+
+
 def _u_bytes(spec: ConvSpec, m: int, itemsize: int) -> int:
     """Bytes of ``U``: in column panels (:func:`u_panels`) where ``c_out`` fills 4 vectors, the
     last panel's overlap included, else ``(a*a, c_in, c_out)``."""
@@ -630,6 +668,7 @@ def _forward_split(
     spec: ConvSpec,
     m: int,
     workspace_limit: int,
+    u_ready: np.ndarray | None = None,
 ) -> None:
     """All tiles in one block: input transform split by tiles, then each core transforms the
     kernel for its own share of the ``a*a`` positions and runs their products (ours, or
@@ -653,7 +692,11 @@ def _forward_split(
     # Our products read U in column panels; BLAS reads (a*a, c_in, c_out).
     native = _our_split_products(spec, dtype, m)
     u_shape = u_panels(a, c_in, c_out, dtype) if native else (a * a, c_in, c_out)
-    u = scratch("winograd.u", math.prod(u_shape), dtype, limit=workspace_limit)
+    u = (
+        u_ready.reshape(-1)
+        if u_ready is not None
+        else scratch("winograd.u", math.prod(u_shape), dtype, limit=workspace_limit)
+    )
     v = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
     mm = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
     u2, u3 = u.reshape(a * a, -1), u.reshape(u_shape)
@@ -682,7 +725,9 @@ def _forward_split(
             np.matmul(kron[lo:hi], k9, out=u2[lo:hi])
         np.matmul(v3[lo:hi], u3[lo:hi], out=m3[lo:hi])
 
-    if native:
+    if u_ready is not None:  # U made beforehand (prepared_u): the products alone
+        _simd.parallel(_simd.batched_matmul, (v3, u3, m3), a * a, pieces_per_worker=1)
+    elif native:
         both = (k9, kron, u3, v3, m3)
         # One piece per core: smaller ones measured slower (N8 7x7x512: 4.6 against 5.2 ms).
         _simd.parallel(_simd.winograd_position_products, both, a * a, pieces_per_worker=1)
