@@ -605,10 +605,10 @@ def prepared_u(
     """U for F(m x m, 3x3), to keep with a kernel that will run many times on inputs like
     ``spec``, or None where keeping U does not pay.
 
-    It pays on deep layers, whose U (several MB) each call would otherwise transform again and
-    write out (the split schedule). There the products alone on a kept U measured 0.39 ms
-    against 0.63 for U's transform and products (F(2x2), N1 14x14x256), and 3.30 against
-    3.93 ms on N8 7x7x512 (``benchmarks/winograd_floor.py``)."""
+    It pays on deep layers at small batches, whose U (several MB) each call would otherwise
+    transform again and write out (the split schedule). Whole calls measured (F(2x2),
+    ``benchmarks/winograd_floor.py``): N1 7x7x512 1.50 -> 0.74 ms, N1 14x14x256 0.67 -> 0.55;
+    N8 7x7x512 4.44 -> 4.48, as reading its 17 MB U from L3 costs what transforming it does."""
     if applies(spec) is not None or _compile() is None:
         return None
     from patchconv.algorithms import _simd  # imports numba
