@@ -39,6 +39,7 @@ import numpy as np
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import (
     VECTOR_BYTES,
+    aligned_empty,
     blas_pinned,
     get_numba,
     matmul,
@@ -625,7 +626,7 @@ def prepared_u(
         and vm_bytes <= workspace_limit
     ):
         return None
-    u = np.empty(u_panels(a, spec.c_in, spec.c_out, dtype), dtype)
+    u = aligned_empty(u_panels(a, spec.c_in, spec.c_out, dtype), dtype)  # whole cache lines
     k9 = np.ascontiguousarray(kernel.reshape(9, -1), dtype=dtype)
     _simd.parallel(_simd.winograd_kernel_panels, (k9, _kron(m, dtype), u), a * a)
     return u
