@@ -186,3 +186,36 @@ def test_open_image_scales_signed_tiffs_and_refuses_stacks(tmp_path: Any) -> Non
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 10, 12), np.uint8))
     with pytest.raises(patchconv.PatchconvError, match=r"holds a stack of 5 images"):
         open_image(tmp_path / "stack.tif")
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_padding_modes_equal_in_memory_conv2d(mode: str, data_format: str) -> None:
+    from patchconv.scale import conv2d as lazy_conv2d
+
+    rng = np.random.default_rng(3)
+    first = data_format == "channels_first"
+    x = rng.standard_normal((2, 3, 13, 11) if first else (2, 13, 11, 3))
+    kernel = rng.standard_normal((3, 5, 3, 4))
+    chunks = (1, 3, 4, 5) if first else (1, 4, 5, 3)
+    options = {
+        "padding": "same",
+        "strides": (2, 1),
+        "padding_mode": mode,
+        "data_format": data_format,
+    }
+    got = lazy_conv2d(da.from_array(x, chunks=chunks), kernel, **options)
+    assert_close(got.compute(), patchconv.conv2d(x, kernel, **options), np.float64)
+    if mode == "reflect":  # a reflection wider than the image: refused as in memory
+        with pytest.raises(patchconv.PatchconvError, match=r"reflect"):
+            lazy_conv2d(da.from_array(x, chunks=chunks), kernel, **{**options, "padding": 20})
+
+
+def test_write_blocks_names_a_wrong_array_or_tile(tmp_path: Any) -> None:
+    from patchconv.scale import write_blocks
+
+    image = da.zeros((1, 32, 32, 3), chunks=16)
+    with pytest.raises(patchconv.PatchconvError, match=r"arr must be a lazy \(h, w, c\) array"):
+        write_blocks(image, tmp_path / "o.zarr", tile=16)
+    with pytest.raises(TypeError, match=r"write_blocks: tile must be an int; got 16.5"):
+        write_blocks(image[0], tmp_path / "o.zarr", tile=16.5)  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ import numpy as np
 
 from patchconv import algorithms
 from patchconv._spec import (
+    PADDING_MODES,
     PatchconvError,
     as_float_array,
     check_workspace_limit,
@@ -166,6 +167,7 @@ def conv2d(
     dilation_rate: int | tuple[int, int] = 1,
     groups: int = 1,
     data_format: str = "channels_last",
+    padding_mode: str = "zeros",
     algorithm: str = "auto",
     workspace_limit: int | None = None,
     out_chunks: Any = None,
@@ -177,8 +179,10 @@ def conv2d(
     x : dask.array.Array, (n, h, w, c_in) or (n, c_in, h, w) for "channels_first"
         Any chunking; chunks along the channel axis are merged (a kernel reads every input
         channel). A NumPy array is wrapped with ``dask.array.asarray``.
-    kernel, bias, strides, padding, dilation_rate, groups, data_format, algorithm, workspace_limit
-        As for :func:`patchconv.conv2d`; ``kernel`` and ``bias`` are small NumPy arrays.
+    kernel, bias, strides, padding, dilation_rate, groups, data_format, padding_mode, algorithm,
+    workspace_limit
+        As for :func:`patchconv.conv2d`; ``kernel`` and ``bias`` are small NumPy arrays. A
+        ``padding_mode`` other than "zeros" pads x lazily (``dask.array.pad``) first.
     out_chunks : int, (int, int) or (tuple, tuple), optional
         Output block sizes along (oh, ow). By default the output blocks follow x's chunks
         (about ``chunk / stride`` outputs per input chunk).
@@ -227,8 +231,29 @@ def conv2d(
         dilation_rate=dilation_rate,
         groups=groups,
         data_format=data_format,
+        padding_mode=padding_mode,
         func=_FUNC,
     )
+    if spec.padding_mode != "zeros":  # reflect, replicate, circular: pad, then run unpadded
+        (top, bottom), (left, right) = spec.pads
+        spatial = [(top, bottom), (left, right)]
+        width = [(0, 0), (0, 0), *spatial] if spec.data_format == "channels_first" else [
+            (0, 0), *spatial, (0, 0)
+        ]  # fmt: skip
+        padded = da.pad(x, width, mode=PADDING_MODES[spec.padding_mode])
+        return conv2d(
+            padded,
+            kernel,
+            bias_arr,
+            strides=strides,
+            padding=0,
+            dilation_rate=dilation_rate,
+            groups=groups,
+            data_format=data_format,
+            algorithm=algorithm,
+            workspace_limit=workspace_limit,
+            out_chunks=out_chunks,
+        )
     if workspace_limit is not None:
         check_workspace_limit(workspace_limit, func=_FUNC)
     algorithms.choose(spec, algorithm, func=_FUNC)
@@ -528,6 +553,13 @@ def write_blocks(
         raise PatchconvError(
             f"{func}: path must end in .zarr, .tif or .tiff; got {os.fspath(target)!r}"
         )
+    if getattr(arr, "ndim", None) != 3:
+        raise PatchconvError(
+            f"{func}: arr must be a lazy (h, w, c) array (one image: take [0] of conv2d's "
+            f"(n, h, w, c)); got shape {getattr(arr, 'shape', type(arr).__name__)}"
+        )
+    if not isinstance(tile, (int, np.integer)) or isinstance(tile, bool):
+        raise TypeError(f"{func}: tile must be an int; got {tile!r}")
     if tile < 16 or (suffix != ".zarr" and tile % 16):
         raise PatchconvError(
             f"{func}: tile must be >= 16 (and a multiple of 16 for TIFF); got {tile}"
