@@ -69,3 +69,5 @@ def test_errors_name_the_parameter() -> None:
     with pytest.raises(TypeError, match=r"prepare: input_shape must be a tuple of ints"):
         patchconv.prepare(kernel, "1,5,5,4")  # type: ignore[arg-type]
     assert "prepared nothing" in repr(prepared)
+    with pytest.raises(ValueError, match=r"read-only"):
+        prepared.kernel[0, 0, 0, 0] = 2.0  # the kept transform is of these values

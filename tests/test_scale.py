@@ -206,6 +206,10 @@ def test_padding_modes_equal_in_memory_conv2d(mode: str, data_format: str) -> No
     }
     got = lazy_conv2d(da.from_array(x, chunks=chunks), kernel, **options)
     assert_close(got.compute(), patchconv.conv2d(x, kernel, **options), np.float64)
+    zeros = lazy_conv2d(
+        da.from_array(x, chunks=chunks), kernel, **{**options, "padding_mode": "zeros"}
+    )
+    assert got.chunks == zeros.chunks  # the padding folds into x's edge chunks
     if mode == "reflect":  # a reflection wider than the image: refused as in memory
         with pytest.raises(patchconv.PatchconvError, match=r"reflect"):
             lazy_conv2d(da.from_array(x, chunks=chunks), kernel, **{**options, "padding": 20})
@@ -217,5 +221,7 @@ def test_write_blocks_names_a_wrong_array_or_tile(tmp_path: Any) -> None:
     image = da.zeros((1, 32, 32, 3), chunks=16)
     with pytest.raises(patchconv.PatchconvError, match=r"arr must be a lazy \(h, w, c\) array"):
         write_blocks(image, tmp_path / "o.zarr", tile=16)
+    written = write_blocks(np.ones((20, 20, 1), np.float32), tmp_path / "np.zarr", tile=16)
+    assert written.name == "np.zarr"  # a NumPy image is taken as it is
     with pytest.raises(TypeError, match=r"write_blocks: tile must be an int; got 16.5"):
         write_blocks(image[0], tmp_path / "o.zarr", tile=16.5)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ Runtime packs its weights once when a session is made; each call then runs the p
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -25,8 +26,13 @@ __all__ = ["PreparedConv", "prepare"]
 class PreparedConv:
     """``conv2d(x, kernel, bias, **options)`` for inputs of one shape, the kernel prepared once.
 
-    Made by :func:`prepare`. It holds a copy of the kernel, so changing the array it was made
-    from changes nothing here; prepare again after new weights.
+    Made by :func:`prepare`. It holds a read-only copy of the kernel, so changing the array it
+    was made from changes nothing here; prepare again after new weights. The workspace limit
+    is the one in force at :func:`prepare`.
+
+    Where ``conv2d`` would pick another algorithm, the prepared call runs Winograd F(2x2): the
+    results agree within the tolerance table, but a NaN or Inf input spreads over the tiles it
+    falls in, as under ``algorithm="winograd_f2"`` (see the README on non-finite inputs).
 
     Attributes
     ----------
@@ -49,12 +55,13 @@ class PreparedConv:
     ) -> None:
         func = "prepare"
         self.kernel = np.array(as_float_array(kernel, func=func, name="kernel"), copy=True)
+        self.kernel.setflags(write=False)  # the kept transform is of these values: no changes
         if not isinstance(input_shape, (tuple, list)) or not all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in input_shape
         ):
             raise TypeError(f"{func}: input_shape must be a tuple of ints; got {input_shape!r}")
         self.input_shape = tuple(int(v) for v in input_shape)
-        self.options = options
+        self.options = MappingProxyType(dict(options))
         spec = conv_spec(self.input_shape, self.kernel.shape, None, func=func, **options)
         self.workspace_limit = (
             get_workspace_limit()

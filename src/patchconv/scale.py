@@ -241,6 +241,16 @@ def conv2d(
             (0, 0), *spatial, (0, 0)
         ]  # fmt: skip
         padded = da.pad(x, width, mode=PADDING_MODES[spec.padding_mode])
+        # da.pad adds an edge chunk as wide as the padding: fold it into x's own edge chunks,
+        # so the output blocks still follow x's chunks.
+        h_ax, w_ax = (2, 3) if spec.data_format == "channels_first" else (1, 2)
+        merged = {}
+        for ax, (lo, hi) in ((h_ax, (top, bottom)), (w_ax, (left, right))):
+            sizes = list(x.chunks[ax])
+            sizes[0] += lo
+            sizes[-1] += hi
+            merged[ax] = tuple(sizes)
+        padded = padded.rechunk(merged)
         return conv2d(
             padded,
             kernel,
@@ -553,10 +563,11 @@ def write_blocks(
         raise PatchconvError(
             f"{func}: path must end in .zarr, .tif or .tiff; got {os.fspath(target)!r}"
         )
-    if getattr(arr, "ndim", None) != 3:
+    arr = _dask().asarray(arr)  # a NumPy image too
+    if arr.ndim != 3:
         raise PatchconvError(
             f"{func}: arr must be a lazy (h, w, c) array (one image: take [0] of conv2d's "
-            f"(n, h, w, c)); got shape {getattr(arr, 'shape', type(arr).__name__)}"
+            f"(n, h, w, c)); got shape {arr.shape}"
         )
     if not isinstance(tile, (int, np.integer)) or isinstance(tile, bool):
         raise TypeError(f"{func}: tile must be an int; got {tile!r}")
