@@ -129,7 +129,8 @@ def prepare(
     on inputs of ``input_shape``, with the kernel's transform done once, here.
 
     Takes :func:`patchconv.conv2d`'s arguments, checked here. Results equal ``conv2d``'s within
-    the tolerance table (the same algorithms run).
+    the tolerance table: the same algorithm runs, or Winograd F(2x2) on a deep layer where
+    ``conv2d`` would pick another (see :class:`PreparedConv`).
 
     Examples
     --------
