@@ -239,6 +239,19 @@ def _apply_stream(
     return 0
 
 
+def _output_folders(*options: tuple[str, str | None]) -> None:
+    """Each given output path's folder exists, checked before any work (a bench or a training
+    run takes minutes)."""
+    import os
+
+    from patchconv._spec import PatchconvError
+
+    for option, path in options:
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if path and not os.path.isdir(folder):
+            raise PatchconvError(f"{option}: folder {folder!r} does not exist; got {path!r}")
+
+
 def _bench(args: argparse.Namespace) -> int:
     """The layer suite against the peers (benchmarks/ of a source checkout)."""
     import os
@@ -267,10 +280,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--rounds must be >= 1; got {args.rounds}")
     if args.quick and args.layers:
         raise ValueError("--quick picks its own 7 layers; give --quick or --layers, not both")
-    for option, path in (("--json", args.json), ("--png", args.png)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else ""
-        if path and not os.path.isdir(folder):
-            raise ValueError(f"{option}: folder {folder!r} does not exist; got {path!r}")
+    _output_folders(("--json", args.json), ("--png", args.png))
     chosen = layers.select(args.layers, quick=args.quick)
     if not chosen:
         raise ValueError(f"--layers {args.layers} matches no layer of the suite")
@@ -303,7 +313,6 @@ def _bench(args: argparse.Namespace) -> int:
 # -- train ------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
     import json
-    import os
     import time
 
     from patchconv._spec import PatchconvError
@@ -312,11 +321,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.plot:
         from patchconv.explain_cli import FIGURE_SUFFIXES, picture_path
 
-        args.plot = picture_path(args.plot, option="--plot", suffixes=FIGURE_SUFFIXES)
-    for option, path in (("--save", args.save), ("--plot", args.plot)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else ""
-        if path and not os.path.isdir(folder):
-            raise PatchconvError(f"{option}: folder {folder!r} does not exist; got {path!r}")
+        args.plot = picture_path(args.plot, option="--plot", suffixes=FIGURE_SUFFIXES)  # + folder
+    _output_folders(("--save", args.save))
     needed = ["sklearn", "tqdm"] if args.task == "digits" else ["tqdm"]
     if args.plot:
         needed.append("matplotlib")

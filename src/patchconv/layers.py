@@ -182,14 +182,9 @@ def batch_agnostic(method: ShapeFn) -> ShapeFn:
     @functools.wraps(method)
     def wrapper(self: Any, input_shape: Sequence[int | None]) -> tuple[Any, ...]:
         shape = tuple(input_shape)
-        if any(v is None for v in shape[1:]):
-            raise PatchconvError(
-                f"{type(self).__name__}.compute_output_shape: only the batch size may be None; "
-                f"got input_shape {shape}"
-            )
-        if not shape or shape[0] is not None:
-            return method(self, shape)
-        return (None, *method(self, (1, *shape[1:]))[1:])
+        func = f"{type(self).__name__}.compute_output_shape"
+        out = method(self, build_shape(shape, func=func))
+        return (None, *out[1:]) if shape and shape[0] is None else out
 
     return wrapper  # type: ignore[return-value]
 

@@ -552,14 +552,23 @@ def _fused_blocks(spec: ConvSpec, dtype: np.dtype) -> bool:
     )
 
 
+def _tiles(spec: ConvSpec, m: int) -> int:
+    """Output tiles of F(m x m) over the whole batch."""
+    return spec.n * -(-spec.oh // m) * -(-spec.ow // m)
+
+
+def _vm_bytes(spec: ConvSpec, m: int, itemsize: int) -> int:
+    """Bytes of V and M together when every tile is in one block."""
+    return (m + 2) ** 2 * _tiles(spec, m) * (spec.c_in + spec.c_out) * itemsize
+
+
 def _our_split_products(spec: ConvSpec, dtype: np.dtype, m: int) -> bool:
     """True if the split schedule's products are ours (:func:`_simd.batched_matmul`): 4 vectors
     of output channels, 6 tiles, ``U[xi]`` within a core's L2 cache; else BLAS."""
-    tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
     size = dtype.itemsize
     return (
         spec.c_out * size >= 4 * VECTOR_BYTES
-        and tiles >= 6
+        and _tiles(spec, m) >= 6
         and spec.c_in * spec.c_out * size <= _SIMD_PRODUCT_BYTES
     )
 
@@ -586,9 +595,8 @@ def _forward_splits(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: in
         return True
     from patchconv.algorithms import _simd  # imports numba
 
-    a, size = m + 2, dtype.itemsize
-    tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
-    vm_bytes = a * a * tiles * (spec.c_in + spec.c_out) * size
+    size = dtype.itemsize
+    vm_bytes = _vm_bytes(spec, m, size)
     u_bytes = _u_bytes(spec, m, size)
     return (
         spec.c_in * size >= VECTOR_BYTES
@@ -616,16 +624,14 @@ def prepared_u(
 
     if not _simd.native_ready():
         return None
-    a = m + 2
-    tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
-    vm_bytes = a * a * tiles * (spec.c_in + spec.c_out) * dtype.itemsize
     if not (
         spec.c_in * dtype.itemsize >= VECTOR_BYTES
         and _our_split_products(spec, dtype, m)
         and _u_bytes(spec, m, dtype.itemsize) >= 2 * BLOCK_BYTES
-        and vm_bytes <= workspace_limit
+        and _vm_bytes(spec, m, dtype.itemsize) <= workspace_limit
     ):
         return None
+    a = m + 2
     u = aligned_empty(u_panels(a, spec.c_in, spec.c_out, dtype), dtype)  # whole cache lines
     k9 = np.ascontiguousarray(kernel.reshape(9, -1), dtype=dtype)
     _simd.parallel(_simd.winograd_kernel_panels, (k9, _kron(m, dtype), u), a * a)
@@ -646,9 +652,7 @@ def split_products(spec: ConvSpec, m: int, itemsize: int, workspace_limit: int) 
     the tiles, as ``U`` is built and read once in all, not once per block of tiles."""
     if n_workers() < 2 or not blas_pinned():
         return False
-    a = m + 2
-    tiles = spec.n * -(-spec.oh // m) * -(-spec.ow // m)
-    vm_bytes = a * a * tiles * (spec.c_in + spec.c_out) * itemsize
+    vm_bytes = _vm_bytes(spec, m, itemsize)
     u_bytes = _u_bytes(spec, m, itemsize)
     # Measured: 14x14x256 and 7x7x512 (U of 9.4 and 37.7 MB) gain 15-22%; 28x28x128 and
     # 56x56x64 (U of 2.4 and 0.6 MB) lose about 15%, so shallow layers keep the tile blocks.
@@ -755,7 +759,7 @@ def grad_kernel_applies(spec: ConvSpec, itemsize: int, workspace_limit: int, *, 
     if split_products(spec, m, itemsize, workspace_limit):
         # Measured: 128 tiles (N8 14x14x256 F(4x4), 7x7x512 F(2x2)) take 4.2 and 6.5 ms
         # against 7.9 and 7.4 by gemm; 49 (N1 14x14x256 F(2x2)) 1.5 against 1.4.
-        return spec.n * -(-spec.oh // m) * -(-spec.ow // m) >= _SPLIT_GRAD_MIN_TILES
+        return _tiles(spec, m) >= _SPLIT_GRAD_MIN_TILES
     du_bytes = 36 * spec.c_in * spec.c_out * itemsize
     return du_bytes < 2 * BLOCK_BYTES and du_bytes * n_workers() <= workspace_limit // 4
 

@@ -61,8 +61,9 @@ class AddBranches(Layer):
         return [layer for branch in self.branches for layer in branch]
 
     def build(self, input_shape: Sequence[int]) -> None:
+        first = build_shape(input_shape, func="AddBranches.build")
         for branch in self.branches:
-            shape = build_shape(input_shape, func="AddBranches.build")
+            shape = first
             for layer in branch:
                 if not layer.built:
                     layer.build(shape)
