@@ -112,6 +112,44 @@ def test_pytorch_export_matches_onnxruntime(builder: object, fold: bool, tmp_pat
         assert sum(isinstance(layer, AddBranches) for layer in model.layers) == 2
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_fresh_batchnorm_export_whose_constants_are_identity_nodes(tmp_path: Path) -> None:
+    """A freshly made BatchNorm2d exported as it is: torch shares its equal zero and one
+    initializers through Identity nodes, which read as the constants they copy."""
+    torch.manual_seed(2)
+    module = tnn.Sequential(tnn.Conv2d(3, 4, 3, padding=1), tnn.BatchNorm2d(4), tnn.ReLU())
+    module.eval()
+    x = np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    path = tmp_path / "fresh.onnx"
+    torch.onnx.export(
+        module,
+        (torch.from_numpy(x),),
+        str(path),
+        dynamo=False,
+        do_constant_folding=False,
+        training=torch.onnx.TrainingMode.PRESERVE,
+    )
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Identity" in ops and "BatchNormalization" in ops  # what this test is about
+    model = from_onnx(path)
+    assert_close(model.predict(x), _onnxruntime(path, x), np.float32)
+
+
+def test_identity_of_a_constant_is_that_constant_and_of_data_is_dropped() -> None:
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w_copy"]),
+        helper.make_node("Identity", ["w_copy"], ["w_copy2"]),  # a chain folds too
+        helper.make_node("Identity", ["x"], ["x_copy"]),
+        helper.make_node("Conv", ["x_copy", "w_copy2"], ["y"], name="conv"),
+    ]
+    model_proto = _graph_model(nodes, {"w": w}, (1, 3, 5, 5), (1, 2, 3, 3))
+    x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
+    model = from_onnx(model_proto)
+    assert_close(model.predict(x), _onnxruntime(model_proto.SerializeToString(), x), np.float32)
+
+
 def _graph_model(
     nodes: list, inits: dict[str, np.ndarray], x_shape: tuple, y_shape: tuple, opset: int = 17
 ) -> onnx.ModelProto:

@@ -106,7 +106,8 @@ class OnnxNode:
 @dataclass
 class OnnxGraph:
     """An ONNX model's graph as plain Python: nodes in order, initializers as arrays (Constant
-    nodes folded in), the data inputs (not initializers) with their shapes, and the outputs."""
+    nodes, and Identity nodes of a constant, folded in), the data inputs (not initializers)
+    with their shapes, and the outputs."""
 
     nodes: list[OnnxNode]
     initializers: dict[str, np.ndarray]
@@ -162,6 +163,11 @@ def read_onnx(path_or_model: Any) -> OnnxGraph:
                     f"{sorted(attrs)}"
                 )
             initializers[node.output[0]] = onnx.numpy_helper.to_array(attrs["value"])
+            continue
+        if node.op_type == "Identity" and node.input and node.input[0] in initializers:
+            # A copy of a constant is that constant: torch's exporter shares equal
+            # initializers this way (a fresh BatchNorm2d's zeros and ones).
+            initializers[node.output[0]] = initializers[node.input[0]]
             continue
         nodes.append(OnnxNode(node.op_type, node.name, list(node.input), list(node.output), attrs))
     inputs = []
