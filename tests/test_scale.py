@@ -225,3 +225,12 @@ def test_write_blocks_names_a_wrong_array_or_tile(tmp_path: Any) -> None:
     assert written.name == "np.zarr"  # a NumPy image is taken as it is
     with pytest.raises(TypeError, match=r"write_blocks: tile must be an int; got 16.5"):
         write_blocks(image[0], tmp_path / "o.zarr", tile=16.5)  # type: ignore[arg-type]
+    for suffix in (".zarr", ".tif"):  # a transform that changes the channel count
+        target = tmp_path / f"gray{suffix}"
+        with pytest.raises(
+            patchconv.PatchconvError,
+            match=r"transform must keep each block's shape .* \(16, 16, 3\) came back as "
+            r"\(16, 16, 1\)",
+        ):
+            write_blocks(image[0], target, tile=16, transform=lambda b: b[:, :, :1])
+        assert not target.exists() and not list(tmp_path.glob(".gray*"))  # nothing left

@@ -552,9 +552,10 @@ def write_blocks(
     """Compute a lazy ``(h, w, c)`` array block by block into a Zarr directory or a tiled TIFF.
 
     Blocks of ``tile x tile`` are computed ``parallel`` at a time (on whatever Dask scheduler
-    is active), passed through ``transform`` and written; memory holds a few blocks, never the
-    image. The file is written under a temporary name and renamed when complete, so a failure
-    leaves nothing behind. ``progress(n)`` is called after each ``n`` blocks.
+    is active), passed through ``transform`` (which maps values: it keeps each block's shape)
+    and written; memory holds a few blocks, never the image. The file is written under a
+    temporary name and renamed when complete, so a failure leaves nothing behind.
+    ``progress(n)`` is called after each ``n`` blocks.
     """
     func = "write_blocks"
     target = Path(path)
@@ -581,7 +582,12 @@ def write_blocks(
 
     def blocks() -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
         for where, value in _iter_blocks(arr, max(1, parallel)):
-            out = value if transform is None else transform(value)
+            out = value if transform is None else np.asarray(transform(value))
+            if out.shape != value.shape:  # else Zarr would broadcast it, TIFF fail mid-file
+                raise PatchconvError(
+                    f"{func}: transform must keep each block's shape (it maps values); a "
+                    f"block of shape {value.shape} came back as {out.shape}"
+                )
             if progress is not None:
                 progress(1)
             yield where, out.astype(out_dtype, copy=False)
