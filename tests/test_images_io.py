@@ -51,3 +51,34 @@ def test_bad_files(tmp_path: Path) -> None:
         load_image(tmp_path / "not.png", channels=2)
     with pytest.raises(PatchconvError, match=r"save_image: image must be"):
         save_image(tmp_path / "x.png", np.zeros((2, 2, 2)))
+
+
+def test_deep_tiffs_keep_their_values_as_open_image_streams_them(tmp_path: Path) -> None:
+    """TIFFs of more than 8 bits a sample go through tifffile: Pillow read 16-bit RGB as 8 bits,
+    divided float grey by 255 and could not open float64 or float RGB at all."""
+    tifffile = pytest.importorskip("tifffile")
+    from patchconv.scale import open_image
+
+    rng = np.random.default_rng(1)
+    rgb16 = rng.integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    grey = rng.random((6, 7)).astype(np.float32)
+    rgb64 = rng.random((6, 7, 3))
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb16, photometric="rgb")
+    tifffile.imwrite(tmp_path / "grey.tif", grey)
+    tifffile.imwrite(tmp_path / "rgb64.tiff", rgb64, photometric="rgb")
+    tifffile.imwrite(tmp_path / "planar.tif", rgb64.transpose(2, 0, 1), photometric="rgb")
+    cases = {"rgb16.tif": rgb16 / 65535.0, "grey.tif": grey[:, :, None]}
+    cases |= {"rgb64.tiff": rgb64, "planar.tif": rgb64}
+    for name, expected in cases.items():
+        img = load_image(tmp_path / name)
+        assert img.dtype == np.float32 and img.shape == expected.shape, name
+        np.testing.assert_allclose(img, expected, atol=1e-6)
+        np.testing.assert_allclose(img, open_image(tmp_path / name).compute()[0], atol=1e-7)
+    luma = load_image(tmp_path / "rgb64.tiff", channels=1)
+    np.testing.assert_allclose(luma[:, :, 0], rgb64 @ [0.299, 0.587, 0.114], atol=1e-6)
+    small = load_image(tmp_path / "rgb16.tif", size=(3, 4))
+    assert small.shape == (3, 4, 3) and 0.0 <= small.min() and small.max() <= 1.0
+    stack = np.zeros((5, 4, 6), np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    with pytest.raises(PatchconvError, match=r"must hold one image, .* got shape \(5, 4, 6\)"):
+        load_image(tmp_path / "stack.tif")

@@ -82,10 +82,15 @@ def load_image(
         )
     if channels not in (None, 1, 3, 4):
         raise PatchconvError(f"{func}: channels must be 1, 3 or 4; got {channels!r}")
+    tiff = os.fspath(path).lower().endswith((".tif", ".tiff"))
+    if tiff and _deep_tiff(path):
+        return _load_tiff(path, size, channels, alpha, None)
     try:
         img = Image.open(path)
         img.load()
     except Exception as exc:  # Pillow raises several types for unreadable files
+        if tiff:
+            return _load_tiff(path, size, channels, alpha, exc)
         raise PatchconvError(f"{func}: cannot read {os.fspath(path)!r} as an image: {exc}") from exc
     if channels is not None:
         img = img.convert({1: "L", 3: "RGB", 4: "RGBA"}[channels])
@@ -119,6 +124,82 @@ def load_image(
     if scaled.ndim == 2:
         scaled = scaled[:, :, None]
     return np.clip(scaled, 0.0, 1.0)
+
+
+def _deep_tiff(path: str | os.PathLike[str]) -> bool:
+    """True if tifffile is installed and the TIFF holds grey or RGB samples of more than 8 bits
+    (16-bit, 32-bit, float). Pillow reads 16-bit RGB as 8 bits and scales float grey by 1/255,
+    so these go through tifffile, with the values open_image streams from the same file."""
+    try:
+        import tifffile
+    except ImportError:
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            photometric = page.photometric
+            dtype = tif.series[0].dtype
+    except Exception:  # Pillow reads it, or says why it cannot
+        return False
+    plain = photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
+    return plain and dtype.kind in "uif" and dtype.itemsize > 1
+
+
+def _load_tiff(
+    path: str | os.PathLike[str],
+    size: int | tuple[int, int] | None,
+    channels: int | None,
+    alpha: bool,
+    pillow_error: Exception | None,
+) -> np.ndarray:
+    """load_image for a TIFF through tifffile (the scale extra): one Pillow reads wrong (see
+    _deep_tiff) or not at all (float64, float RGB). Integers scale as
+    :func:`patchconv.scale.open_image` scales them; floats are clipped to [0, 1]."""
+    func = "load_image"
+    name = os.fspath(path)
+    try:
+        import tifffile
+    except ImportError:
+        raise PatchconvError(
+            f"{func}: cannot read {name!r} as an image: {pillow_error} (tifffile, in "
+            "'patchconv[scale]', reads more kinds of TIFF)"
+        ) from pillow_error
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, arr = series.axes, series.asarray()
+    except Exception as exc:  # tifffile raises several types for unreadable files
+        raise PatchconvError(f"{func}: cannot read {name!r} as a TIFF: {exc}") from exc
+    if axes not in ("YX", "YXS", "SYX") or (axes != "YX" and min(arr.shape) > 4):
+        raise PatchconvError(
+            f"{func}: {name!r} must hold one image, (h, w) or (h, w, c) with c <= 4; got "
+            f"shape {series.shape} (axes {axes})"
+        )
+    arr = arr[:, :, None] if axes == "YX" else arr.transpose(1, 2, 0) if axes == "SYX" else arr
+    from patchconv.scale import _scale_to_unit  # NumPy only; dask stays unimported
+
+    image = np.clip(_scale_to_unit(arr), 0.0, 1.0)
+    if image.shape[2] == 2:  # grey + alpha
+        image = image[:, :, :1] if not alpha or channels in (1, 3) else image[:, :, [0, 0, 0, 1]]
+    if channels is not None:
+        image = convert_channels(image, channels)
+    elif not alpha and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        if min(h, w) < 1:
+            raise PatchconvError(f"{func}: size must be >= 1; got {size!r}")
+        Image = _pillow()
+        planes = [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(image[:, :, i]), mode="F").resize(
+                    (int(w), int(h)), Image.Resampling.LANCZOS
+                )
+            )
+            for i in range(image.shape[2])
+        ]
+        image = np.clip(np.stack(planes, axis=-1), 0.0, 1.0)
+    return np.ascontiguousarray(image, dtype=np.float32)
 
 
 def save_image(path: str | os.PathLike[str], image: np.ndarray) -> None:
