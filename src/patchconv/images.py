@@ -170,7 +170,8 @@ def _load_tiff(
             axes, arr = series.axes, series.asarray()
     except Exception as exc:  # tifffile raises several types for unreadable files
         raise PatchconvError(f"{func}: cannot read {name!r} as a TIFF: {exc}") from exc
-    if axes not in ("YX", "YXS", "SYX") or (axes != "YX" and min(arr.shape) > 4):
+    samples = 1 if axes == "YX" else arr.shape[0] if axes == "SYX" else arr.shape[-1]
+    if axes not in ("YX", "YXS", "SYX") or samples > 4:
         raise PatchconvError(
             f"{func}: {name!r} must hold one image, (h, w) or (h, w, c) with c <= 4; got "
             f"shape {series.shape} (axes {axes})"
