@@ -148,6 +148,27 @@ def test_live_model_matches(saved: tuple) -> None:
     assert_close(from_keras(model).predict(x), expected, np.float32)
 
 
+def test_live_model_with_lora_uses_the_merged_kernel(tmp_path: Path) -> None:
+    """LoRA on Conv2D and Dense: a live model's layers hold 4 arrays (kernel, bias and the two
+    factors); the import takes the kernel Keras runs, as a saved .keras file holds it."""
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="c"), L.Flatten(), L.Dense(5, name="d")]
+    )
+    rng = np.random.default_rng(4)
+    for layer in (model.layers[0], model.layers[2]):
+        layer.enable_lora(2)
+        layer.lora_kernel_b.assign(rng.standard_normal(layer.lora_kernel_b.shape) * 0.5)
+    x = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    frozen = keras.ops.convert_to_numpy(model.layers[0]._kernel)
+    assert len(model.layers[0].get_weights()) == 4
+    assert not np.allclose(keras.ops.convert_to_numpy(model.layers[0].kernel), frozen)
+    ours = from_keras(model)
+    assert_close(ours.predict(x), expected, np.float32)
+    model.save(tmp_path / "lora.keras")  # Keras merges LoRA on save: the same model
+    assert_close(from_keras(tmp_path / "lora.keras").predict(x), expected, np.float32)
+
+
 def test_export_back_to_keras_weights(saved: tuple, tmp_path: Path) -> None:
     model, _, x, expected = saved
     ours = from_keras(model)

@@ -494,7 +494,13 @@ def from_keras(
             layer = by_name.get(lname)
             if layer is None:
                 return None
-            return [np.asarray(w) for w in layer.get_weights()]
+            weights = [np.asarray(w) for w in layer.get_weights()]
+            if getattr(layer, "lora_enabled", False):
+                # LoRA's two factors come last; the kernel Keras runs is the merged one (as a
+                # saved .keras file holds it: Keras merges LoRA on save).
+                merged = keras.ops.convert_to_numpy(layer.kernel)
+                weights = [np.asarray(merged), *weights[1:-2]]
+            return weights
 
         return _build(live_config, from_live, func=func)
     raise TypeError(
