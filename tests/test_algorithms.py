@@ -37,11 +37,16 @@ def algorithm_cases(
     elif name == "fft":
         sh = sw = 1
         kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    elif name == "direct":  # 1-9 output channels: groups of 4, a padded 4th, single channels
+        sh = sw = 1
+        cg, og = draw(st.integers(1, 5)), draw(st.integers(1, 9))
     else:
         groups = draw(st.sampled_from([1, 2]))
     c_in, c_out = groups * cg, groups * og
     h = draw(st.integers((kh - 1) * dh + 1, (kh - 1) * dh + 9))
-    w = draw(st.integers((kw - 1) * dw + 1, (kw - 1) * dw + 9))
+    # direct's blocks are 64 pixels wide (32 for float64): rows from 64 up, a partial last block
+    low = (kw - 1) * dw + (64 if name == "direct" else 1)
+    w = draw(st.integers(low, low + (70 if name == "direct" else 8)))
     n = draw(st.integers(1, 3))
     data_format = draw(st.sampled_from(["channels_last", "channels_first"]))
     dtype = draw(st.sampled_from(dtypes))
@@ -63,10 +68,16 @@ def algorithm_cases(
 NAMED = [name for name in ALGORITHMS if name != "winograd"] + ["winograd"]
 
 
+def _needs_numba(name: str) -> None:
+    if name == "direct" and get_numba() is None:  # refused then: see the test below
+        pytest.skip("the direct algorithm needs numba")
+
+
 @pytest.mark.parametrize("name", NAMED)
 @settings(max_examples=40)
 @given(data=st.data())
 def test_each_algorithm_matches_the_reference(name: str, data: st.DataObject) -> None:
+    _needs_numba(name)
     case = data.draw(algorithm_cases(name, dtypes=(np.float16, np.float32, np.float64)))
     out, plan = patchconv.conv2d(
         case.x, case.kernel, case.bias, algorithm=name, return_plan=True, **case.options
@@ -84,6 +95,7 @@ def test_each_algorithm_is_exact_under_any_workspace_limit(
     name: str, data: st.DataObject, limit: int
 ) -> None:
     """Tiles, blocks and image chunks of every size give the same values."""
+    _needs_numba(name)
     case = data.draw(algorithm_cases(name, dtypes=(np.float64,)))
     whole = patchconv.conv2d(case.x, case.kernel, case.bias, algorithm=name, **case.options)
     tiled = patchconv.conv2d(
@@ -98,6 +110,7 @@ def test_each_algorithm_is_exact_under_any_workspace_limit(
 def test_each_algorithm_s_gradients_match_gemm(name: str, data: st.DataObject) -> None:
     """conv2d_backward through each family equals the patch-matrix gradients (which the
     adjoint and PyTorch tests pin)."""
+    _needs_numba(name)
     case = data.draw(algorithm_cases(name, dtypes=(np.float32, np.float64)))
     out = patchconv.conv2d(case.x, case.kernel, **case.options)
     g = np.random.default_rng(7).standard_normal(out.shape).astype(case.x.dtype)
@@ -181,6 +194,27 @@ def test_winograd_accuracy_against_float64(m: int, bound32: float) -> None:
             "depthwise needs groups == c_in; got groups 2, c_in 4",
         ),
         ("fft", (1, 9, 9, 2), (3, 3, 2, 3), {"strides": 2}, r"fft needs strides 1; got \(2, 2\)"),
+        (
+            "direct",
+            (1, 9, 90, 2),
+            (3, 3, 2, 3),
+            {"strides": 2},
+            r"direct needs strides 1; got \(2, 2\)",
+        ),
+        (
+            "direct",
+            (1, 9, 40, 2),
+            (3, 3, 2, 3),
+            {},
+            "direct needs an output at least 64 wide; got 38",
+        ),
+        (
+            "direct",
+            (1, 9, 90, 65),
+            (3, 3, 65, 3),
+            {},
+            "direct needs at most 64 channels in and out; got c_in 65, c_out 3",
+        ),
     ],
 )
 def test_an_algorithm_that_does_not_apply_is_refused(
@@ -200,6 +234,15 @@ def test_an_algorithm_that_does_not_apply_is_refused(
         patchconv.PatchconvError, match=f"conv2d_backward: algorithm '{name}' does not apply"
     ):
         patchconv.conv2d_backward(g, x, kernel, algorithm=name, **options)
+
+
+def test_direct_is_refused_without_numba_and_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATCHCONV_NUMBA", "0")
+    x, kernel = np.ones((1, 8, 80, 3)), np.ones((3, 3, 3, 2))
+    with pytest.raises(patchconv.PatchconvError, match="direct needs numba"):
+        patchconv.conv2d(x, kernel, algorithm="direct")
+    plan = patchconv.explain_algorithm(x.shape, kernel.shape)
+    assert plan.algorithm != "direct" and "direct" not in dict(plan.estimates)
 
 
 def test_unknown_and_mistyped_algorithm_names() -> None:
@@ -223,13 +266,16 @@ def test_unknown_and_mistyped_algorithm_names() -> None:
         ((8, 56, 56, 128), (3, 3, 128, 128), {"strides": 2, "padding": "same"}, "gemm"),
         ((8, 56, 56, 64), (3, 3, 64, 64), {"padding": "same"}, "winograd_f4"),
         ((8, 64, 64, 16), (11, 11, 16, 16), {"padding": "same"}, "gemm, or fft without numba"),
+        # Not a benchmark layer: an RGB filter over a photo (Winograd took 25x as long).
+        ((1, 1024, 1024, 3), (3, 3, 3, 3), {"padding": "same"}, "direct, or gemm without numba"),
     ],
 )
 def test_the_chooser_on_the_benchmark_layers(
     x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], options: dict[str, Any], expected: str
 ) -> None:
-    if expected == "gemm, or fft without numba":  # the implicit GEMM's narrow form needs numba
-        expected = "gemm" if get_numba() is not None else "fft"
+    if ", or " in expected:  # the implicit GEMM's narrow form and direct need numba
+        with_numba, without = expected.removesuffix(" without numba").split(", or ")
+        expected = with_numba if get_numba() is not None else without
     plan = patchconv.explain_algorithm(x_shape, kernel_shape, **options)
     assert isinstance(plan, Plan)
     assert plan.algorithm == expected, str(plan)

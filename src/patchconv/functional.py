@@ -214,8 +214,8 @@ def conv2d(
         "auto" (the cost model picks), "measure" (time every algorithm that applies once per
         shape and dtype, then reuse the fastest), or a name from
         ``patchconv.algorithms.ALGORITHMS``: "gemm", "pointwise", "depthwise", "winograd"
-        ("winograd_f4", "winograd_f2"), "fft". A name that does not apply to the layer raises
-        PatchconvError saying why.
+        ("winograd_f4", "winograd_f2"), "fft", "direct". A name that does not apply to the
+        layer raises PatchconvError saying why.
     workspace_limit : int, optional
         Bytes of work buffers (patch tiles, transforms) a call may hold; defaults to
         :func:`patchconv.get_workspace_limit`.

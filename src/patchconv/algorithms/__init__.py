@@ -14,6 +14,7 @@ winograd       3x3, stride 1, dilation 1, groups 1         F(4x4, 3x3) or F(2x2,
 winograd_f4    as winograd                                 F(4x4, 3x3): 4x fewer multiplications
 winograd_f2    as winograd                                 F(2x2, 3x3): 2.25x fewer, more accurate
 fft            stride 1, groups 1                          spectra product per frequency
+direct         stride 1, groups 1, <= 64 channels (numba)  vectors along the image, not channels
 =============  ==========================================  ======================================
 
 The chooser (:func:`choose`) estimates each applicable algorithm's time from its arithmetic
@@ -34,7 +35,7 @@ import numpy as np
 
 from patchconv._config import get_workspace_limit
 from patchconv._spec import ConvSpec, PatchconvError
-from patchconv.algorithms import depthwise, fft, gemm, pointwise, winograd
+from patchconv.algorithms import depthwise, direct, fft, gemm, pointwise, winograd
 from patchconv.algorithms._runtime import (
     get_numba,
     n_workers,
@@ -54,7 +55,16 @@ __all__ = [
     "release_workspace",
 ]
 
-ALGORITHMS = ("gemm", "pointwise", "depthwise", "winograd", "winograd_f4", "winograd_f2", "fft")
+ALGORITHMS = (
+    "gemm",
+    "pointwise",
+    "depthwise",
+    "winograd",
+    "winograd_f4",
+    "winograd_f2",
+    "fft",
+    "direct",
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,8 @@ def _not_applicable(name: str, spec: ConvSpec) -> str | None:
         return winograd.applies(spec)
     if name == "fft":
         return fft.applies(spec)
+    if name == "direct":
+        return direct.applies(spec)
     raise AssertionError(name)  # pragma: no cover
 
 
@@ -134,6 +146,7 @@ _FIXED_SECONDS = {
     "winograd_f4": 80e-6,
     "winograd_f2": 80e-6,
     "fft": 200e-6,
+    "direct": 20e-6,
 }
 
 
@@ -195,6 +208,30 @@ def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
     )
 
 
+# The direct algorithm's multiply-adds, 4 output channels at a time: it runs them at 150-300
+# GF/s (1024x1024 7x7 3 -> 4: 204; 56x56 64 -> 64: 300), rated as conservatively as the
+# implicit GEMM (16 -> 16 11x11 runs 306 there, 244 here: the GEMM must keep it). A last
+# channel or two on their own take twice as long a value (4 accumulators, not 16).
+_DIRECT_FLOPS = 150e9
+# Values a second its planes and its pixel-major stores move on both cores (measured: a 1x1
+# 3 -> 1 layer over 1024x1024, all layout and no arithmetic, 1.25 ms for 4.2M values).
+_DIRECT_VALUES = 3e9
+
+
+def _direct_cost(spec: ConvSpec, itemsize: int) -> float:
+    fours, rest = divmod(spec.c_out, 4)
+    fours, rest = (fours + 1, 0) if rest == 3 else (fours, rest)
+    channels = 4 * fours + 2 * rest  # multiply-adds a pixel and tap, as the kernel runs them
+    pixels = spec.n * spec.oh * spec.ow
+    span = 4 * 64 // itemsize  # pixels a block; a row's last block overlaps the one before
+    computed = spec.n * spec.oh * -(-spec.ow // span) * span
+    flops = 2 * computed * spec.c_in * spec.kh * spec.kw * channels
+    band = direct.band_rows(spec, itemsize)
+    rows_read = spec.n * -(-spec.oh // band) * (band + (spec.kh - 1) * spec.dilation[0])
+    values = rows_read * spec.w * spec.c_in + pixels * spec.c_out
+    return flops / _DIRECT_FLOPS + values / _DIRECT_VALUES
+
+
 def _fft_cost(spec: ConvSpec, itemsize: int) -> float:
     _, _, fh, fw = fft.sizes(spec)
     size = fh * fw
@@ -224,6 +261,8 @@ def estimates(spec: ConvSpec, itemsize: int = 4) -> dict[str, float]:
             out[name] = _winograd_cost(spec, itemsize, 2)
         elif name == "fft":
             out[name] = _fft_cost(spec, itemsize)
+        elif name == "direct":
+            out[name] = _direct_cost(spec, itemsize)
         out[name] += _FIXED_SECONDS[name]
     if "gemm" in out and spec.n * spec.oh * spec.ow * spec.patch_size <= gemm.SMALL_ELEMENTS:
         out["gemm"] -= _FIXED_SECONDS["gemm"] / 2  # the gather fast path
@@ -237,6 +276,7 @@ _REASONS = {
     "winograd_f4": "3x3 stride 1: Winograd F(4x4, 3x3), 4x fewer multiplications",
     "winograd_f2": "3x3 stride 1: Winograd F(2x2, 3x3), 2.25x fewer multiplications",
     "fft": "large kernel: per-frequency products of FFT spectra",
+    "direct": "few channels: SIMD vectors along the image rows, all taps in registers",
 }
 
 _measured: dict[tuple[ConvSpec, str], str] = {}
@@ -300,6 +340,8 @@ def _runner(name: str) -> Runner:
         return lambda *a: winograd.forward(*a, m=2)
     if name == "fft":
         return fft.forward
+    if name == "direct":
+        return direct.forward
     raise AssertionError(name)  # pragma: no cover
 
 
@@ -358,7 +400,7 @@ def _blas_free(name: str, spec: ConvSpec, dtype: np.dtype, workspace_limit: int)
     elementwise NumPy only), so NumPy's BLAS threads can be left as they are."""
     if name in ("gemm", "pointwise"):
         return gemm.implicit_applies(spec, dtype.itemsize)
-    if name == "depthwise":
+    if name in ("depthwise", "direct"):
         return True
     if name.startswith("winograd"):
         return winograd.blas_free(spec, dtype, workspace_limit, m=4 if name.endswith("4") else 2)

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from patchconv.algorithms._runtime import (
@@ -44,6 +45,7 @@ __all__ = [
     "conv_rows_narrow",
     "conv_rows_narrow_pairs",
     "depthwise_rows",
+    "direct_rows",
     "lanes",
     "native_ready",
     "parallel",
@@ -219,6 +221,215 @@ def vfmas(typingctx: Any, a: Any, s: Any, c: Any) -> Any:
         return builder.fadd(product, args[2], flags=("contract",))
 
     return sig, codegen
+
+
+def _ints(values: Any) -> Any:
+    """A constant vector of 32-bit ints (a shuffle mask, lane numbers)."""
+    values = list(values)
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(values)), values)
+
+
+@intrinsic
+def vzip(typingctx: Any, a: Any, b: Any, half: Any) -> Any:
+    """Interleave ``a`` and ``b`` lane by lane: the low halves for ``half`` 0
+    (``a0 b0 a1 b1 ...``), the high halves for 1; ``half`` a constant."""
+    sig = a(a, b, half)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        n = a.count
+        lo = [i // 2 + (n if i % 2 else 0) for i in range(n)]
+        hi = [v + n // 2 for v in lo]
+        first = builder.shuffle_vector(args[0], args[1], _ints(lo))
+        second = builder.shuffle_vector(args[0], args[1], _ints(hi))
+        pick = builder.icmp_signed("==", args[2], ir.Constant(args[2].type, 0))
+        return builder.select(pick, first, second)
+
+    return sig, codegen
+
+
+@intrinsic
+def vzip2(typingctx: Any, a: Any, b: Any, half: Any) -> Any:
+    """:func:`vzip` on pairs of lanes: ``a0 a1 b0 b1 a2 a3 b2 b3 ...``."""
+    sig = a(a, b, half)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        n = a.count
+        lo = [(i // 4) * 2 + i % 2 + (n if i % 4 >= 2 else 0) for i in range(n)]
+        hi = [v + n // 2 for v in lo]
+        first = builder.shuffle_vector(args[0], args[1], _ints(lo))
+        second = builder.shuffle_vector(args[0], args[1], _ints(hi))
+        pick = builder.icmp_signed("==", args[2], ir.Constant(args[2].type, 0))
+        return builder.select(pick, first, second)
+
+    return sig, codegen
+
+
+@intrinsic
+def vstore_quad(typingctx: Any, arr: Any, index: Any, value: Any, quad: Any, count: Any) -> Any:
+    """``arr[index : index + count] = value[4*quad : 4*quad + count]``, count <= 4: one masked
+    store of 4 lanes."""
+    sig = types.void(arr, index, value, quad, count)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        element = context.get_value_type(arr.dtype)
+        quad4 = ir.VectorType(element, 4)
+        i32 = ir.IntType(32)
+        base = builder.mul(builder.trunc(args[3], i32), ir.Constant(i32, 4))
+        part = ir.Constant(quad4, ir.Undefined)
+        for i in range(4):
+            lane = builder.extract_element(args[2], builder.add(base, ir.Constant(i32, i)))
+            part = builder.insert_element(part, lane, ir.Constant(i32, i))
+        count = builder.trunc(args[4], i32)
+        lanes = _ints(range(4))
+        limit = builder.insert_element(
+            ir.Constant(ir.VectorType(i32, 4), ir.Undefined), count, ir.Constant(i32, 0)
+        )
+        limit = builder.shuffle_vector(limit, limit, ir.Constant(ir.VectorType(i32, 4), None))
+        mask = builder.icmp_signed("<", lanes, limit)
+        data = context.make_array(arr)(context, builder, args[0]).data
+        ptr = builder.gep(data, [args[1]])
+        fnty = ir.FunctionType(ir.VoidType(), [quad4, ptr.type, i32, mask.type])
+        kind = "f32" if arr.dtype.bitwidth == 32 else "f64"
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.v4{kind}.p0")
+        align = ir.Constant(i32, arr.dtype.bitwidth // 8)
+        builder.call(fn, [part, ptr, align, mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _planes(x, b, yy0, rows, pl, plane, rmax, wp):  # type: ignore[no-untyped-def]
+    # Input rows yy0 : yy0+rows of image b (rows past the image read as zeros) into plane
+    # (c_in, rmax, wp), channel by channel, with pl zero columns on the left and zeros after
+    # the image's last column.
+    _, h, w, ci = x.shape
+    xf = x.reshape(-1)
+    cols = min(w, wp - pl)
+    for r in range(rows):
+        yy = yy0 + r
+        for c in range(ci):
+            base = (c * rmax + r) * wp
+            if yy < 0 or yy >= h:
+                for t in range(wp):
+                    plane[base + t] = 0.0
+                continue
+            for t in range(pl):
+                plane[base + t] = 0.0
+            src = (b * h + yy) * w * ci + c
+            for t in range(cols):
+                plane[base + pl + t] = xf[src + t * ci]
+            for t in range(pl + cols, wp):
+                plane[base + t] = 0.0
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, band, work, lo, hi):  # type: ignore[no-untyped-def]
+    # A dense convolution with few channels, stride 1: bands lo:hi of ``band`` output rows (over
+    # n * bands per image). Vectors run along the image, not the channels: each band's input
+    # rows go into ``work`` as zero-padded planes (c_in, rows, width), then each block of 4
+    # vectors of output pixels sums all c_in*kh*kw taps in registers, for 4 output channels
+    # at a time (16 accumulators; a last group of 3 computes a zero 4th) or 1 (4). wt
+    # (c_in*kh*kw, c_out rounded up to 4) holds the weights by tap (c, i, j); biasv the bias,
+    # each value repeated over a vector. Needs ow >= 4 lanes.
+    _, oh, ow, co = out.shape
+    ci = x.shape[3]
+    lanes = VECTOR_BYTES // x.itemsize
+    span = 4 * lanes
+    wp = ow + (kw - 1) * dw
+    rmax = band + (kh - 1) * dh
+    per = -(-oh // band)
+    co4 = wt.shape[1]
+    wf = wt.reshape(-1)
+    of = out.reshape(-1)
+    plane = work[: ci * rmax * wp]
+    stage = work[ci * rmax * wp : ci * rmax * wp + 4 * span]
+    for bi in range(lo, hi):
+        b = bi // per
+        y0 = (bi - b * per) * band
+        y1 = min(oh, y0 + band)
+        _planes(x, b, y0 - pt, y1 - y0 + (kh - 1) * dh, pl, plane, rmax, wp)
+        for y in range(y0, y1):
+            row = (b * oh + y) * ow
+            for x0_ in range(0, ow, span):
+                x0 = min(x0_, ow - span)
+                o0 = 0
+                while o0 < co:
+                    left = co - o0
+                    if left >= 3:  # 4 channels
+                        b0 = vload(biasv, o0 * lanes)
+                        b1 = vload(biasv, (o0 + 1) * lanes)
+                        b2 = vload(biasv, (o0 + 2) * lanes)
+                        b3 = vload(biasv, (o0 + 3) * lanes)
+                        acc = (b0, b0, b0, b0, b1, b1, b1, b1, b2, b2, b2, b2, b3, b3, b3, b3)
+                        t = o0
+                        for c in range(ci):
+                            for i in range(kh):
+                                p = (c * rmax + y - y0 + i * dh) * wp + x0
+                                for _ in range(kw):
+                                    acc = _fma_4x4(
+                                        vload(plane, p),
+                                        vload(plane, p + lanes),
+                                        vload(plane, p + 2 * lanes),
+                                        vload(plane, p + 3 * lanes),
+                                        sload(wf, t),
+                                        sload(wf, t + 1),
+                                        sload(wf, t + 2),
+                                        sload(wf, t + 3),
+                                        acc,
+                                    )
+                                    p += dw
+                                    t += co4
+                        count = min(4, left)
+                        # Pixel-major at last: 4 channels x 16 pixels -> 4 vectors of 4 pixels x 4
+                        # channels each, per vector of pixels, then stored 4 channels a pixel.
+                        for v in numba.literal_unroll((0, 1, 2, 3)):
+                            t0 = vzip(acc[v], acc[4 + v], 0)
+                            t1 = vzip(acc[v], acc[4 + v], 1)
+                            t2 = vzip(acc[8 + v], acc[12 + v], 0)
+                            t3 = vzip(acc[8 + v], acc[12 + v], 1)
+                            quads = (vzip2(t0, t2, 0), vzip2(t0, t2, 1), vzip2(t1, t3, 0),
+                                     vzip2(t1, t3, 1))  # fmt: skip
+                            px0 = row + x0 + v * lanes
+                            for g in numba.literal_unroll((0, 1, 2, 3)):
+                                if co == 4:
+                                    vstore(of, (px0 + g * lanes // 4) * 4, quads[g])
+                                else:  # unrolled: each quad's lanes are then constants
+                                    for qd in numba.literal_unroll((0, 1, 2, 3)):
+                                        if qd < lanes // 4:
+                                            at = (px0 + g * lanes // 4 + qd) * co + o0
+                                            vstore_quad(of, at, quads[g], qd, count)
+                        o0 += 4
+                    else:  # 1 channel
+                        s0 = vload(biasv, o0 * lanes)
+                        s1 = s0
+                        s2 = s0
+                        s3 = s0
+                        t = o0
+                        for c in range(ci):
+                            for i in range(kh):
+                                p = (c * rmax + y - y0 + i * dh) * wp + x0
+                                for _ in range(kw):
+                                    wv = sload(wf, t)
+                                    s0 = vfmas(vload(plane, p), wv, s0)
+                                    s1 = vfmas(vload(plane, p + lanes), wv, s1)
+                                    s2 = vfmas(vload(plane, p + 2 * lanes), wv, s2)
+                                    s3 = vfmas(vload(plane, p + 3 * lanes), wv, s3)
+                                    p += dw
+                                    t += co4
+                        if co == 1:  # the output row is the plane: store it as it is
+                            vstore(of, row + x0, s0)
+                            vstore(of, row + x0 + lanes, s1)
+                            vstore(of, row + x0 + 2 * lanes, s2)
+                            vstore(of, row + x0 + 3 * lanes, s3)
+                        else:
+                            vstore(stage, 0, s0)
+                            vstore(stage, lanes, s1)
+                            vstore(stage, 2 * lanes, s2)
+                            vstore(stage, 3 * lanes, s3)
+                            for px in range(span):
+                                of[(row + x0 + px) * co + o0] = stage[px]
+                        o0 += 1
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -1679,6 +1890,16 @@ def _winograd_position_products_par(args, n, pieces, threads, counter):  # type:
 
 
 @_par
+def _direct_rows_par(args, n, pieces, threads, counter, work):  # type: ignore[no-untyped-def]
+    for t in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            lo, hi = _piece(n, pieces, p)
+            direct_rows(*args, work[t], lo, hi)
+            p = _take(counter)
+
+
+@_par
 def _batched_matmul_par(args, n, pieces, threads, counter):  # type: ignore[no-untyped-def]
     for _ in numba.prange(threads):
         p = _take(counter)
@@ -1708,6 +1929,7 @@ _NATIVE = {
 _NATIVE_WITH_WORK = {
     winograd_blocks: _winograd_blocks_par,
     winograd_grad_blocks: _winograd_grad_blocks_par,
+    direct_rows: _direct_rows_par,
 }
 
 
