@@ -223,11 +223,10 @@ def _direct_cost(spec: ConvSpec, itemsize: int) -> float:
     fours, rest = (fours + 1, 0) if rest == 3 else (fours, rest)
     channels = 4 * fours + 2 * rest  # multiply-adds a pixel and tap, as the kernel runs them
     pixels = spec.n * spec.oh * spec.ow
-    span = 4 * 64 // itemsize  # pixels a block; a row's last block overlaps the one before
-    computed = spec.n * spec.oh * -(-spec.ow // span) * span
-    flops = 2 * computed * spec.c_in * spec.kh * spec.kw * channels
-    band = direct.band_rows(spec, itemsize)
-    rows_read = spec.n * -(-spec.oh // band) * (band + (spec.kh - 1) * spec.dilation[0])
+    wp = spec.ow + (spec.kw - 1) * spec.dilation[1]  # rows as the blocks run along them
+    flops = 2 * spec.n * spec.oh * wp * spec.c_in * spec.kh * spec.kw * channels
+    per = direct.bands_per_image(spec, itemsize)
+    rows_read = spec.n * (spec.oh + per * (spec.kh - 1) * spec.dilation[0])
     values = rows_read * spec.w * spec.c_in + pixels * spec.c_out
     return flops / _DIRECT_FLOPS + values / _DIRECT_VALUES
 
@@ -471,7 +470,8 @@ def backward(
     layers); otherwise col2im of ``grad_out @ kernel^T`` per tile. grad_kernel: pointwise and
     depthwise layers have their own kernels; a layer whose forward plan is Winograd sums
     ``V^T @ (A dY A^T)`` per transform position (with numba); everything else accumulates
-    ``patches^T @ grad_out`` tile by tile. Returns the two gradients and what ran.
+    ``patches^T @ grad_out`` tile by tile. A layer whose forward plan is direct takes the
+    next cheapest family's gradients. Returns the two gradients and what ran.
     """
     with single_threaded_blas():  # our threads split the work (see _runtime)
         return _backward(grad_out, x, kernel, spec, workspace_limit, algorithm, func)
@@ -490,6 +490,10 @@ def _backward(
     plan = choose(spec, algorithm, func=func, itemsize=itemsize)
     name = plan.algorithm
     used: dict[str, Any] = {"forward_plan": plan}
+    if name == "direct" and len(plan.estimates) > 1:
+        # direct has no weight gradient of its own: take the next family's (Winograd's for
+        # 3x3 layers), whose grad_x is a forward convolution again (often direct's).
+        name = next(n for n, _ in plan.estimates if n != "direct")
     if name in ("pointwise", "depthwise"):
         module = pointwise if name == "pointwise" else depthwise
         grad_x, grad_kernel = module.backward(grad_out, x, kernel, spec, workspace_limit)

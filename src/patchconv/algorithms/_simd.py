@@ -265,6 +265,31 @@ def vzip2(typingctx: Any, a: Any, b: Any, half: Any) -> Any:
 
 
 @intrinsic
+def vdeint3(typingctx: Any, a: Any, b: Any, c: Any, k: Any) -> Any:
+    """Lanes ``k, k+3, k+6, ...`` of ``a``, ``b``, ``c`` laid end to end: channel ``k`` (a
+    constant, 0-2) of the pixels of three vectors of RGB values."""
+    sig = a(a, b, c, k)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        n = a.count
+        picks = []
+        for ch in range(3):
+            src = [3 * i + ch for i in range(n)]
+            # from a and b (indices < 2n), then the rest from c (lanes n.. of the 2nd shuffle)
+            ab = builder.shuffle_vector(args[0], args[1], _ints(v if v < 2 * n else 0 for v in src))
+            picks.append(
+                builder.shuffle_vector(
+                    ab, args[2], _ints(i if v < 2 * n else n + v - 2 * n for i, v in enumerate(src))
+                )
+            )
+        first = builder.icmp_signed("==", args[3], ir.Constant(args[3].type, 0))
+        second = builder.icmp_signed("==", args[3], ir.Constant(args[3].type, 1))
+        return builder.select(first, picks[0], builder.select(second, picks[1], picks[2]))
+
+    return sig, codegen
+
+
+@intrinsic
 def vstore_quad(typingctx: Any, arr: Any, index: Any, value: Any, quad: Any, count: Any) -> Any:
     """``arr[index : index + count] = value[4*quad : 4*quad + count]``, count <= 4: one masked
     store of 4 lanes."""
@@ -299,137 +324,188 @@ def vstore_quad(typingctx: Any, arr: Any, index: Any, value: Any, quad: Any, cou
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def _planes(x, b, yy0, rows, pl, plane, rmax, wp):  # type: ignore[no-untyped-def]
-    # Input rows yy0 : yy0+rows of image b (rows past the image read as zeros) into plane
-    # (c_in, rmax, wp), channel by channel, with pl zero columns on the left and zeros after
-    # the image's last column.
+def _planes(x, b, yy0, rows, pl, plane, pitch, wp):  # type: ignore[no-untyped-def]
+    # Input rows yy0 : yy0+rows of image b (rows past the image read as zeros) into planes of
+    # ``pitch`` values per channel, rows of wp: pl zero columns on the left, zeros after the
+    # image's last column, and zeros from the last row to the plane's end.
     _, h, w, ci = x.shape
+    lanes = VECTOR_BYTES // x.itemsize
     xf = x.reshape(-1)
     cols = min(w, wp - pl)
+    for c in range(ci):
+        for t in range(c * pitch + rows * wp, (c + 1) * pitch):
+            plane[t] = 0.0
     for r in range(rows):
         yy = yy0 + r
+        inside = 0 <= yy < h
         for c in range(ci):
-            base = (c * rmax + r) * wp
-            if yy < 0 or yy >= h:
-                for t in range(wp):
-                    plane[base + t] = 0.0
-                continue
-            for t in range(pl):
+            base = c * pitch + r * wp
+            for t in range(pl if inside else wp):
                 plane[base + t] = 0.0
-            src = (b * h + yy) * w * ci + c
+            for t in range(pl + cols if inside else wp, wp):
+                plane[base + t] = 0.0
+        if not inside:
+            continue
+        row = (b * h + yy) * w * ci
+        done = 0
+        if ci == 1:
             for t in range(cols):
-                plane[base + pl + t] = xf[src + t * ci]
-            for t in range(pl + cols, wp):
-                plane[base + t] = 0.0
+                plane[r * wp + pl + t] = xf[row + t]
+            continue
+        if ci == 3:  # RGB: three vectors of pixels -> one vector per channel
+            while done + lanes <= cols:
+                at = row + 3 * done
+                v0 = vload(xf, at)
+                v1 = vload(xf, at + lanes)
+                v2 = vload(xf, at + 2 * lanes)
+                for k in numba.literal_unroll((0, 1, 2)):
+                    vstore(plane, k * pitch + r * wp + pl + done, vdeint3(v0, v1, v2, k))
+                done += lanes
+        for c in range(ci):
+            base = c * pitch + r * wp + pl
+            for t in range(done, cols):
+                plane[base + t] = xf[row + t * ci + c]
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, band, work, lo, hi):  # type: ignore[no-untyped-def]
-    # A dense convolution with few channels, stride 1: bands lo:hi of ``band`` output rows (over
-    # n * bands per image). Vectors run along the image, not the channels: each band's input
-    # rows go into ``work`` as zero-padded planes (c_in, rows, width), then each block of 4
-    # vectors of output pixels sums all c_in*kh*kw taps in registers, for 4 output channels
-    # at a time (16 accumulators; a last group of 3 computes a zero 4th) or 1 (4). wt
-    # (c_in*kh*kw, c_out rounded up to 4) holds the weights by tap (c, i, j); biasv the bias,
-    # each value repeated over a vector. Needs ow >= 4 lanes.
+def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  # type: ignore[no-untyped-def]
+    # A dense convolution with few channels, stride 1: bands lo:hi (over n images x ``per``
+    # bands of rows each). Vectors run along the image, not the channels: each band's input
+    # rows go into ``work`` as zero-padded planes, one per input channel, rows wp = ow + (kw-1)*dw
+    # long laid end to end. Output pixel (y, x) of the band is then position q = y*wp + x of a
+    # flat row, and tap (i, j) reads plane position q + i*dh*wp + j*dw, so blocks of 4 vectors
+    # of q run across row ends (the x >= ow they compute are dropped) and any width works.
+    # Each block sums all c_in*kh*kw taps in registers, for 4 output channels at a time (16
+    # accumulators; a last group of 3 computes a zero 4th), interleaved to NHWC by shuffles,
+    # or 1 (4). wt (c_in*kh*kw, c_out rounded up to 4) holds the weights by tap (c, i, j);
+    # biasv the bias, each value repeated over a vector. Needs each band's rows * wp >= 4 lanes.
     _, oh, ow, co = out.shape
     ci = x.shape[3]
     lanes = VECTOR_BYTES // x.itemsize
     span = 4 * lanes
     wp = ow + (kw - 1) * dw
-    rmax = band + (kh - 1) * dh
-    per = -(-oh // band)
+    rmax = -(-oh // per) + (kh - 1) * dh
+    pitch = rmax * wp + (kw - 1) * dw + span  # the last block reads past the last row
     co4 = wt.shape[1]
     wf = wt.reshape(-1)
     of = out.reshape(-1)
-    plane = work[: ci * rmax * wp]
-    stage = work[ci * rmax * wp : ci * rmax * wp + 4 * span]
+    plane = work[: ci * pitch]
+    stage = work[ci * pitch : ci * pitch + 4 * span]
     for bi in range(lo, hi):
         b = bi // per
-        y0 = (bi - b * per) * band
-        y1 = min(oh, y0 + band)
-        _planes(x, b, y0 - pt, y1 - y0 + (kh - 1) * dh, pl, plane, rmax, wp)
-        for y in range(y0, y1):
-            row = (b * oh + y) * ow
-            for x0_ in range(0, ow, span):
-                x0 = min(x0_, ow - span)
-                o0 = 0
-                while o0 < co:
-                    left = co - o0
-                    if left >= 3:  # 4 channels
-                        b0 = vload(biasv, o0 * lanes)
-                        b1 = vload(biasv, (o0 + 1) * lanes)
-                        b2 = vload(biasv, (o0 + 2) * lanes)
-                        b3 = vload(biasv, (o0 + 3) * lanes)
-                        acc = (b0, b0, b0, b0, b1, b1, b1, b1, b2, b2, b2, b2, b3, b3, b3, b3)
-                        t = o0
-                        for c in range(ci):
-                            for i in range(kh):
-                                p = (c * rmax + y - y0 + i * dh) * wp + x0
-                                for _ in range(kw):
-                                    acc = _fma_4x4(
-                                        vload(plane, p),
-                                        vload(plane, p + lanes),
-                                        vload(plane, p + 2 * lanes),
-                                        vload(plane, p + 3 * lanes),
-                                        sload(wf, t),
-                                        sload(wf, t + 1),
-                                        sload(wf, t + 2),
-                                        sload(wf, t + 3),
-                                        acc,
-                                    )
-                                    p += dw
-                                    t += co4
-                        count = min(4, left)
-                        # Pixel-major at last: 4 channels x 16 pixels -> 4 vectors of 4 pixels x 4
-                        # channels each, per vector of pixels, then stored 4 channels a pixel.
-                        for v in numba.literal_unroll((0, 1, 2, 3)):
-                            t0 = vzip(acc[v], acc[4 + v], 0)
-                            t1 = vzip(acc[v], acc[4 + v], 1)
-                            t2 = vzip(acc[8 + v], acc[12 + v], 0)
-                            t3 = vzip(acc[8 + v], acc[12 + v], 1)
-                            quads = (vzip2(t0, t2, 0), vzip2(t0, t2, 1), vzip2(t1, t3, 0),
-                                     vzip2(t1, t3, 1))  # fmt: skip
-                            px0 = row + x0 + v * lanes
-                            for g in numba.literal_unroll((0, 1, 2, 3)):
+        y0, y1 = _piece(oh, per, bi - b * per)
+        _planes(x, b, y0 - pt, y1 - y0 + (kh - 1) * dh, pl, plane, pitch, wp)
+        total = (y1 - y0) * wp
+        for q0_ in range(0, total, span):
+            q0 = min(q0_, total - span)
+            yq = q0 // wp  # the block's first pixel: row yq of the band, column xq
+            xq = q0 - yq * wp
+            whole = xq + span <= ow
+            o0 = 0
+            while o0 < co:
+                left = co - o0
+                if left >= 3:  # 4 channels
+                    b0 = vload(biasv, o0 * lanes)
+                    b1 = vload(biasv, (o0 + 1) * lanes)
+                    b2 = vload(biasv, (o0 + 2) * lanes)
+                    b3 = vload(biasv, (o0 + 3) * lanes)
+                    acc = (b0, b0, b0, b0, b1, b1, b1, b1, b2, b2, b2, b2, b3, b3, b3, b3)
+                    t = o0
+                    for c in range(ci):
+                        for i in range(kh):
+                            p = c * pitch + q0 + i * dh * wp
+                            for _ in range(kw):
+                                acc = _fma_4x4(
+                                    vload(plane, p),
+                                    vload(plane, p + lanes),
+                                    vload(plane, p + 2 * lanes),
+                                    vload(plane, p + 3 * lanes),
+                                    sload(wf, t),
+                                    sload(wf, t + 1),
+                                    sload(wf, t + 2),
+                                    sload(wf, t + 3),
+                                    acc,
+                                )
+                                p += dw
+                                t += co4
+                    count = min(4, left)
+                    y = yq
+                    xx = xq
+                    # Pixel-major at last: 4 channels x a vector of pixels -> vectors of 4
+                    # pixels x 4 channels, then stored 4 channels a pixel (or 4 pixels at once).
+                    for v in numba.literal_unroll((0, 1, 2, 3)):
+                        t0 = vzip(acc[v], acc[4 + v], 0)
+                        t1 = vzip(acc[v], acc[4 + v], 1)
+                        t2 = vzip(acc[8 + v], acc[12 + v], 0)
+                        t3 = vzip(acc[8 + v], acc[12 + v], 1)
+                        quads = (vzip2(t0, t2, 0), vzip2(t0, t2, 1), vzip2(t1, t3, 0),
+                                 vzip2(t1, t3, 1))  # fmt: skip
+                        for g in numba.literal_unroll((0, 1, 2, 3)):
+                            if whole:  # the block lies in one row: no pixel dropped
+                                at = ((b * oh + y0 + yq) * ow + xq + v * lanes) * co + o0
+                                at += g * (lanes // 4) * co
                                 if co == 4:
-                                    vstore(of, (px0 + g * lanes // 4) * 4, quads[g])
-                                else:  # unrolled: each quad's lanes are then constants
+                                    vstore(of, at, quads[g])
+                                else:
                                     for qd in numba.literal_unroll((0, 1, 2, 3)):
                                         if qd < lanes // 4:
-                                            at = (px0 + g * lanes // 4 + qd) * co + o0
+                                            vstore_quad(of, at + qd * co, quads[g], qd, count)
+                            elif co == 4 and xx + lanes // 4 <= ow:  # a run of pixels in a row
+                                vstore(of, ((b * oh + y0 + y) * ow + xx) * 4, quads[g])
+                                xx += lanes // 4
+                            else:  # unrolled: each quad's lanes are then constants
+                                for qd in numba.literal_unroll((0, 1, 2, 3)):
+                                    if qd < lanes // 4:
+                                        if xx < ow:
+                                            at = ((b * oh + y0 + y) * ow + xx) * co + o0
                                             vstore_quad(of, at, quads[g], qd, count)
-                        o0 += 4
-                    else:  # 1 channel
-                        s0 = vload(biasv, o0 * lanes)
-                        s1 = s0
-                        s2 = s0
-                        s3 = s0
-                        t = o0
-                        for c in range(ci):
-                            for i in range(kh):
-                                p = (c * rmax + y - y0 + i * dh) * wp + x0
-                                for _ in range(kw):
-                                    wv = sload(wf, t)
-                                    s0 = vfmas(vload(plane, p), wv, s0)
-                                    s1 = vfmas(vload(plane, p + lanes), wv, s1)
-                                    s2 = vfmas(vload(plane, p + 2 * lanes), wv, s2)
-                                    s3 = vfmas(vload(plane, p + 3 * lanes), wv, s3)
-                                    p += dw
-                                    t += co4
-                        if co == 1:  # the output row is the plane: store it as it is
-                            vstore(of, row + x0, s0)
-                            vstore(of, row + x0 + lanes, s1)
-                            vstore(of, row + x0 + 2 * lanes, s2)
-                            vstore(of, row + x0 + 3 * lanes, s3)
+                                        xx += 1
+                                        if xx == wp:
+                                            xx = 0
+                                            y += 1
+                            if xx == wp:
+                                xx = 0
+                                y += 1
+                    o0 += 4
+                else:  # 1 channel
+                    s0 = vload(biasv, o0 * lanes)
+                    s1 = s0
+                    s2 = s0
+                    s3 = s0
+                    t = o0
+                    for c in range(ci):
+                        for i in range(kh):
+                            p = c * pitch + q0 + i * dh * wp
+                            for _ in range(kw):
+                                wv = sload(wf, t)
+                                s0 = vfmas(vload(plane, p), wv, s0)
+                                s1 = vfmas(vload(plane, p + lanes), wv, s1)
+                                s2 = vfmas(vload(plane, p + 2 * lanes), wv, s2)
+                                s3 = vfmas(vload(plane, p + 3 * lanes), wv, s3)
+                                p += dw
+                                t += co4
+                    vstore(stage, 0, s0)
+                    vstore(stage, lanes, s1)
+                    vstore(stage, 2 * lanes, s2)
+                    vstore(stage, 3 * lanes, s3)
+                    y = yq
+                    xx = xq
+                    px = 0
+                    while px < span:
+                        if co == 1 and xx + lanes <= ow and px + lanes <= span:
+                            # a vector of pixels in one row: stored as it is
+                            vstore(of, (b * oh + y0 + y) * ow + xx, vload(stage, px))
+                            px += lanes
+                            xx += lanes
                         else:
-                            vstore(stage, 0, s0)
-                            vstore(stage, lanes, s1)
-                            vstore(stage, 2 * lanes, s2)
-                            vstore(stage, 3 * lanes, s3)
-                            for px in range(span):
-                                of[(row + x0 + px) * co + o0] = stage[px]
-                        o0 += 1
+                            if xx < ow:
+                                of[((b * oh + y0 + y) * ow + xx) * co + o0] = stage[px]
+                            px += 1
+                            xx += 1
+                        if xx >= wp:
+                            xx -= wp
+                            y += 1
+                    o0 += 1
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)

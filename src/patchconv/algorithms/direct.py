@@ -23,6 +23,8 @@ __all__ = ["MAX_CHANNELS", "applies", "forward"]
 # Channels in or out up to which the algorithm applies (past them the channels fill vectors
 # and matrix products, and the other algorithms win).
 MAX_CHANNELS = 64
+# Pixels one block computes (4 vectors of float32; float64's are 32 and need no more).
+_SPAN = 4 * VECTOR_BYTES // 4
 # Bytes of one band's input planes: they stay in a core's L2 cache while its rows are read
 # (measured: 1 MB bands ran 8 -> 8 channels 25% faster than 256 KB ones, as the kh - 1 rows
 # each band reads again are fewer).
@@ -40,8 +42,12 @@ def applies(spec: ConvSpec) -> str | None:
             f"direct needs at most {MAX_CHANNELS} channels in and out; got c_in {spec.c_in}, "
             f"c_out {spec.c_out}"
         )
-    if spec.ow < 4 * VECTOR_BYTES // 4:
-        return f"direct needs an output at least {4 * VECTOR_BYTES // 4} wide; got {spec.ow}"
+    wp = spec.ow + (spec.kw - 1) * spec.dilation[1]
+    if spec.oh * wp < _SPAN:
+        return (
+            f"direct needs {_SPAN} output pixels or more an image, counting the "
+            f"{wp - spec.ow} of each row its flat rows add; got {spec.oh} x {wp}"
+        )
     if get_numba() is None:
         return "direct needs numba (the fast extra)"
     return None
@@ -61,6 +67,16 @@ def band_rows(spec: ConvSpec, itemsize: int, workspace_limit: int | None = None)
     return max(1, min(band, spec.oh))
 
 
+def bands_per_image(spec: ConvSpec, itemsize: int, workspace_limit: int | None = None) -> int:
+    """Bands each image's rows are cut into: :func:`band_rows` high, fewer where a band would
+    hold less than one block of pixels (its rows times wp)."""
+    wp = spec.ow + (spec.kw - 1) * spec.dilation[1]
+    per = -(-spec.oh // band_rows(spec, itemsize, workspace_limit))
+    while per > 1 and (spec.oh // per) * wp < 4 * VECTOR_BYTES // itemsize:
+        per -= 1
+    return per
+
+
 def forward(
     x: np.ndarray,
     kernel: np.ndarray,
@@ -73,10 +89,6 @@ def forward(
 
     dtype = x.dtype
     lanes = VECTOR_BYTES // dtype.itemsize
-    if spec.ow < 4 * lanes:  # float64's 4 vectors are 32 pixels, float32's 64
-        from patchconv.algorithms import gemm
-
-        return gemm.forward(x, kernel, bias, spec, workspace_limit)
     co4 = -(-spec.c_out // 4) * 4
     # Weights by tap (c, i, j), output channels padded to a multiple of 4 with zeros.
     wt = np.zeros((spec.c_in * spec.kh * spec.kw, co4), dtype)
@@ -85,10 +97,11 @@ def forward(
     if bias is not None:
         biasv[: spec.c_out] = np.asarray(bias, dtype)[:, None]
     out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype)
-    band = band_rows(spec, dtype.itemsize, workspace_limit)
-    rmax = band + (spec.kh - 1) * spec.dilation[0]
+    per = bands_per_image(spec, dtype.itemsize, workspace_limit)
+    rmax = -(-spec.oh // per) + (spec.kh - 1) * spec.dilation[0]
     wp = spec.ow + (spec.kw - 1) * spec.dilation[1]
-    bands = spec.n * -(-spec.oh // band)
+    span = 4 * lanes
+    pitch = rmax * wp + (spec.kw - 1) * spec.dilation[1] + span  # as _simd.direct_rows has it
     (pt, _), (pl, _) = spec.pads
     args = (
         np.ascontiguousarray(x),
@@ -100,8 +113,8 @@ def forward(
         *spec.dilation,
         pt,
         pl,
-        band,
+        per,
     )
-    size = spec.c_in * rmax * wp + 4 * 4 * lanes
-    _simd.parallel(_simd.direct_rows, args, bands, work=(size, dtype, workspace_limit))
+    size = spec.c_in * pitch + 4 * span
+    _simd.parallel(_simd.direct_rows, args, spec.n * per, work=(size, dtype, workspace_limit))
     return out
