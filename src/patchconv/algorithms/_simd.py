@@ -391,6 +391,7 @@ def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  
     of = out.reshape(-1)
     plane = work[: ci * pitch]
     stage = work[ci * pitch : ci * pitch + 4 * span]
+    offs = np.empty(span, np.int64)
     for bi in range(lo, hi):
         b = bi // per
         y0, y1 = _piece(oh, per, bi - b * per)
@@ -401,6 +402,15 @@ def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  
             yq = q0 // wp  # the block's first pixel: row yq of the band, column xq
             xq = q0 - yq * wp
             whole = xq + span <= ow
+            if not whole:  # where each pixel of the block goes, -1 for the dropped columns
+                y = yq
+                xx = xq
+                for px in range(span):
+                    offs[px] = ((b * oh + y0 + y) * ow + xx) * co if xx < ow else -1
+                    xx += 1
+                    if xx == wp:
+                        xx = 0
+                        y += 1
             o0 = 0
             while o0 < co:
                 left = co - o0
@@ -429,8 +439,6 @@ def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  
                                 p += dw
                                 t += co4
                     count = min(4, left)
-                    y = yq
-                    xx = xq
                     # Pixel-major at last: 4 channels x a vector of pixels -> vectors of 4
                     # pixels x 4 channels, then stored 4 channels a pixel (or 4 pixels at once).
                     for v in numba.literal_unroll((0, 1, 2, 3)):
@@ -450,22 +458,12 @@ def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  
                                     for qd in numba.literal_unroll((0, 1, 2, 3)):
                                         if qd < lanes // 4:
                                             vstore_quad(of, at + qd * co, quads[g], qd, count)
-                            elif co == 4 and xx + lanes // 4 <= ow:  # a run of pixels in a row
-                                vstore(of, ((b * oh + y0 + y) * ow + xx) * 4, quads[g])
-                                xx += lanes // 4
                             else:  # unrolled: each quad's lanes are then constants
                                 for qd in numba.literal_unroll((0, 1, 2, 3)):
                                     if qd < lanes // 4:
-                                        if xx < ow:
-                                            at = ((b * oh + y0 + y) * ow + xx) * co + o0
-                                            vstore_quad(of, at, quads[g], qd, count)
-                                        xx += 1
-                                        if xx == wp:
-                                            xx = 0
-                                            y += 1
-                            if xx == wp:
-                                xx = 0
-                                y += 1
+                                        at = offs[v * lanes + g * (lanes // 4) + qd]
+                                        if at >= 0:
+                                            vstore_quad(of, at + o0, quads[g], qd, count)
                     o0 += 4
                 else:  # 1 channel
                     s0 = vload(biasv, o0 * lanes)
@@ -488,23 +486,21 @@ def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  
                     vstore(stage, lanes, s1)
                     vstore(stage, 2 * lanes, s2)
                     vstore(stage, 3 * lanes, s3)
-                    y = yq
-                    xx = xq
-                    px = 0
-                    while px < span:
-                        if co == 1 and xx + lanes <= ow and px + lanes <= span:
-                            # a vector of pixels in one row: stored as it is
-                            vstore(of, (b * oh + y0 + y) * ow + xx, vload(stage, px))
-                            px += lanes
-                            xx += lanes
-                        else:
-                            if xx < ow:
-                                of[((b * oh + y0 + y) * ow + xx) * co + o0] = stage[px]
-                            px += 1
-                            xx += 1
-                        if xx >= wp:
-                            xx -= wp
-                            y += 1
+                    if whole and co == 1:  # the output row is the block: stored as it is
+                        at = (b * oh + y0 + yq) * ow + xq
+                        vstore(of, at, s0)
+                        vstore(of, at + lanes, s1)
+                        vstore(of, at + 2 * lanes, s2)
+                        vstore(of, at + 3 * lanes, s3)
+                    elif whole:
+                        at = ((b * oh + y0 + yq) * ow + xq) * co + o0
+                        for px in range(span):
+                            of[at + px * co] = stage[px]
+                    else:
+                        for px in range(span):
+                            at = offs[px]
+                            if at >= 0:
+                                of[at + o0] = stage[px]
                     o0 += 1
 
 
