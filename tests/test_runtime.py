@@ -216,6 +216,29 @@ def test_parallel_row_pairs_cover_every_row_once(native: bool) -> None:
     np.testing.assert_array_equal(out, serial)
 
 
+def test_threads_asking_for_numba_at_once_all_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first calls from several threads at once: each waits for the one import, none is
+    told numba is missing (which refused algorithm="direct" and hid the compiled paths)."""
+    if _runtime.get_numba() is None:
+        pytest.skip("numba is not installed or is disabled")
+    for _ in range(20):
+        monkeypatch.setattr(_runtime, "_numba", None)
+        monkeypatch.setattr(_runtime, "_numba_tried", False)
+        start = threading.Barrier(4)
+        seen: list[object] = []
+
+        def ask(start: threading.Barrier = start, seen: list[object] = seen) -> None:
+            start.wait()
+            seen.append(_runtime.get_numba())
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(seen) == 4 and all(m is not None for m in seen)
+
+
 def test_worker_count_is_reread_after_a_second_or_in_another_process() -> None:
     """n_workers keeps the affinity count for a second in the process that read it."""
     true_count = len(os.sched_getaffinity(0))

@@ -355,6 +355,7 @@ def release_workspace() -> int:
 
 _numba: ModuleType | None = None
 _numba_tried = False
+_numba_lock = threading.Lock()
 
 
 def _writable(folder: str) -> bool:
@@ -391,12 +392,16 @@ def get_numba() -> ModuleType | None:
     if os.environ.get("PATCHCONV_NUMBA", "1") == "0":
         return None
     if not _numba_tried:
-        _numba_tried = True
-        _numba_cache_fallback()
-        try:
-            import numba
+        # One thread imports; the others wait for it (a flag set before the import finished
+        # told threads calling at the same time that numba was missing).
+        with _numba_lock:
+            if not _numba_tried:
+                _numba_cache_fallback()
+                try:
+                    import numba
 
-            _numba = numba
-        except ImportError:  # pragma: no cover - the fast extra is not installed
-            _numba = None
+                    _numba = numba
+                except ImportError:  # pragma: no cover - the fast extra is not installed
+                    _numba = None
+                _numba_tried = True
     return _numba

@@ -315,7 +315,10 @@ def vstore_quad(typingctx: Any, arr: Any, index: Any, value: Any, quad: Any, cou
         ptr = builder.gep(data, [args[1]])
         fnty = ir.FunctionType(ir.VoidType(), [quad4, ptr.type, i32, mask.type])
         kind = "f32" if arr.dtype.bitwidth == 32 else "f64"
-        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.v4{kind}.p0")
+        # The pointer's part of the name: "p0" for LLVM's opaque pointers, "p0f32" before them.
+        where = "p0" if getattr(ptr.type, "is_opaque", False) else f"p0{kind}"
+        name = f"llvm.masked.store.v4{kind}.{where}"
+        fn = cgutils.get_or_insert_function(builder.module, fnty, name)
         align = ir.Constant(i32, arr.dtype.bitwidth // 8)
         builder.call(fn, [part, ptr, align, mask])
         return context.get_dummy_value()
@@ -385,12 +388,12 @@ def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  
     span = 4 * lanes
     wp = ow + (kw - 1) * dw
     rmax = -(-oh // per) + (kh - 1) * dh
-    pitch = rmax * wp + (kw - 1) * dw + span  # the last block reads past the last row
+    pitch = rmax * wp + (kw - 1) * dw  # a band's last block reads past its last row
     co4 = wt.shape[1]
     wf = wt.reshape(-1)
     of = out.reshape(-1)
     plane = work[: ci * pitch]
-    stage = work[ci * pitch : ci * pitch + 4 * span]
+    stage = work[ci * pitch : ci * pitch + span]
     offs = np.empty(span, np.int64)
     for bi in range(lo, hi):
         b = bi // per

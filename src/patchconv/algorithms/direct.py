@@ -101,7 +101,9 @@ def forward(
     rmax = -(-spec.oh // per) + (spec.kh - 1) * spec.dilation[0]
     wp = spec.ow + (spec.kw - 1) * spec.dilation[1]
     span = 4 * lanes
-    pitch = rmax * wp + (spec.kw - 1) * spec.dilation[1] + span  # as _simd.direct_rows has it
+    # Every band holds a block of pixels (a shorter one would start its block before it).
+    assert (spec.oh // per) * wp >= span, (spec, per)
+    pitch = rmax * wp + (spec.kw - 1) * spec.dilation[1]  # as _simd.direct_rows has it
     (pt, _), (pl, _) = spec.pads
     args = (
         np.ascontiguousarray(x),
@@ -115,6 +117,6 @@ def forward(
         pl,
         per,
     )
-    size = spec.c_in * pitch + 4 * span
+    size = spec.c_in * pitch + span
     _simd.parallel(_simd.direct_rows, args, spec.n * per, work=(size, dtype, workspace_limit))
     return out
