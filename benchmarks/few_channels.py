@@ -14,17 +14,14 @@ Usage (unset the OpenBLAS variables for benchmarks only):
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Callable
 from typing import Any
 
-import numba
 import numpy as np
 from benchmarks import peers
 from benchmarks.layers import Layer
-from benchmarks.winograd_floor import _median_ms
-from threadpoolctl import threadpool_info
+from benchmarks.winograd_floor import _median_ms, start
 
 import patchconv
 from patchconv import algorithms
@@ -44,13 +41,8 @@ LAYERS = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
-    args = parser.parse_args()
+    rounds, names = start(__doc__)
     rng = np.random.default_rng(0)
-    blas = [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()]
-    print(f"BLAS: {blas}; numba threads: {numba.get_num_threads()}")
-    names = peers.available(("torch_nchw", "torch_cl", "onnxruntime"))
     header = "layer | " + " | ".join(names) + " | patchconv (algorithm) | ratio | before | ratio"
     print(header)
     print("|".join("---" for _ in header.split("|")))
@@ -69,7 +61,7 @@ def main() -> None:
                 x, kernel, padding="same", algorithm=name
             )
         times: dict[str, list[float]] = {key: [] for key in calls}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for key, call in calls.items():
                 times[key].append(_median_ms(call, 0.2))
         med = {key: statistics.median(v) for key, v in times.items()}

@@ -91,14 +91,20 @@ def floors(layer: Layer, m: int, rng: np.random.Generator) -> tuple[Callable[[],
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def start(doc: str) -> tuple[int, list[str]]:
+    """A peer benchmark's command line (``--rounds``), its first line (the BLAS that runs and
+    numba's threads) and the forward peers installed here."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
     blas = [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()]
     print(f"BLAS: {blas}; numba threads: {numba.get_num_threads()}")
-    names = peers.available(("torch_nchw", "torch_cl", "onnxruntime"))
+    return args.rounds, peers.available(("torch_nchw", "torch_cl", "onnxruntime"))
+
+
+def main() -> None:
+    rounds, names = start(__doc__)
+    rng = np.random.default_rng(0)
     header = (
         "layer | best peer ms | target ms | conv2d ms | ratio | prepared ms | ratio "
         "| F2 U+prod / prod | F4 U+prod / prod"
@@ -118,7 +124,7 @@ def main() -> None:
             if _tiles(layer, m) >= 6:  # our products need 6 tiles
                 calls[f"F{m} prod"], calls[f"F{m} U+prod"] = floors(layer, m, rng)
         times: dict[str, list[float]] = {key: [] for key in calls}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for key, call in calls.items():
                 times[key].append(_median_ms(call))
         med = {key: statistics.median(v) for key, v in times.items()}
