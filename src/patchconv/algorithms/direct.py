@@ -1,14 +1,16 @@
 """Dense convolution with few channels (RGB filters, first layers), vectorised along the image.
 
 Every other algorithm puts the channels in the SIMD lanes or in a matrix product's inner
-dimension. With 3 input channels and 1-8 output channels neither fills anything: Winograd and
-the patch matrix ran a 1024x1024 RGB 3x3 filter 6-16x slower than PyTorch channels_last.
+dimension. With 3 input channels and a few output channels neither fills anything: Winograd
+and the patch matrix ran a 1024x1024 RGB 3x3 filter 6-16x slower than PyTorch channels_last.
 Here the lanes hold neighbouring pixels of one channel instead. Each band of output rows
 copies the input rows it reads into zero-padded planes (one per input channel, in a work
 buffer that stays in cache), then each block of 4 vectors of output pixels sums all
 ``c_in*kh*kw`` taps in registers, for 4 output channels at a time (or 1), and is written
-once. Compiled with numba (:func:`patchconv.algorithms._simd.direct_rows`), bands split over
-the cores; without numba it does not apply.
+once. A band's rows are laid end to end, each ``(kw-1)*dw`` longer than an output row (the
+columns dropped when stored), so the blocks run across row ends and any width works.
+Compiled with numba (:func:`patchconv.algorithms._simd.direct_rows`), bands split over the
+cores; without numba it does not apply.
 """
 
 from __future__ import annotations
