@@ -469,9 +469,10 @@ def backward(
     kernel, so it takes whichever algorithm the chooser picks for that (Winograd for 3x3
     layers); otherwise col2im of ``grad_out @ kernel^T`` per tile. grad_kernel: pointwise and
     depthwise layers have their own kernels; a layer whose forward plan is Winograd sums
-    ``V^T @ (A dY A^T)`` per transform position (with numba); everything else accumulates
-    ``patches^T @ grad_out`` tile by tile. A layer whose forward plan is direct takes the
-    next cheapest family's gradients. Returns the two gradients and what ran.
+    ``V^T @ (A dY A^T)`` per transform position (with numba); a direct layer with few input
+    channels sums input planes times gradient planes (deeper ones take the next cheapest
+    family's gradients); everything else accumulates ``patches^T @ grad_out`` tile by tile.
+    Returns the two gradients and what ran.
     """
     with single_threaded_blas():  # our threads split the work (see _runtime)
         return _backward(grad_out, x, kernel, spec, workspace_limit, algorithm, func)
@@ -490,9 +491,9 @@ def _backward(
     plan = choose(spec, algorithm, func=func, itemsize=itemsize)
     name = plan.algorithm
     used: dict[str, Any] = {"forward_plan": plan}
-    if name == "direct" and len(plan.estimates) > 1:
-        # direct has no weight gradient of its own: take the next family's (Winograd's for
-        # 3x3 layers), whose grad_x is a forward convolution again (often direct's).
+    if name == "direct" and spec.c_in > direct.GRAD_KERNEL_C_IN and len(plan.estimates) > 1:
+        # Deeper inputs: the next family's gradients (Winograd's for 3x3 layers), whose grad_x
+        # is a forward convolution again (often direct's).
         name = next(n for n, _ in plan.estimates if n != "direct")
     if name in ("pointwise", "depthwise"):
         module = pointwise if name == "pointwise" else depthwise
@@ -501,7 +502,10 @@ def _backward(
         assert grad_x is not None and grad_kernel is not None
         return grad_x, grad_kernel, used
     m = 4 if name == "winograd_f4" else 2
-    if name.startswith("winograd") and winograd.grad_kernel_applies(
+    if name == "direct":
+        grad_kernel = direct.grad_kernel(grad_out, x, spec, workspace_limit)
+        used["grad_kernel"] = "direct (input planes times gradient planes)"
+    elif name.startswith("winograd") and winograd.grad_kernel_applies(
         spec, itemsize, workspace_limit, m=m
     ):
         grad_kernel = winograd.grad_kernel(grad_out, x, spec, workspace_limit, m=m)

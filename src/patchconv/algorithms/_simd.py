@@ -45,6 +45,7 @@ __all__ = [
     "conv_rows_narrow",
     "conv_rows_narrow_pairs",
     "depthwise_rows",
+    "direct_grad_kernel",
     "direct_rows",
     "lanes",
     "native_ready",
@@ -505,6 +506,82 @@ def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  
                             if at >= 0:
                                 of[at + o0] = stage[px]
                     o0 += 1
+
+
+@numba.njit(inline="always")
+def _outer_4x4(x0, x1, x2, x3, g0, g1, g2, g3, a):  # type: ignore[no-untyped-def]
+    # a[4*k + v] += x_k * g_v, lane by lane: 4 taps' input vectors times 4 channels' gradients.
+    return (
+        vfma(x0, g0, a[0]), vfma(x0, g1, a[1]), vfma(x0, g2, a[2]), vfma(x0, g3, a[3]),
+        vfma(x1, g0, a[4]), vfma(x1, g1, a[5]), vfma(x1, g2, a[6]), vfma(x1, g3, a[7]),
+        vfma(x2, g0, a[8]), vfma(x2, g1, a[9]), vfma(x2, g2, a[10]), vfma(x2, g3, a[11]),
+        vfma(x3, g0, a[12]), vfma(x3, g1, a[13]), vfma(x3, g2, a[14]), vfma(x3, g3, a[15]),
+    )  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def direct_grad_kernel(x, g, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  # type: ignore[no-untyped-def]
+    # direct_rows' weight gradient: dk[(c, i, j), o] = sum over output pixels q of the input
+    # plane c at q + i*dh*wp + j*dw times grad_out's plane o at q, for bands lo:hi. Both go
+    # into planes as in direct_rows (grad_out's with zeros in the wp - ow columns it lacks, so
+    # those positions add nothing); blocks of 4 taps x 4 output channels keep 16 vector sums
+    # over the band's positions, added into this thread's vector sums dk (work[:taps4 * co4 *
+    # lanes], zeroed; taps4 = taps rounded up to 4, the padding taps repeat the last), whose
+    # lanes the caller adds up.
+    _, oh, ow, co = g.shape
+    ci = x.shape[3]
+    lanes = VECTOR_BYTES // x.itemsize
+    wp = ow + (kw - 1) * dw
+    rows_max = -(-oh // per)
+    rmax = rows_max + (kh - 1) * dh
+    pitch = rmax * wp + (kw - 1) * dw + lanes  # a vector past the last position is read
+    gpitch = rows_max * wp + lanes
+    taps = ci * kh * kw
+    co4 = -(-co // 4) * 4
+    at = -(-taps // 4) * 4 * co4 * lanes
+    dk = work[:at]
+    plane = work[at : at + ci * pitch]
+    at += ci * pitch
+    gplane = work[at : at + co4 * gpitch]
+    for o in range(co, co4):  # the padding channels' planes stay zero
+        for t in range(gpitch):
+            gplane[o * gpitch + t] = 0.0
+    offs = np.empty(4, np.int64)
+    for bi in range(lo, hi):
+        b = bi // per
+        y0, y1 = _piece(oh, per, bi - b * per)
+        rows = y1 - y0
+        _planes(x, b, y0 - pt, rows + (kh - 1) * dh, pl, plane, pitch, wp)
+        _planes(g, b, y0, rows, 0, gplane, gpitch, wp)
+        total = rows * wp
+        for t0 in range(0, taps, 4):
+            for k in range(4):  # where each of the 4 taps starts reading (the last repeats)
+                t = min(t0 + k, taps - 1)
+                c = t // (kh * kw)
+                i = (t - c * kh * kw) // kw
+                j = t - c * kh * kw - i * kw
+                offs[k] = c * pitch + i * dh * wp + j * dw
+            for o0 in range(0, co4, 4):
+                z = vzero(dk)
+                acc = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+                g0 = o0 * gpitch
+                a0, a1, a2, a3 = offs[0], offs[1], offs[2], offs[3]
+                for q in range(0, total, lanes):
+                    acc = _outer_4x4(
+                        vload(plane, a0 + q),
+                        vload(plane, a1 + q),
+                        vload(plane, a2 + q),
+                        vload(plane, a3 + q),
+                        vload(gplane, g0 + q),
+                        vload(gplane, g0 + gpitch + q),
+                        vload(gplane, g0 + 2 * gpitch + q),
+                        vload(gplane, g0 + 3 * gpitch + q),
+                        acc,
+                    )
+                for k in numba.literal_unroll((0, 1, 2, 3)):  # into this thread's sums
+                    for v in numba.literal_unroll((0, 1, 2, 3)):
+                        d = ((t0 + k) * co4 + o0 + v) * lanes
+                        vstore(dk, d, vadd(vload(dk, d), acc[4 * k + v]))
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -1965,6 +2042,16 @@ def _winograd_position_products_par(args, n, pieces, threads, counter):  # type:
 
 
 @_par
+def _direct_grad_kernel_par(args, n, pieces, threads, counter, work):  # type: ignore[no-untyped-def]
+    for t in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            lo, hi = _piece(n, pieces, p)
+            direct_grad_kernel(*args, work[t], lo, hi)
+            p = _take(counter)
+
+
+@_par
 def _direct_rows_par(args, n, pieces, threads, counter, work):  # type: ignore[no-untyped-def]
     for t in numba.prange(threads):
         p = _take(counter)
@@ -2005,6 +2092,7 @@ _NATIVE_WITH_WORK = {
     winograd_blocks: _winograd_blocks_par,
     winograd_grad_blocks: _winograd_grad_blocks_par,
     direct_rows: _direct_rows_par,
+    direct_grad_kernel: _direct_grad_kernel_par,
 }
 
 
