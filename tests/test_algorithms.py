@@ -241,6 +241,22 @@ def test_an_algorithm_that_does_not_apply_is_refused(
         patchconv.conv2d_backward(g, x, kernel, algorithm=name, **options)
 
 
+@pytest.mark.skipif(get_numba() is None, reason="the direct algorithm needs numba")
+def test_direct_weight_gradient_is_the_same_on_every_call() -> None:
+    """Each core's share of the bands is fixed and summed in order, so training with a fixed
+    seed repeats exactly (threads taking bands as they came made the sums differ run to run)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((16, 32, 32, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 16)).astype(np.float32)
+    g = rng.standard_normal((16, 32, 32, 16)).astype(np.float32)
+    first = patchconv.conv2d_backward(g, x, kernel, padding="same", algorithm="direct")
+    for _ in range(10):
+        again = patchconv.conv2d_backward(g, x, kernel, padding="same", algorithm="direct")
+        np.testing.assert_array_equal(again.grad_kernel, first.grad_kernel)
+    gemm = patchconv.conv2d_backward(g, x, kernel, padding="same", algorithm="gemm")
+    assert_close(first.grad_kernel, gemm.grad_kernel, np.float32, grad=True)
+
+
 def test_direct_is_refused_without_numba_and_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATCHCONV_NUMBA", "0")
     x, kernel = np.ones((1, 8, 80, 3)), np.ones((3, 3, 3, 2))

@@ -509,6 +509,14 @@ def direct_rows(x, wt, biasv, out, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  
 
 
 @numba.njit(inline="always")
+def _item_of(i, n, items):  # type: ignore[no-untyped-def]
+    # The piece of range(n) cut in ``items`` (as _piece cuts it) that holds i.
+    q, r = divmod(n, items)
+    big = r * (q + 1)  # the first r pieces are one longer
+    return i // (q + 1) if i < big else r + (i - big) // q
+
+
+@numba.njit(inline="always")
 def _outer_4x4(x0, x1, x2, x3, g0, g1, g2, g3, a):  # type: ignore[no-untyped-def]
     # a[4*k + v] += x_k * g_v, lane by lane: 4 taps' input vectors times 4 channels' gradients.
     return (
@@ -520,14 +528,15 @@ def _outer_4x4(x0, x1, x2, x3, g0, g1, g2, g3, a):  # type: ignore[no-untyped-de
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def direct_grad_kernel(x, g, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  # type: ignore[no-untyped-def]
+def direct_grad_kernel(x, g, kh, kw, dh, dw, pt, pl, per, parts, work, lo, hi):  # type: ignore[no-untyped-def]
     # direct_rows' weight gradient: dk[(c, i, j), o] = sum over output pixels q of the input
     # plane c at q + i*dh*wp + j*dw times grad_out's plane o at q, for bands lo:hi. Both go
     # into planes as in direct_rows (grad_out's with zeros in the wp - ow columns it lacks, so
     # those positions add nothing); blocks of 4 taps x 4 output channels keep 16 vector sums
-    # over the band's positions, added into this thread's vector sums dk (work[:taps4 * co4 *
-    # lanes], zeroed; taps4 = taps rounded up to 4, the padding taps repeat the last), whose
-    # lanes the caller adds up.
+    # over the band's positions. Work items lo:hi each take a fixed run of the n*per bands, in
+    # order, and add into their own row of vector sums, parts (items, taps4 * co4 * lanes),
+    # zeroed (taps4 = taps rounded up to 4, the padding taps repeat the last), whose rows and
+    # lanes the caller adds up: the same sums in the same order whichever thread ran them.
     _, oh, ow, co = g.shape
     ci = x.shape[3]
     lanes = VECTOR_BYTES // x.itemsize
@@ -538,8 +547,8 @@ def direct_grad_kernel(x, g, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  # type
     gpitch = rows_max * wp + lanes
     taps = ci * kh * kw
     co4 = -(-co // 4) * 4
-    at = -(-taps // 4) * 4 * co4 * lanes
-    dk = work[:at]
+    items = parts.shape[0]
+    at = 0
     plane = work[at : at + ci * pitch]
     at += ci * pitch
     gplane = work[at : at + co4 * gpitch]
@@ -547,7 +556,11 @@ def direct_grad_kernel(x, g, kh, kw, dh, dw, pt, pl, per, work, lo, hi):  # type
         for t in range(gpitch):
             gplane[o * gpitch + t] = 0.0
     offs = np.empty(4, np.int64)
-    for bi in range(lo, hi):
+    bands = g.shape[0] * per
+    first = _piece(bands, items, lo)[0]  # the bands of items lo:hi
+    last = _piece(bands, items, hi - 1)[1]
+    for bi in range(first, last):
+        dk = parts[_item_of(bi, bands, items)]
         b = bi // per
         y0, y1 = _piece(oh, per, bi - b * per)
         rows = y1 - y0

@@ -146,8 +146,12 @@ def grad_kernel(
     co4 = -(-spec.c_out // 4) * 4
     # as _simd.direct_grad_kernel lays them out: the sums, the input and gradient planes
     pitch = (rows + (spec.kh - 1) * dh) * wp + (spec.kw - 1) * dw + lanes
-    sums = -(-taps // 4) * 4 * co4 * lanes  # vector sums a thread, by (tap, channel)
-    size = sums + spec.c_in * pitch + co4 * (rows * wp + lanes)
+    sums = -(-taps // 4) * 4 * co4 * lanes  # vector sums by (tap, channel)
+    size = spec.c_in * pitch + co4 * (rows * wp + lanes)
+    # One row of sums per work item, each a fixed run of bands: the same result on every run
+    # (sums kept per thread took bands in whatever order the threads reached them).
+    items = max(1, min(n_workers(), spec.n * per))
+    parts = np.zeros((items, sums), dtype)
     (pt, _), (pl, _) = spec.pads
     args = (
         np.ascontiguousarray(x),
@@ -159,15 +163,15 @@ def grad_kernel(
         pt,
         pl,
         per,
+        parts,
     )
-    parts = _simd.parallel(
+    _simd.parallel(
         _simd.direct_grad_kernel,
         args,
-        spec.n * per,
+        items,
+        pieces_per_worker=1,
         work=(size, dtype, workspace_limit),
-        zero=sums,
     )
-    assert parts is not None
-    dk = parts[:, :sums].sum(axis=0).reshape(-1, co4, lanes).sum(axis=2)[:taps]
+    dk = parts.sum(axis=0).reshape(-1, co4, lanes).sum(axis=2)[:taps]
     dk = dk.reshape(spec.c_in, spec.kh, spec.kw, co4)
     return np.ascontiguousarray(dk[..., : spec.c_out].transpose(1, 2, 0, 3))
