@@ -126,6 +126,21 @@ def load_image(
     return np.clip(scaled, 0.0, 1.0)
 
 
+def samples_to_unit(arr: np.ndarray) -> np.ndarray:
+    """Integer samples -> float32 in [0, 1], a signed type's range onto [0, 1] as a whole;
+    floats unchanged. How TIFFs read here and by :func:`patchconv.scale.open_image` scale."""
+    if arr.dtype.kind == "u":
+        return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+    if arr.dtype.kind == "i":
+        info = np.iinfo(arr.dtype)
+        return (arr.astype(np.float64) - info.min).astype(np.float32) / np.float32(
+            float(info.max) - float(info.min)
+        )
+    if arr.dtype.kind == "b":
+        return arr.astype(np.float32)
+    return arr.astype(np.float32, copy=False)
+
+
 def _deep_tiff(path: str | os.PathLike[str]) -> bool:
     """True if tifffile is installed and the TIFF holds grey or RGB samples of more than 8 bits
     (16-bit, 32-bit, float). Pillow reads 16-bit RGB as 8 bits and scales float grey by 1/255,
@@ -152,7 +167,7 @@ def _load_tiff(
     alpha: bool,
     pillow_error: Exception | None,
 ) -> np.ndarray:
-    """load_image for a TIFF through tifffile (the scale extra): one Pillow reads wrong (see
+    """load_image for a TIFF through tifffile (the images extra): one Pillow reads wrong (see
     _deep_tiff) or not at all (float64, float RGB). Integers scale as
     :func:`patchconv.scale.open_image` scales them; floats are clipped to [0, 1]."""
     func = "load_image"
@@ -162,7 +177,7 @@ def _load_tiff(
     except ImportError:
         raise PatchconvError(
             f"{func}: cannot read {name!r} as an image: {pillow_error} (tifffile, in "
-            "'patchconv[scale]', reads more kinds of TIFF)"
+            "'patchconv[images]', reads more kinds of TIFF)"
         ) from pillow_error
     try:
         with tifffile.TiffFile(path) as tif:
@@ -177,9 +192,7 @@ def _load_tiff(
             f"shape {series.shape} (axes {axes})"
         )
     arr = arr[:, :, None] if axes == "YX" else arr.transpose(1, 2, 0) if axes == "SYX" else arr
-    from patchconv.scale import _scale_to_unit  # NumPy only; dask stays unimported
-
-    image = np.clip(_scale_to_unit(arr), 0.0, 1.0)
+    image = np.clip(samples_to_unit(arr), 0.0, 1.0)
     if image.shape[2] == 2:  # grey + alpha
         image = image[:, :, :1] if not alpha or channels in (1, 3) else image[:, :, [0, 0, 0, 1]]
     if channels is not None:

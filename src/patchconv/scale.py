@@ -393,21 +393,6 @@ def local_client(
 # ---- streaming files in and out --------------------------------------------------------------
 
 
-def _scale_to_unit(arr: np.ndarray) -> np.ndarray:
-    """Integer samples -> float32 in [0, 1] (as images.load_image does; a signed type's range
-    maps onto [0, 1] as a whole); floats unchanged."""
-    if arr.dtype.kind == "u":
-        return arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
-    if arr.dtype.kind == "i":
-        info = np.iinfo(arr.dtype)
-        return (arr.astype(np.float64) - info.min).astype(np.float32) / np.float32(
-            float(info.max) - float(info.min)
-        )
-    if arr.dtype.kind == "b":
-        return arr.astype(np.float32)
-    return arr.astype(np.float32, copy=False)
-
-
 def _read_tiff_region(path: str, block_info: Any = None) -> np.ndarray:
     """The block of a TIFF's first series at ``block_info``'s location, read through tifffile's
     Zarr view (only the tiles or strips it covers are decoded)."""
@@ -483,7 +468,9 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
         )
     if chunks is not None:
         arr = arr.rechunk((chunks, chunks, -1))
-    out = arr.map_blocks(_scale_to_unit, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+    from patchconv.images import samples_to_unit
+
+    out = arr.map_blocks(samples_to_unit, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
     return out[None]
 
 

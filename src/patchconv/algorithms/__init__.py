@@ -223,7 +223,7 @@ def _direct_cost(spec: ConvSpec, itemsize: int) -> float:
     fours, rest = (fours + 1, 0) if rest == 3 else (fours, rest)
     channels = 4 * fours + 2 * rest  # multiply-adds a pixel and tap, as the kernel runs them
     pixels = spec.n * spec.oh * spec.ow
-    wp = spec.ow + (spec.kw - 1) * spec.dilation[1]  # rows as the blocks run along them
+    wp = direct.row_length(spec)  # rows as the blocks run along them
     flops = 2 * spec.n * spec.oh * wp * spec.c_in * spec.kh * spec.kw * channels
     per = direct.bands_per_image(spec, itemsize)
     rows_read = spec.n * (spec.oh + per * (spec.kh - 1) * spec.dilation[0])
@@ -491,9 +491,9 @@ def _backward(
     plan = choose(spec, algorithm, func=func, itemsize=itemsize)
     name = plan.algorithm
     used: dict[str, Any] = {"forward_plan": plan}
-    if name == "direct" and spec.c_in > direct.GRAD_KERNEL_C_IN and len(plan.estimates) > 1:
-        # Deeper inputs: the next family's gradients (Winograd's for 3x3 layers), whose grad_x
-        # is a forward convolution again (often direct's).
+    if name == "direct" and spec.c_in > direct.GRAD_KERNEL_C_IN:
+        # Deeper inputs: the next family's gradients (Winograd's for 3x3 layers; gemm applies
+        # everywhere), whose grad_x is a forward convolution again (often direct's).
         name = next(n for n, _ in plan.estimates if n != "direct")
     if name in ("pointwise", "depthwise"):
         module = pointwise if name == "pointwise" else depthwise

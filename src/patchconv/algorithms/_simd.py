@@ -230,39 +230,31 @@ def _ints(values: Any) -> Any:
     return ir.Constant(ir.VectorType(ir.IntType(32), len(values)), values)
 
 
+def _zip_halves(builder: Any, args: Any, lo: list[int]) -> Any:
+    """The shuffle ``lo`` of args[0] and args[1] for half 0, the same lanes moved up half a
+    vector for half 1 (args[2])."""
+    n = len(lo)
+    first = builder.shuffle_vector(args[0], args[1], _ints(lo))
+    second = builder.shuffle_vector(args[0], args[1], _ints(v + n // 2 for v in lo))
+    pick = builder.icmp_signed("==", args[2], ir.Constant(args[2].type, 0))
+    return builder.select(pick, first, second)
+
+
 @intrinsic
 def vzip(typingctx: Any, a: Any, b: Any, half: Any) -> Any:
     """Interleave ``a`` and ``b`` lane by lane: the low halves for ``half`` 0
-    (``a0 b0 a1 b1 ...``), the high halves for 1; ``half`` a constant."""
-    sig = a(a, b, half)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        n = a.count
-        lo = [i // 2 + (n if i % 2 else 0) for i in range(n)]
-        hi = [v + n // 2 for v in lo]
-        first = builder.shuffle_vector(args[0], args[1], _ints(lo))
-        second = builder.shuffle_vector(args[0], args[1], _ints(hi))
-        pick = builder.icmp_signed("==", args[2], ir.Constant(args[2].type, 0))
-        return builder.select(pick, first, second)
-
-    return sig, codegen
+    (``a0 b0 a1 b1 ...``), the high halves for 1 (a constant where it is called)."""
+    n = a.count
+    lo = [i // 2 + (n if i % 2 else 0) for i in range(n)]
+    return a(a, b, half), lambda context, builder, sig, args: _zip_halves(builder, args, lo)
 
 
 @intrinsic
 def vzip2(typingctx: Any, a: Any, b: Any, half: Any) -> Any:
     """:func:`vzip` on pairs of lanes: ``a0 a1 b0 b1 a2 a3 b2 b3 ...``."""
-    sig = a(a, b, half)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        n = a.count
-        lo = [(i // 4) * 2 + i % 2 + (n if i % 4 >= 2 else 0) for i in range(n)]
-        hi = [v + n // 2 for v in lo]
-        first = builder.shuffle_vector(args[0], args[1], _ints(lo))
-        second = builder.shuffle_vector(args[0], args[1], _ints(hi))
-        pick = builder.icmp_signed("==", args[2], ir.Constant(args[2].type, 0))
-        return builder.select(pick, first, second)
-
-    return sig, codegen
+    n = a.count
+    lo = [(i // 4) * 2 + i % 2 + (n if i % 4 >= 2 else 0) for i in range(n)]
+    return a(a, b, half), lambda context, builder, sig, args: _zip_halves(builder, args, lo)
 
 
 @intrinsic

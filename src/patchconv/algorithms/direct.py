@@ -20,7 +20,15 @@ import numpy as np
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import VECTOR_BYTES, get_numba, n_workers
 
-__all__ = ["GRAD_KERNEL_C_IN", "MAX_CHANNELS", "applies", "forward", "grad_kernel"]
+__all__ = [
+    "GRAD_KERNEL_C_IN",
+    "MAX_CHANNELS",
+    "applies",
+    "bands_per_image",
+    "forward",
+    "grad_kernel",
+    "row_length",
+]
 
 # Channels in or out up to which the algorithm applies (past them the channels fill vectors
 # and matrix products, and the other algorithms win).
@@ -37,6 +45,12 @@ GRAD_KERNEL_C_IN = 8
 _BAND_BYTES = 1024 * 1024
 
 
+def row_length(spec: ConvSpec) -> int:
+    """wp: an output row as the blocks run along it, the ``(kw-1)*dw`` columns it drops
+    included (also the length of the input planes' rows)."""
+    return spec.ow + (spec.kw - 1) * spec.dilation[1]
+
+
 def applies(spec: ConvSpec) -> str | None:
     """None if the direct algorithm handles ``spec``, else the reason it does not."""
     if spec.groups != 1:
@@ -48,7 +62,7 @@ def applies(spec: ConvSpec) -> str | None:
             f"direct needs at most {MAX_CHANNELS} channels in and out; got c_in {spec.c_in}, "
             f"c_out {spec.c_out}"
         )
-    wp = spec.ow + (spec.kw - 1) * spec.dilation[1]
+    wp = row_length(spec)
     if spec.oh * wp < _SPAN:
         return (
             f"direct needs {_SPAN} output pixels or more an image, counting the "
@@ -63,8 +77,7 @@ def band_rows(spec: ConvSpec, itemsize: int, workspace_limit: int | None = None)
     """Output rows per band: its input planes within _BAND_BYTES (and each core's within a
     share of ``workspace_limit``), and at least 4 bands a core where the layer has the rows
     for it; at least 4 rows where the limit allows, never under 1."""
-    wp = spec.ow + (spec.kw - 1) * spec.dilation[1]
-    per_row = spec.c_in * wp * itemsize
+    per_row = spec.c_in * row_length(spec) * itemsize
     halo = (spec.kh - 1) * spec.dilation[0]
     shared = -(-spec.n * spec.oh // (4 * n_workers()))
     band = max(4, min(spec.oh, _BAND_BYTES // per_row - halo, shared))
@@ -76,11 +89,24 @@ def band_rows(spec: ConvSpec, itemsize: int, workspace_limit: int | None = None)
 def bands_per_image(spec: ConvSpec, itemsize: int, workspace_limit: int | None = None) -> int:
     """Bands each image's rows are cut into: :func:`band_rows` high, fewer where a band would
     hold less than one block of pixels (its rows times wp)."""
-    wp = spec.ow + (spec.kw - 1) * spec.dilation[1]
+    wp = row_length(spec)
     per = -(-spec.oh // band_rows(spec, itemsize, workspace_limit))
     while per > 1 and (spec.oh // per) * wp < 4 * VECTOR_BYTES // itemsize:
         per -= 1
     return per
+
+
+def _layout(spec: ConvSpec, itemsize: int, workspace_limit: int) -> tuple[int, int, int, int]:
+    """(bands per image, output rows of the tallest band, wp, values of one input plane) as
+    the kernels lay the planes out: the band's input rows, then the ``(kw-1)*dw`` values its
+    last block reads past them."""
+    per = bands_per_image(spec, itemsize, workspace_limit)
+    wp = row_length(spec)
+    # Every band holds a block of pixels (a shorter one would start its block before it).
+    assert (spec.oh // per) * wp >= 4 * VECTOR_BYTES // itemsize, (spec, per)
+    rows = -(-spec.oh // per)
+    plane = (rows + (spec.kh - 1) * spec.dilation[0]) * wp + (spec.kw - 1) * spec.dilation[1]
+    return per, rows, wp, plane
 
 
 def forward(
@@ -103,13 +129,7 @@ def forward(
     if bias is not None:
         biasv[: spec.c_out] = np.asarray(bias, dtype)[:, None]
     out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype)
-    per = bands_per_image(spec, dtype.itemsize, workspace_limit)
-    rmax = -(-spec.oh // per) + (spec.kh - 1) * spec.dilation[0]
-    wp = spec.ow + (spec.kw - 1) * spec.dilation[1]
-    span = 4 * lanes
-    # Every band holds a block of pixels (a shorter one would start its block before it).
-    assert (spec.oh // per) * wp >= span, (spec, per)
-    pitch = rmax * wp + (spec.kw - 1) * spec.dilation[1]  # as _simd.direct_rows has it
+    per, _, _, plane = _layout(spec, dtype.itemsize, workspace_limit)
     (pt, _), (pl, _) = spec.pads
     args = (
         np.ascontiguousarray(x),
@@ -123,7 +143,7 @@ def forward(
         pl,
         per,
     )
-    size = spec.c_in * pitch + span
+    size = spec.c_in * plane + 4 * lanes  # the planes, then one block's staging
     _simd.parallel(_simd.direct_rows, args, spec.n * per, work=(size, dtype, workspace_limit))
     return out
 
@@ -138,16 +158,14 @@ def grad_kernel(
 
     dtype = x.dtype
     lanes = VECTOR_BYTES // dtype.itemsize
-    per = bands_per_image(spec, dtype.itemsize, workspace_limit)
-    rows = -(-spec.oh // per)
+    per, rows, wp, plane = _layout(spec, dtype.itemsize, workspace_limit)
     dh, dw = spec.dilation
-    wp = spec.ow + (spec.kw - 1) * dw
     taps = spec.c_in * spec.kh * spec.kw
     co4 = -(-spec.c_out // 4) * 4
-    # as _simd.direct_grad_kernel lays them out: the sums, the input and gradient planes
-    pitch = (rows + (spec.kh - 1) * dh) * wp + (spec.kw - 1) * dw + lanes
     sums = -(-taps // 4) * 4 * co4 * lanes  # vector sums by (tap, channel)
-    size = spec.c_in * pitch + co4 * (rows * wp + lanes)
+    # As _simd.direct_grad_kernel lays them out: the input planes and the gradient's, each
+    # with a vector more (its blocks are single vectors, the last one past the band's end).
+    size = spec.c_in * (plane + lanes) + co4 * (rows * wp + lanes)
     # One row of sums per work item, each a fixed run of bands: the same result on every run
     # (sums kept per thread took bands in whatever order the threads reached them).
     items = max(1, min(n_workers(), spec.n * per))
