@@ -6,6 +6,7 @@ issue 5's layer suite, whose layers have 16 channels or more, or a stride. For e
 the peers' forward times (PyTorch NCHW and channels_last, ONNX Runtime; medians of
 interleaved rounds), patchconv's ``conv2d`` with the algorithm it picks, and the best other
 algorithm that applies (what ran before ``direct`` existed, when the chooser picked right).
+Then forward + backward (input and kernel gradients) on the batched layers against PyTorch.
 
 Usage (unset the OpenBLAS variables for benchmarks only):
 
@@ -74,6 +75,22 @@ def main() -> None:
             f"{best / med[before]:.2f}",
             flush=True,
         )
+    # Forward + backward (gradients of input and kernel) on the training-sized layers.
+    train_peers = [p for p in names if p.startswith("torch")]
+    print("\nforward + backward | " + " | ".join(train_peers) + " | patchconv | ratio")
+    print("|".join("---" for _ in range(len(train_peers) + 3)))
+    for layer in (layer for layer in LAYERS if layer.n > 1):
+        x = rng.standard_normal(layer.x_shape).astype(np.float32)
+        kernel = rng.standard_normal(layer.kernel_shape).astype(np.float32)
+        steps = {p: peers.backward_fn(p, layer, x, kernel) for p in [*train_peers, "patchconv"]}
+        times = {key: [] for key in steps}
+        for _ in range(rounds):
+            for key, call in steps.items():
+                times[key].append(_median_ms(call, 0.2))
+        med = {key: statistics.median(v) for key, v in times.items()}
+        best = min(med[p] for p in train_peers)
+        cells = " | ".join(f"{med[p]:.2f}" for p in train_peers)
+        print(f"{layer.name} | {cells} | {med['patchconv']:.2f} | {best / med['patchconv']:.2f}")
 
 
 if __name__ == "__main__":
