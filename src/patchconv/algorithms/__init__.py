@@ -37,6 +37,7 @@ from patchconv._config import get_workspace_limit
 from patchconv._spec import ConvSpec, PatchconvError
 from patchconv.algorithms import depthwise, direct, fft, gemm, pointwise, winograd
 from patchconv.algorithms._runtime import (
+    VECTOR_BYTES,
     get_numba,
     n_workers,
     release_workspace,
@@ -131,10 +132,9 @@ _CALL_SECONDS = 4e-6  # fixed cost per tile or per product call
 # F(2x2) look cheaper on small layers where F(4x4) ran 35-40% faster (32x8x8 16 -> 32).
 _MATRIX_SECONDS = 0.1e-6
 # The implicit GEMM's compiled kernel (gemm and pointwise where it applies) runs at 265-340
-# GF/s on the bench layers, against _BLAS_FLOPS for BLAS: rated here as conservatively as the
-# Winograd products are (at 150e9 a 16x16x32 -> 32 layer went to Winograd, 0.48 against 0.31
-# ms; 16 layers of 3x3 checked, all picked right).
-_IMPLICIT_FLOPS = 200e9
+# GF/s on the bench layers, against _BLAS_FLOPS for BLAS. Fitted on 74 layers of 3x3 (see
+# _WINOGRAD_OWN_FLOPS): 289 GF/s, plus about 40 us a call.
+_IMPLICIT_FLOPS = 280e9
 # Kernel values (c_in * c_out per tap) from which grad_x flips the kernel with a compiled loop
 # (measured on 3x3: 256x256 0.39 against 0.64 ms, 512x512 1.2 against 2.8; 128x128 a tie).
 _COMPILED_FLIP_VALUES = 256 * 256
@@ -186,33 +186,67 @@ def _depthwise_cost(spec: ConvSpec, itemsize: int) -> float:
     return spec.flops / flops_rate + stream * (1 if compiled else spec.kh * spec.kw) / _STREAM_BYTES
 
 
+# Winograd's rates, fitted (as _IMPLICIT_FLOPS and _DIRECT_FLOPS were) to every applicable
+# algorithm's measured time on 62 layers of 3x3 stride 1: N 1-32, 16x16 to 112x112, 8-256
+# channels, 2 cores. Where every step is compiled (winograd.blas_free: our products, SIMD
+# transforms) the products ran at 300-340 GF/s and the transforms at about 60. Where the
+# products are BLAS, they took 0.6 of the time _blas_rate gives their thin shapes, the
+# transforms ran at about 75 GF/s (10 in the scalar loops for fewer channels than a SIMD
+# vector holds), and each call paid 0.15 ms more on the Python pool. The earlier rates (30
+# GF/s for every transform, _blas_rate for every product) put N8 112x112 32 -> 32 at 12 ms,
+# which ran in 4.7: gemm (6.9 ms) was picked, and 8 of the 62 layers ran 12-51% slower than
+# their fastest algorithm; with these, 3 ran 6-8% slower.
+_WINOGRAD_OWN_FLOPS = 300e9
+_WINOGRAD_OWN_TRANSFORM_FLOPS = 60e9
+_WINOGRAD_BLAS_PRODUCTS = 0.6
+_WINOGRAD_TRANSFORM_FLOPS = 75e9
+_SCALAR_TRANSFORM_FLOPS = 10e9
+_WINOGRAD_POOL_SECONDS = 0.15e-3
+
+
 def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
     a = m + 2
     tiles = spec.n * math.ceil(spec.oh / m) * math.ceil(spec.ow / m)
     block = max(1, min(tiles, winograd.BLOCK_BYTES // (a * a * (spec.c_in + spec.c_out) * 4)))
     compiled = get_numba() is not None
-    if compiled and winograd.split_products(spec, m, itemsize, get_workspace_limit()):
+    limit = get_workspace_limit()
+    if compiled and winograd.split_products(spec, m, itemsize, limit):
         block = tiles  # one block of all tiles, U built and read once (see winograd)
     products = 2 * a * a * tiles * spec.c_in * spec.c_out
-    rate = _blas_rate(block, spec.c_in, spec.c_out, itemsize)
     # Transforms: per tile and channel, about 2 * a * (nonzeros per row) * a multiply-adds.
-    transform = 2 * tiles * a * a * (spec.c_in * 6 + spec.c_out * 4) * (1.0 if m == 4 else 0.6)
-    transform_rate = _COMPILED_FLOPS if compiled else _COMPILED_FLOPS / 8
+    per_channel = 2 * tiles * a * a * (1.0 if m == 4 else 0.6)
+    if compiled and winograd.blas_free(spec, np.dtype(f"f{itemsize}"), limit, m=m):
+        # Few tiles make thin products, slower per multiply-add as in BLAS (measured, N8
+        # 7x7x512: F(4x4)'s 32 tiles ran 5.9 ms, F(2x2)'s 128 4.5).
+        thin = min(1.0, 0.35 + 0.65 * block / 64)
+        steps = products / (_WINOGRAD_OWN_FLOPS * thin)
+        steps += per_channel * (spec.c_in * 6 + spec.c_out * 4) / _WINOGRAD_OWN_TRANSFORM_FLOPS
+    elif compiled:
+        rate = _blas_rate(block, spec.c_in, spec.c_out, itemsize)
+        steps = _WINOGRAD_BLAS_PRODUCTS * products / rate + _WINOGRAD_POOL_SECONDS
+        for channels, ops in ((spec.c_in, 6), (spec.c_out, 4)):  # input, output transform
+            simd = channels * itemsize >= VECTOR_BYTES
+            transform_rate = _WINOGRAD_TRANSFORM_FLOPS if simd else _SCALAR_TRANSFORM_FLOPS
+            steps += per_channel * channels * ops / transform_rate
+    else:  # NumPy's transforms (not measured again)
+        rate = _blas_rate(block, spec.c_in, spec.c_out, itemsize)
+        transform = per_channel * (spec.c_in * 6 + spec.c_out * 4)
+        steps = products / rate + transform / (_COMPILED_FLOPS / 8)
     kernel_bytes = a * a * spec.c_in * spec.c_out * itemsize
     blocks = max(1, tiles // block)
     return (
-        products / rate
-        + transform / transform_rate
+        steps
         + kernel_bytes * (1 + blocks / n_workers()) / _STREAM_BYTES
         + blocks * (_CALL_SECONDS + a * a * _MATRIX_SECONDS)
     )
 
 
 # The direct algorithm's multiply-adds, 4 output channels at a time: it runs them at 150-300
-# GF/s (1024x1024 7x7 3 -> 4: 204; 56x56 64 -> 64: 300), rated as conservatively as the
-# implicit GEMM (16 -> 16 11x11 runs 306 there, 244 here: the GEMM must keep it). A last
-# channel or two on their own take twice as long a value (4 accumulators, not 16).
-_DIRECT_FLOPS = 150e9
+# GF/s (1024x1024 7x7 3 -> 4: 204; 56x56 64 -> 64: 300); fitted on 94 layers of 3x3 with 8-32
+# channels (see _WINOGRAD_OWN_FLOPS, _DIRECT_VALUES as below), 248. Rated below that, as
+# 16 -> 16 11x11 runs at 306 GF/s in the implicit GEMM and 244 here: the GEMM must keep it.
+# A last channel or two on their own take twice as long a value (4 accumulators, not 16).
+_DIRECT_FLOPS = 220e9
 # Values a second its planes and its pixel-major stores move on both cores (measured: a 1x1
 # 3 -> 1 layer over 1024x1024, all layout and no arithmetic, 1.25 ms for 4.2M values).
 _DIRECT_VALUES = 3e9
