@@ -4,6 +4,7 @@ differences, adjoint identities, and tiling that never changes a gradient."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 import patchconv
 from conftest import assert_close
+from patchconv.algorithms._runtime import get_numba
 from reference import pads_for
 from strategies import Case, conv_cases
 
@@ -146,3 +148,51 @@ def test_grad_kernel_is_patches_transposed_times_grad_out() -> None:
         patchconv.col2im(g2 @ kernel.reshape(-1, 4).T, x.shape, (3, 2), **opts),
         rtol=1e-12,
     )
+
+
+@settings(max_examples=60)
+@given(conv_cases(dtypes=(np.float32, np.float64), bias=True), st.integers(0, 2**31))
+def test_skipping_grad_x_leaves_the_other_gradients_unchanged(case: Case, seed: int) -> None:
+    """need_grad_x=False: grad_x is None, grad_kernel and grad_bias are the full call's."""
+    out_shape = patchconv.conv_output_shape(case.x.shape, case.kernel.shape, **case.options)
+    g = np.random.default_rng(seed).standard_normal(out_shape).astype(case.x.dtype)
+    full = patchconv.conv2d_backward(g, case.x, case.kernel, **case.options)
+    weights = patchconv.conv2d_backward(g, case.x, case.kernel, need_grad_x=False, **case.options)
+    assert full.grad_x is not None and weights.grad_x is None
+    np.testing.assert_array_equal(weights.grad_kernel, full.grad_kernel)
+    assert weights.grad_bias is not None and full.grad_bias is not None
+    np.testing.assert_array_equal(weights.grad_bias, full.grad_bias)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kernel_shape", "groups", "algorithm"),
+    [
+        ((2, 9, 9, 6), (1, 1, 6, 5), 1, "pointwise"),
+        ((2, 9, 9, 6), (3, 3, 1, 6), 6, "depthwise"),
+        ((2, 12, 12, 16), (3, 3, 16, 16), 1, "winograd_f4"),
+        ((2, 12, 12, 16), (3, 3, 16, 16), 1, "winograd_f2"),
+        ((2, 20, 20, 3), (3, 3, 3, 8), 1, "direct"),
+        ((2, 9, 9, 6), (3, 3, 6, 5), 1, "gemm"),
+    ],
+)
+def test_skipping_grad_x_under_every_algorithm_family(
+    x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], groups: int, algorithm: str
+) -> None:
+    if algorithm == "direct" and get_numba() is None:
+        pytest.skip("direct needs numba")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    kernel = rng.standard_normal(kernel_shape).astype(np.float32)
+    opts = {"padding": "same", "groups": groups, "algorithm": algorithm}
+    g = rng.standard_normal(x_shape[:3] + kernel_shape[3:]).astype(np.float32)
+    full = patchconv.conv2d_backward(g, x, kernel, **opts)
+    weights = patchconv.conv2d_backward(g, x, kernel, need_grad_x=False, **opts)
+    assert full.grad_x is not None and weights.grad_x is None
+    np.testing.assert_array_equal(weights.grad_kernel, full.grad_kernel)
+
+
+@pytest.mark.parametrize("name", ["need_grad_x", "use_bias"])
+def test_backward_flags_must_be_booleans(name: str) -> None:
+    x, kernel = np.ones((1, 4, 4, 1)), np.ones((3, 3, 1, 1))
+    with pytest.raises(TypeError, match=f"{name} must be True or False; got 'no'"):
+        patchconv.conv2d_backward(np.ones((1, 2, 2, 1)), x, kernel, **{name: "no"})

@@ -604,3 +604,36 @@ def test_importing_nn_and_its_tasks_pulls_in_numpy_only() -> None:
         ).stdout
     )
     assert not set(new) & {"sklearn", "tqdm", "matplotlib", "torch", "scipy", "threadpoolctl"}, new
+
+
+def test_a_training_step_skips_only_the_first_layers_input_gradient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fit and train_on_batch ask the first trainable layer (after a ZeroPadding2D) for its
+    weights' gradients alone; every gradient equals a full backward's."""
+    from patchconv.nn import conv
+
+    asked: list[bool] = []
+    real = conv.conv2d_backward
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs["need_grad_x"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conv, "conv2d_backward", spy)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 9, 9, 2))
+    labels = np.array([0, 2, 1, 1, 0])
+    model = small_cnn()
+    model.compile(nn.SGD(0.0), nn.SoftmaxCrossEntropy())
+    _, grad = nn.SoftmaxCrossEntropy().value_and_grad(labels, model.forward(x, training=True))
+    model.backward(grad)
+    full = [g.copy() for g in model.grads()]
+    assert asked == [True, True]  # DepthwiseConv2D, then Conv2D
+    asked.clear()
+    for g in model.grads():
+        g.fill(np.nan)  # so a gradient the step did not compute again shows
+    model.train_on_batch(x, labels)  # a zero learning rate: the same weights
+    assert asked == [True, False]
+    for ours, theirs in zip(model.grads(), full, strict=True):
+        np.testing.assert_array_equal(ours, theirs)

@@ -79,9 +79,10 @@ def _spec_and_plan(
 
 
 class ConvGrads(NamedTuple):
-    """Gradients of a convolution's loss with respect to its three inputs."""
+    """Gradients of a convolution's loss with respect to its three inputs (``grad_x`` None
+    where it was not asked for, ``grad_bias`` None without a bias)."""
 
-    grad_x: np.ndarray
+    grad_x: np.ndarray | None
     grad_kernel: np.ndarray
     grad_bias: np.ndarray | None
 
@@ -337,6 +338,7 @@ def conv2d_backward(
     use_bias: bool = True,
     workspace_limit: int | None = None,
     algorithm: str = "auto",
+    need_grad_x: bool = True,
 ) -> ConvGrads:
     """Gradients of :func:`conv2d` given the gradient of its output.
 
@@ -353,6 +355,9 @@ def conv2d_backward(
         border pixel is added onto the input pixel it copies.
     use_bias : bool
         If False, ``grad_bias`` is None.
+    need_grad_x : bool
+        If False, ``grad_x`` is None and not computed: a network's first layer needs only
+        its weights' gradients (as PyTorch skips an input that does not require grad).
     algorithm : str
         As for :func:`conv2d`: the forward algorithm whose family computes the gradients.
         At stride 1, grad_x is a forward convolution of grad_out with the flipped kernel and
@@ -373,6 +378,9 @@ def conv2d_backward(
     [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
     """
     func = "conv2d_backward"
+    for name, flag in (("use_bias", use_bias), ("need_grad_x", need_grad_x)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{func}: {name} must be True or False; got {flag!r}")
     grad_out = as_float_array(grad_out, func=func, name="grad_out")
     x = as_float_array(x, func=func, name="x")
     kernel = as_float_array(kernel, func=func, name="kernel")
@@ -408,12 +416,13 @@ def conv2d_backward(
         limit,
         algorithm=algorithm,
         func=func,
+        need_grad_x=need_grad_x,
     )
-    if spec.padding_mode != "zeros":
+    if grad_x is not None and spec.padding_mode != "zeros":
         grad_x = _fold_border(grad_x, spec)  # (n, h, w, c_in)
     grad_bias = go.sum(axis=(0, 1, 2)).astype(out_dtype) if use_bias else None
     return ConvGrads(
-        _from_nhwc(grad_x, spec).astype(out_dtype, copy=False),
+        None if grad_x is None else _from_nhwc(grad_x, spec).astype(out_dtype, copy=False),
         grad_kernel.astype(out_dtype, copy=False),
         grad_bias,
     )

@@ -496,8 +496,10 @@ def backward(
     *,
     algorithm: str = "auto",
     func: str = "conv2d_backward",
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """grad_x and grad_kernel (NHWC, HWIO) through the same family of algorithms.
+    need_grad_x: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray, dict[str, Any]]:
+    """grad_x and grad_kernel (NHWC, HWIO) through the same family of algorithms; grad_x is
+    None, and not computed, with ``need_grad_x=False``.
 
     grad_x: at stride 1, a forward convolution of ``grad_out`` with the flipped, transposed
     kernel, so it takes whichever algorithm the chooser picks for that (Winograd for 3x3
@@ -509,7 +511,7 @@ def backward(
     Returns the two gradients and what ran.
     """
     with single_threaded_blas():  # our threads split the work (see _runtime)
-        return _backward(grad_out, x, kernel, spec, workspace_limit, algorithm, func)
+        return _backward(grad_out, x, kernel, spec, workspace_limit, algorithm, func, need_grad_x)
 
 
 def _backward(
@@ -520,7 +522,8 @@ def _backward(
     workspace_limit: int,
     algorithm: str,
     func: str,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    need_grad_x: bool,
+) -> tuple[np.ndarray | None, np.ndarray, dict[str, Any]]:
     itemsize = x.dtype.itemsize
     plan = choose(spec, algorithm, func=func, itemsize=itemsize)
     name = plan.algorithm
@@ -531,9 +534,12 @@ def _backward(
         name = next(n for n, _ in plan.estimates if n != "direct")
     if name in ("pointwise", "depthwise"):
         module = pointwise if name == "pointwise" else depthwise
-        grad_x, grad_kernel = module.backward(grad_out, x, kernel, spec, workspace_limit)
-        used["grad_x"] = used["grad_kernel"] = name
-        assert grad_x is not None and grad_kernel is not None
+        grad_x, grad_kernel = module.backward(
+            grad_out, x, kernel, spec, workspace_limit, need_x=need_grad_x
+        )
+        used["grad_x"] = name if need_grad_x else "not computed"
+        used["grad_kernel"] = name
+        assert grad_kernel is not None
         return grad_x, grad_kernel, used
     m = 4 if name == "winograd_f4" else 2
     if name == "direct":
@@ -547,6 +553,9 @@ def _backward(
     else:
         _, grad_kernel = gemm.backward(grad_out, x, kernel, spec, workspace_limit, need_x=False)
         used["grad_kernel"] = "gemm"
+    if not need_grad_x:
+        used["grad_x"] = "not computed"
+        return None, grad_kernel, used
     transposed = _transposed(spec, kernel)
     if transposed is not None:
         tspec, kt = transposed

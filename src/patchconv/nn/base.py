@@ -123,6 +123,12 @@ class Layer:
         """Gradient with respect to the last forward input; stores the weights' gradients."""
         raise NotImplementedError
 
+    def backward_weights(self, grad_out: np.ndarray) -> None:
+        """:meth:`backward` for a model's first trainable layer: the weights' gradients alone,
+        as nothing needs the input's. Layers that can skip that gradient's work (the
+        convolutions) override it."""
+        self.backward(grad_out)
+
     def _check_grad(self, grad_out: Any, expected: tuple[int, ...]) -> np.ndarray:
         func = f"{type(self).__name__}.backward"
         g = as_float_array(grad_out, func=func, name="grad_out")

@@ -130,9 +130,24 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
         return self._activate(arr, z)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        grad_x = self._backward(grad_out, need_grad_x=True)
+        assert grad_x is not None
+        return grad_x
+
+    def backward_weights(self, grad_out: np.ndarray) -> None:
+        self._backward(grad_out, need_grad_x=False)
+
+    def _backward(self, grad_out: np.ndarray, *, need_grad_x: bool) -> np.ndarray | None:
         x, gz = self._activation_grad(grad_out)
         assert self.kernel is not None
-        grads = conv2d_backward(gz, x, self.kernel, use_bias=self.use_bias, **self._conv_options())
+        grads = conv2d_backward(
+            gz,
+            x,
+            self.kernel,
+            use_bias=self.use_bias,
+            need_grad_x=need_grad_x,
+            **self._conv_options(),
+        )
         self._grads = {"kernel": grads.grad_kernel}
         if grads.grad_bias is not None:
             self._grads["bias"] = grads.grad_bias
@@ -294,11 +309,24 @@ class DepthwiseConv2D(Layer):
         return self._activate(arr, z)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        grad_x = self._backward(grad_out, need_grad_x=True)
+        assert grad_x is not None
+        return grad_x
+
+    def backward_weights(self, grad_out: np.ndarray) -> None:
+        self._backward(grad_out, need_grad_x=False)
+
+    def _backward(self, grad_out: np.ndarray, *, need_grad_x: bool) -> np.ndarray | None:
         x, gz = self._activation_grad(grad_out)
         assert self.kernel is not None
         c_in = self.kernel.shape[2]
         grads = conv2d_backward(
-            gz, x, self._grouped_kernel(), use_bias=self.use_bias, **self._conv_options(c_in)
+            gz,
+            x,
+            self._grouped_kernel(),
+            use_bias=self.use_bias,
+            need_grad_x=need_grad_x,
+            **self._conv_options(c_in),
         )
         self._grads = {"kernel": grads.grad_kernel.reshape(self.kernel.shape)}
         if grads.grad_bias is not None:
