@@ -214,3 +214,21 @@ def test_grad_bias_is_the_channel_sum_within_float32_rounding(shape: tuple[int, 
     # Sums of `rows` values of size ~1 (measured errors: 5e-4 at 65536 rows, 1e-3 at 2**20;
     # NumPy's row-by-row sum, 4e-3 and 8e-3).
     np.testing.assert_allclose(grads.grad_bias, exact, rtol=0, atol=rows * 2e-8 + 1e-5)
+
+
+@pytest.mark.skipif(get_numba() is None, reason="the direct algorithm needs numba")
+@pytest.mark.parametrize("c_out", [16, 32, 48])
+def test_direct_gradients_with_channels_in_16x16_transposes(c_out: int) -> None:
+    """direct's weight gradient lays grad_out's channels out in planes 16 at a time, and its
+    grad_x is a direct forward of c_out channels in: both against PyTorch autograd."""
+    rng = np.random.default_rng(c_out)
+    x = rng.standard_normal((2, 21, 37, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, c_out)).astype(np.float32)
+    case = Case(x, kernel, None, {"strides": 1, "padding": "same", "dilation_rate": 1,
+                                  "groups": 1, "data_format": "channels_last"})  # fmt: skip
+    g = rng.standard_normal((2, 21, 37, c_out)).astype(np.float32)
+    grads = patchconv.conv2d_backward(g, x, kernel, padding="same", algorithm="direct")
+    gx, gk, _ = torch_conv_grads(case, g)
+    assert grads.grad_x is not None
+    assert_close(grads.grad_x, gx, np.float32, grad=True)
+    assert_close(grads.grad_kernel, gk, np.float32, grad=True)

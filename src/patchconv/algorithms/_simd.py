@@ -357,10 +357,48 @@ def _planes(x, b, yy0, rows, pl, plane, pitch, wp):  # type: ignore[no-untyped-d
                 for k in numba.literal_unroll((0, 1, 2)):
                     vstore(plane, k * pitch + r * wp + pl + done, vdeint3(v0, v1, v2, k))
                 done += lanes
+        if lanes == 16 and ci % 16 == 0:  # 16 pixels x 16 channels, transposed in registers
+            while done + lanes <= cols:
+                for c0 in range(0, ci, 16):
+                    at = row + done * ci + c0
+                    t = _transpose16(
+                        (vload(xf, at), vload(xf, at + ci), vload(xf, at + 2 * ci),
+                         vload(xf, at + 3 * ci), vload(xf, at + 4 * ci), vload(xf, at + 5 * ci),
+                         vload(xf, at + 6 * ci), vload(xf, at + 7 * ci), vload(xf, at + 8 * ci),
+                         vload(xf, at + 9 * ci), vload(xf, at + 10 * ci),
+                         vload(xf, at + 11 * ci), vload(xf, at + 12 * ci),
+                         vload(xf, at + 13 * ci), vload(xf, at + 14 * ci),
+                         vload(xf, at + 15 * ci))
+                    )  # fmt: skip
+                    base = c0 * pitch + r * wp + pl + done
+                    for k in numba.literal_unroll(_SIXTEEN):
+                        vstore(plane, base + k * pitch, t[k])
+                done += lanes
         for c in range(ci):
             base = c * pitch + r * wp + pl
             for t in range(done, cols):
                 plane[base + t] = xf[row + t * ci + c]
+
+
+_SIXTEEN = tuple(range(16))
+
+
+@numba.njit(inline="always")
+def _zip_rows(v):  # type: ignore[no-untyped-def]
+    # One perfect shuffle of 16 vectors: rows r and r + 8 interleaved, low then high halves.
+    return (
+        vzip(v[0], v[8], 0), vzip(v[0], v[8], 1), vzip(v[1], v[9], 0), vzip(v[1], v[9], 1),
+        vzip(v[2], v[10], 0), vzip(v[2], v[10], 1), vzip(v[3], v[11], 0), vzip(v[3], v[11], 1),
+        vzip(v[4], v[12], 0), vzip(v[4], v[12], 1), vzip(v[5], v[13], 0), vzip(v[5], v[13], 1),
+        vzip(v[6], v[14], 0), vzip(v[6], v[14], 1), vzip(v[7], v[15], 0), vzip(v[7], v[15], 1),
+    )  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _transpose16(v):  # type: ignore[no-untyped-def]
+    # 16 vectors of 16 lanes, transposed: each perfect shuffle moves one bit of the row index
+    # into the lane index and one back, so four of them swap the two.
+    return _zip_rows(_zip_rows(_zip_rows(_zip_rows(v))))
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
