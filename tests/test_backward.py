@@ -232,3 +232,28 @@ def test_direct_gradients_with_channels_in_16x16_transposes(c_out: int) -> None:
     assert grads.grad_x is not None
     assert_close(grads.grad_x, gx, np.float32, grad=True)
     assert_close(grads.grad_kernel, gk, np.float32, grad=True)
+
+
+@pytest.mark.skipif(get_numba() is None, reason="the direct algorithm needs numba")
+def test_auto_takes_directs_weight_gradient_whatever_runs_forward() -> None:
+    """Under "auto" a layer with few input channels that direct applies to takes direct's
+    weight gradient, though gemm's narrow implicit form runs its forward pass; a request for
+    gemm by name keeps gemm's. Both equal PyTorch's."""
+    from patchconv import algorithms
+    from patchconv._spec import conv_spec
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 21, 37, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 32)).astype(np.float32)
+    g = rng.standard_normal((2, 21, 37, 32)).astype(np.float32)
+    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    case = Case(x, kernel, None, {"strides": 1, "padding": "same", "dilation_rate": 1,
+                                  "groups": 1, "data_format": "channels_last"})  # fmt: skip
+    _, gk, _ = torch_conv_grads(case, g)
+    for algorithm, expected in (("auto", "direct"), ("gemm", "gemm")):
+        _, grad_kernel, used = algorithms.backward(
+            g, x, kernel, spec, 2**28, algorithm=algorithm, need_grad_x=False
+        )
+        assert used["forward_plan"].algorithm == "gemm"
+        assert used["grad_kernel"].startswith(expected)
+        assert_close(grad_kernel, gk, np.float32, grad=True)

@@ -135,6 +135,9 @@ _MATRIX_SECONDS = 0.1e-6
 # GF/s on the bench layers, against _BLAS_FLOPS for BLAS. Fitted on 74 layers of 3x3 (see
 # _WINOGRAD_OWN_FLOPS): 289 GF/s, plus about 40 us a call.
 _IMPLICIT_FLOPS = 280e9
+# And per output row (the same fit: 0.03 us; it was costed at 0.5, which made N64 32x32
+# 3 -> 32, 2048 rows of 32 pixels, look 1 ms dearer than it ran).
+_IMPLICIT_ROW_SECONDS = 0.05e-6
 # Kernel values (c_in * c_out per tap) from which grad_x flips the kernel with a compiled loop
 # (measured on 3x3: 256x256 0.39 against 0.64 ms, 512x512 1.2 against 2.8; 128x128 a tie).
 _COMPILED_FLIP_VALUES = 256 * 256
@@ -162,7 +165,10 @@ def _gemm_cost(spec: ConvSpec, itemsize: int) -> float:
     positions = spec.n * spec.oh * spec.ow
     if gemm.implicit_applies(spec, itemsize):  # no patch copy
         rows = spec.n * spec.oh
-        return spec.flops / _IMPLICIT_FLOPS + rows * _CALL_SECONDS / 8
+        cost = spec.flops / _IMPLICIT_FLOPS + rows * _IMPLICIT_ROW_SECONDS
+        if gemm.narrow_applies(spec, itemsize):  # few channels: the output's writes weigh
+            cost += positions * spec.c_out / _DIRECT_VALUES  # as in direct, which writes it too
+        return cost
     k = spec.kh * spec.kw * spec.c_in_group
     patch_bytes = positions * spec.patch_size * itemsize
     rate = _blas_rate(min(positions, 2048), k, spec.c_out_group, itemsize)
@@ -261,7 +267,7 @@ def _direct_cost(spec: ConvSpec, itemsize: int) -> float:
     flops = 2 * spec.n * spec.oh * wp * spec.c_in * spec.kh * spec.kw * channels
     per = direct.bands_per_image(spec, itemsize)
     rows_read = spec.n * (spec.oh + per * (spec.kh - 1) * spec.dilation[0])
-    planes = rows_read * spec.w * spec.c_in
+    planes: float = rows_read * spec.w * spec.c_in
     if itemsize == 4 and spec.c_in % 16 == 0:
         planes /= 4  # cut by 16x16 transposes in registers (measured: N1 112x112 16 -> 32
         # ran 0.53 ms, costed at 0.77 as a gather; Winograd, 0.66, was picked)
@@ -508,9 +514,11 @@ def backward(
     kernel, so it takes whichever algorithm the chooser picks for that (Winograd for 3x3
     layers); otherwise col2im of ``grad_out @ kernel^T`` per tile. grad_kernel: pointwise and
     depthwise layers have their own kernels; a layer whose forward plan is Winograd sums
-    ``V^T @ (A dY A^T)`` per transform position (with numba); a direct layer with few input
-    channels sums input planes times gradient planes (deeper ones take the next cheapest
-    family's gradients); everything else accumulates ``patches^T @ grad_out`` tile by tile.
+    ``V^T @ (A dY A^T)`` per transform position (with numba); a layer with few input
+    channels that ``direct`` applies to (planned direct, or any plan under "auto") sums
+    input planes times gradient planes (a direct plan with deeper inputs takes the next
+    cheapest family's gradients); everything else accumulates ``patches^T @ grad_out`` tile
+    by tile.
     Returns the two gradients and what ran.
     """
     with single_threaded_blas():  # our threads split the work (see _runtime)
@@ -545,14 +553,20 @@ def _backward(
         assert grad_kernel is not None
         return grad_x, grad_kernel, used
     m = 4 if name == "winograd_f4" else 2
-    if name == "direct":
-        grad_kernel = direct.grad_kernel(grad_out, x, spec, workspace_limit)
-        used["grad_kernel"] = "direct (input planes times gradient planes)"
-    elif name.startswith("winograd") and winograd.grad_kernel_applies(
+    if name.startswith("winograd") and winograd.grad_kernel_applies(
         spec, itemsize, workspace_limit, m=m
     ):
         grad_kernel = winograd.grad_kernel(grad_out, x, spec, workspace_limit, m=m)
         used["grad_kernel"] = f"{name} (a*a products of transformed tiles)"
+    elif (
+        (name == "direct" or algorithm in ("auto", "measure"))
+        and spec.c_in <= direct.GRAD_KERNEL_C_IN
+        and direct.applies(spec) is None
+    ):
+        # Under "auto" whichever algorithm runs forward (often gemm's narrow implicit form):
+        # N64 32x32 3 -> 32 took 1.8 ms, gemm's tiles 3.2; 1024x1024 3 -> 16 23 against 88.
+        grad_kernel = direct.grad_kernel(grad_out, x, spec, workspace_limit)
+        used["grad_kernel"] = "direct (input planes times gradient planes)"
     else:
         _, grad_kernel = gemm.backward(grad_out, x, kernel, spec, workspace_limit, need_x=False)
         used["grad_kernel"] = "gemm"

@@ -38,6 +38,7 @@ from patchconv.algorithms._runtime import (
 )
 
 __all__ = [
+    "NARROW_MIN_PATCH",
     "SMALL_ELEMENTS",
     "TILE_BYTES",
     "backward",
@@ -45,6 +46,7 @@ __all__ = [
     "forward_implicit",
     "implicit_applies",
     "kernel_matrices",
+    "narrow_applies",
     "pack_patches",
     "small_forward",
 ]
@@ -372,14 +374,22 @@ def _wide(spec: ConvSpec, itemsize: int) -> bool:
 def narrow_applies(spec: ConvSpec, itemsize: int) -> bool:
     """True if the implicit GEMM takes its narrow form (:func:`_simd.conv_rows_narrow`, or
     :func:`_simd.conv_rows_narrow_pairs` two output rows at a time, see :func:`_pairs`): one
-    to three SIMD vectors of output channels, at least 12 output columns and a patch of 256
-    values or more (measured, N8 64x64 16 -> 16 11x11: 5.6 ms in row pairs, 8.1 one row at a
-    time, against 11.6 by FFT)."""
+    to three SIMD vectors of output channels, at least 12 output columns and a patch of
+    :data:`NARROW_MIN_PATCH` values or more (measured, N8 64x64 16 -> 16 11x11: 5.6 ms in row
+    pairs, 8.1 one row at a time, against 11.6 by FFT)."""
     return (
         VECTOR_BYTES <= spec.c_out * itemsize < 4 * VECTOR_BYTES
         and spec.ow >= 12
-        and spec.patch_size >= 256
+        and spec.patch_size >= NARROW_MIN_PATCH
     )
+
+
+# The narrow form against direct (both with numba) on few-channel layers, float32, ms:
+# 3x3x3 -> 32 at N64 32x32 0.72 against 0.86, 3x3x3 -> 16 over 1024x1024 11.2 against 12.2,
+# 3x3x3 -> 48 over 512x512 8.5 against 9.6, 5x5x4 -> 16 at N8 56x56 0.36 against 0.48,
+# 3x3x16 -> 16 at N8 112x112 1.84 against 2.28 (Winograd 2.08). With a 3x3x1 patch of 9 and
+# one vector of channels it lost (N32 28x28 1 -> 16: 0.48 against 0.16).
+NARROW_MIN_PATCH = 27
 
 
 def forward_implicit(
