@@ -138,6 +138,10 @@ _IMPLICIT_FLOPS = 280e9
 # And per output row (the same fit: 0.03 us; it was costed at 0.5, which made N64 32x32
 # 3 -> 32, 2048 rows of 32 pixels, look 1 ms dearer than it ran).
 _IMPLICIT_ROW_SECONDS = 0.05e-6
+# Its narrow form (few output channels) spends much of its time writing the output: measured
+# 6-10e9 values a second where the output stays in cache (N64 28x28 1 -> 32, N64 32x32 3 -> 32),
+# 2e9 over 1024x1024 (memory), where direct's writes are as slow.
+_NARROW_OUT_VALUES = 6e9
 # Kernel values (c_in * c_out per tap) from which grad_x flips the kernel with a compiled loop
 # (measured on 3x3: 256x256 0.39 against 0.64 ms, 512x512 1.2 against 2.8; 128x128 a tie).
 _COMPILED_FLIP_VALUES = 256 * 256
@@ -167,7 +171,7 @@ def _gemm_cost(spec: ConvSpec, itemsize: int) -> float:
         rows = spec.n * spec.oh
         cost = spec.flops / _IMPLICIT_FLOPS + rows * _IMPLICIT_ROW_SECONDS
         if gemm.narrow_applies(spec, itemsize):  # few channels: the output's writes weigh
-            cost += positions * spec.c_out / _DIRECT_VALUES  # as in direct, which writes it too
+            cost += positions * spec.c_out / _NARROW_OUT_VALUES
         return cost
     k = spec.kh * spec.kw * spec.c_in_group
     patch_bytes = positions * spec.patch_size * itemsize
@@ -178,7 +182,10 @@ def _gemm_cost(spec: ConvSpec, itemsize: int) -> float:
 
 def _pointwise_cost(spec: ConvSpec, itemsize: int) -> float:
     if gemm.implicit_applies(spec, itemsize):  # pointwise runs the implicit GEMM then
-        return spec.flops / _IMPLICIT_FLOPS + _CALL_SECONDS
+        cost = spec.flops / _IMPLICIT_FLOPS + _CALL_SECONDS
+        if gemm.narrow_applies(spec, itemsize):  # as in _gemm_cost
+            cost += spec.n * spec.oh * spec.ow * spec.c_out / _NARROW_OUT_VALUES
+        return cost
     positions = spec.n * spec.oh * spec.ow
     rate = _blas_rate(positions, spec.c_in_group, spec.c_out_group, itemsize)
     copy = 0 if spec.strides == (1, 1) else positions * spec.c_in * itemsize / _COPY_BYTES

@@ -387,9 +387,10 @@ def narrow_applies(spec: ConvSpec, itemsize: int) -> bool:
 # The narrow form against direct (both with numba) on few-channel layers, float32, ms:
 # 3x3x3 -> 32 at N64 32x32 0.72 against 0.86, 3x3x3 -> 16 over 1024x1024 11.2 against 12.2,
 # 3x3x3 -> 48 over 512x512 8.5 against 9.6, 5x5x4 -> 16 at N8 56x56 0.36 against 0.48,
-# 3x3x16 -> 16 at N8 112x112 1.84 against 2.28 (Winograd 2.08). With a 3x3x1 patch of 9 and
-# one vector of channels it lost (N32 28x28 1 -> 16: 0.48 against 0.16).
-NARROW_MIN_PATCH = 27
+# 3x3x16 -> 16 at N8 112x112 1.84 against 2.28 (Winograd 2.08); 3x3x1 -> 32 at N64 28x28
+# 0.43 against 0.54, at N32 0.31 against 0.28 (1 -> 16: 0.28 against 0.32). Against BLAS
+# (pointwise), 1x1 9 -> 16 at N8 56x56 0.17 against 0.32, 1x1 64 -> 48 at N1 0.15 against 0.34.
+NARROW_MIN_PATCH = 9
 
 
 def forward_implicit(
