@@ -606,11 +606,15 @@ def test_implicit_gemm_applies_where_documented() -> None:
 
 
 @pytest.mark.skipif(winograd.kernels() is None, reason="the SIMD products need numba")
-@pytest.mark.parametrize(("nt", "c_in", "c_out"), [(6, 1, 64), (13, 33, 70), (7, 8, 128)])
+@pytest.mark.parametrize(
+    ("nt", "c_in", "c_out"),
+    [(6, 1, 64), (13, 33, 70), (7, 8, 128), (16, 5, 64), (17, 9, 80), (10, 3, 64)],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_simd_batched_products_equal_matmul(nt: int, c_in: int, c_out: int, dtype: type) -> None:
     """The split schedule's products for positions lo:hi only, with overlapping last blocks of
-    rows and of columns, U in column panels."""
+    rows and of columns, U in column panels: 1 to 4 rows past the blocks of 6 go in a block
+    of 4 (16, 10, 13 and 7 tiles), 5 in an overlapping block of 6 (17)."""
     kernels = winograd.kernels()
     assert kernels is not None
     rng = np.random.default_rng(nt)
