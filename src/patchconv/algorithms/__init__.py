@@ -208,7 +208,7 @@ def _depthwise_cost(spec: ConvSpec, itemsize: int) -> float:
 # vector holds), and each call paid 0.15 ms more on the Python pool. The earlier rates (30
 # GF/s for every transform, _blas_rate for every product) put N8 112x112 32 -> 32 at 12 ms,
 # which ran in 4.7: gemm (6.9 ms) was picked, and 8 of the 62 layers ran 12-51% slower than
-# their fastest algorithm; with these, 3 ran 6-8% slower.
+# their fastest algorithm. benchmarks/chooser.py measures the picks again.
 _WINOGRAD_OWN_FLOPS = 300e9
 _WINOGRAD_OWN_TRANSFORM_FLOPS = 60e9
 _WINOGRAD_BLAS_PRODUCTS = 0.6
