@@ -257,3 +257,36 @@ def test_auto_takes_directs_weight_gradient_whatever_runs_forward() -> None:
         assert used["forward_plan"].algorithm == "gemm"
         assert used["grad_kernel"].startswith(expected)
         assert_close(grad_kernel, gk, np.float32, grad=True)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "kernel_shape", "groups", "algorithm"),
+    [
+        ((16, 40, 40, 64), (3, 3, 64, 64), 1, "winograd_f4"),  # compiled blocks of tiles
+        ((4, 30, 30, 16), (3, 3, 16, 24), 1, "winograd_f4"),  # BLAS products
+        ((2, 39, 45, 32), (4, 4, 1, 32), 32, "depthwise"),
+        ((4, 18, 68, 27), (3, 3, 27, 51), 1, "direct"),  # Winograd's weight gradient
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradients_are_the_same_on_every_call(
+    x_shape: tuple[int, ...],
+    kernel_shape: tuple[int, ...],
+    groups: int,
+    algorithm: str,
+    dtype: type,
+) -> None:
+    """Partial sums kept per work item and added in a fixed order: no call differs from the
+    first in any bit (per-thread partials differed in the last bits, run to run)."""
+    if algorithm == "direct" and get_numba() is None:
+        pytest.skip("direct needs numba")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    kernel = rng.standard_normal(kernel_shape).astype(dtype)
+    opts = {"padding": "same", "groups": groups, "algorithm": algorithm}
+    out_shape = patchconv.conv_output_shape(x.shape, kernel.shape, padding="same", groups=groups)
+    g = rng.standard_normal(out_shape).astype(dtype)
+    first = patchconv.conv2d_backward(g, x, kernel, need_grad_x=False, **opts).grad_kernel
+    for _ in range(12):
+        again = patchconv.conv2d_backward(g, x, kernel, need_grad_x=False, **opts).grad_kernel
+        np.testing.assert_array_equal(again, first)

@@ -1935,15 +1935,14 @@ def batched_matmul_tn(v, g, du, lo, hi):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
-def winograd_grad_blocks(x, pt, pl, m, th, tw, go, block, total, work, lo, hi):  # type: ignore[no-untyped-def]
+def winograd_grad_blocks(x, pt, pl, m, th, tw, go, block, total, du, work, lo, hi):  # type: ignore[no-untyped-def]
     # Blocks lo:hi of ``block`` tiles: V and dM of the block, then dU += V^T dM per position
-    # into this thread's partial dU, the first a*a*c_in*c_out values of ``work`` (zeroed by
-    # the caller); then V, dM and one position's product. c_in >= lanes, c_out >= 4 lanes.
+    # into the partial dU ``du`` (a*a*c_in*c_out values); ``work`` holds V, dM and one
+    # position's product. c_in >= lanes, c_out >= 4 lanes.
     a = m + 2
     ci, co = x.shape[3], go.shape[3]
     q = ci * co
-    du = work[: a * a * q]
-    vo = a * a * q
+    vo = 0
     mo = vo + a * a * block * ci
     to = mo + a * a * block * co
     tmp = work[to : to + q].reshape(1, ci, co)
@@ -1960,6 +1959,24 @@ def winograd_grad_blocks(x, pt, pl, m, th, tw, go, block, total, work, lo, hi): 
             d = du[xi * q : (xi + 1) * q]
             for i in range(q):
                 d[i] += tf[i]
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_grad_items(x, pt, pl, m, th, tw, go, block, total, parts, work, lo, hi):  # type: ignore[no-untyped-def]
+    # Work items lo:hi of parts.shape[0]: item i sums its fixed run of the blocks of ``block``
+    # tiles (winograd_grad_blocks, in order) into its own row of ``parts``, (items, a*a*q):
+    # the same sums in the same order whichever thread ran it, so dU is the same on every
+    # call (per-thread sums took blocks in whatever order the threads reached them).
+    a = m + 2
+    q = x.shape[3] * go.shape[3]
+    items = parts.shape[0]
+    blocks = -(-total // block)
+    for item in range(lo, hi):
+        b0, b1 = _piece(blocks, items, item)
+        row = parts[item]
+        for t in range(a * a * q):
+            row[t] = 0.0
+        winograd_grad_blocks(x, pt, pl, m, th, tw, go, block, total, row, work, b0, b1)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -2005,12 +2022,12 @@ def winograd_grad_output_into(go, m, th, tw, t0, gm, lo, hi):  # type: ignore[no
 
 
 @_par
-def _winograd_grad_blocks_par(args, n, pieces, threads, counter, work):  # type: ignore[no-untyped-def]
+def _winograd_grad_items_par(args, n, pieces, threads, counter, work):  # type: ignore[no-untyped-def]
     for t in numba.prange(threads):
         p = _take(counter)
         while p < pieces:
             lo, hi = _piece(n, pieces, p)
-            winograd_grad_blocks(*args, work[t], lo, hi)
+            winograd_grad_items(*args, work[t], lo, hi)
             p = _take(counter)
 
 
@@ -2163,7 +2180,7 @@ _NATIVE = {
 }
 _NATIVE_WITH_WORK = {
     winograd_blocks: _winograd_blocks_par,
-    winograd_grad_blocks: _winograd_grad_blocks_par,
+    winograd_grad_items: _winograd_grad_items_par,
     direct_rows: _direct_rows_par,
     direct_grad_kernel: _direct_grad_kernel_par,
 }

@@ -323,15 +323,16 @@ def backward(
             )
         if need_kernel:
             gk_kernel = compiled["grad_k"]
-            partials: list[np.ndarray] = []
+            partials: dict[int, np.ndarray] = {}  # by first row: added up in row order,
+            # the same result on every call (in the order pieces finished, not)
 
             def rows(lo: int, hi: int) -> None:
                 part = np.zeros((spec.kh, spec.kw, spec.c_out))
                 gk_kernel(go, xc, part, *geo, lo, hi)
-                partials.append(part)
+                partials[lo] = part
 
             parallel_for(rows, spec.n * spec.oh, min_items=_rows_min(spec))
-            grad_k = np.sum(partials, axis=0)
+            grad_k = np.sum([partials[lo] for lo in sorted(partials)], axis=0)
     else:
         whole = Tile(0, spec.n, 0, spec.oh, 0, spec.ow)
         if grad_x is not None:

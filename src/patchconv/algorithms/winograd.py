@@ -29,7 +29,6 @@ tolerance (1e-5); in float64 both stay near 1e-15.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -810,21 +809,36 @@ def _grad_kernel_native(
         block = max(BLOCK_BYTES // per_tile, 4 * max(c_in, c_out))
         block = min(block, -(-total // workers), workspace_limit // (4 * workers) // per_tile)
         block = max(1, block)
-        size = a * a * q + a * a * block * (c_in + c_out) + q  # partial dU, V, dM, one product
-        found = _simd.parallel(
-            _simd.winograd_grad_blocks,
-            (xc, pt, pl, m, th, tw, goc, block, total),
-            -(-total // block),
+        size = a * a * block * (c_in + c_out) + q  # V, dM, one product
+        # One partial dU per work item, each a fixed run of blocks: the same sums in the same
+        # order on every call (per-thread partials varied in the last bits). Up to 4 items a
+        # core, so a core slowed by other work takes fewer (2 in all: N8 56x56x64 20% slower).
+        items = _grad_items(-(-total // block), a * a * q * dtype.itemsize)
+        parts = np.empty((items, a * a * q), dtype)
+        _simd.parallel(
+            _simd.winograd_grad_items,
+            (xc, pt, pl, m, th, tw, goc, block, total, parts),
+            items,
+            pieces_per_worker=items,  # each item a piece of its own, taken in turn
             work=(size, dtype, workspace_limit),
-            zero=a * a * q,
         )
-        assert found is not None
-        parts = found
     vectors = -(-q // lanes)
     _simd.parallel(
         _simd.winograd_kernel_adjoint, (kron, parts, dw), vectors, min_items=max(1, 4096 // a)
     )
     return dw.reshape(3, 3, c_in, c_out)
+
+
+# Bytes of partial dU sums (one per work item of the weight gradient) kept at most.
+_PARTIALS_BYTES = 16 * 2**20
+
+
+def _grad_items(blocks: int, partial_bytes: int) -> int:
+    """Work items for the weight gradient's blocks of tiles: 4 a core where the partial dU
+    sums stay under :data:`_PARTIALS_BYTES`, at least one a core."""
+    workers = n_workers()
+    fit = max(workers, _PARTIALS_BYTES // max(1, partial_bytes))
+    return max(1, min(blocks, 4 * workers, fit))
 
 
 def grad_kernel(
@@ -884,10 +898,12 @@ def grad_kernel(
     block = min(block, -(-total // workers), workspace_limit // (4 * workers) // per_tile)
     block = max(1, block)
     blocks = [(t0, min(block, total - t0)) for t0 in range(0, total, block)]
+    # One partial dU per piece, a fixed run of blocks, added up in piece order: the same
+    # result on every call (per-thread partials took blocks in whatever order they came).
     partials: dict[int, np.ndarray] = {}
 
     def run(lo: int, hi: int) -> None:
-        mine = partials.setdefault(threading.get_ident(), np.zeros((a * a, c_in, c_out), dtype))
+        mine = np.zeros((a * a, c_in, c_out), dtype)
         vbuf = scratch("winograd.v", a * a * block * c_in, dtype, limit=workspace_limit)
         gbuf = scratch("winograd.m", a * a * block * c_out, dtype, limit=workspace_limit)
         for t0, nt in blocks[lo:hi]:
@@ -896,9 +912,13 @@ def grad_kernel(
             in_t(xc, pt, pl, th, tw, t0, 0, nt, v)
             gout_t(goc, th, tw, t0, 0, nt, gm)
             mine += np.matmul(v.transpose(0, 2, 1), gm)  # (a*a, c_in, T) @ (a*a, T, c_out)
+        partials[lo] = mine
 
-    parallel_for(run, len(blocks))
-    du = np.sum(list(partials.values()), axis=0) if len(partials) > 1 else partials.popitem()[1]
+    items = _grad_items(len(blocks), a * a * c_in * c_out * dtype.itemsize)
+    parallel_for(run, len(blocks), pieces_per_worker=-(-items // workers))
+    du = partials[0]
+    for lo in sorted(partials)[1:]:
+        du += partials[lo]
     kron = _kron(m, dtype)  # (a*a, 9)
     dw = kron.T @ du.reshape(a * a, c_in * c_out)  # (9, c_in*c_out): G^T dU G
     return dw.reshape(3, 3, c_in, c_out)
