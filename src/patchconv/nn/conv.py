@@ -38,7 +38,23 @@ from patchconv.nn.base import Layer
 __all__ = ["Conv2D", "DepthwiseConv2D"]
 
 
-class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config returns Conv2D
+class _ConvBackward:
+    """backward and backward_weights of the convolution layers, both through their
+    ``_backward``, which skips the input's gradient for backward_weights."""
+
+    def _backward(self, grad_out: np.ndarray, *, need_grad_x: bool) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        grad_x = self._backward(grad_out, need_grad_x=True)
+        assert grad_x is not None
+        return grad_x
+
+    def backward_weights(self, grad_out: np.ndarray) -> None:
+        self._backward(grad_out, need_grad_x=False)
+
+
+class Conv2D(_ConvBackward, base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config returns Conv2D
     """Keras' ``Conv2D`` with a backward pass: :class:`patchconv.Conv2D` plus ``activation``.
 
     Parameters
@@ -129,14 +145,6 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
         z = conv2d(arr, self.kernel, self.bias, **self._conv_options())
         return self._activate(arr, z)
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x = self._backward(grad_out, need_grad_x=True)
-        assert grad_x is not None
-        return grad_x
-
-    def backward_weights(self, grad_out: np.ndarray) -> None:
-        self._backward(grad_out, need_grad_x=False)
-
     def _backward(self, grad_out: np.ndarray, *, need_grad_x: bool) -> np.ndarray | None:
         x, gz = self._activation_grad(grad_out)
         assert self.kernel is not None
@@ -173,7 +181,7 @@ class Conv2D(base_layers.Conv2D, Layer):  # type: ignore[misc]  # from_config re
         return config
 
 
-class DepthwiseConv2D(Layer):
+class DepthwiseConv2D(_ConvBackward, Layer):
     """Keras' ``DepthwiseConv2D``: each input channel convolved with its own
     ``depth_multiplier`` filters.
 
@@ -307,14 +315,6 @@ class DepthwiseConv2D(Layer):
             )
         z = conv2d(arr, self._grouped_kernel(), self.bias, **self._conv_options(c_in))
         return self._activate(arr, z)
-
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        grad_x = self._backward(grad_out, need_grad_x=True)
-        assert grad_x is not None
-        return grad_x
-
-    def backward_weights(self, grad_out: np.ndarray) -> None:
-        self._backward(grad_out, need_grad_x=False)
 
     def _backward(self, grad_out: np.ndarray, *, need_grad_x: bool) -> np.ndarray | None:
         x, gz = self._activation_grad(grad_out)
