@@ -23,6 +23,7 @@ __all__ = [
     "ConvSpec",
     "PatchconvError",
     "as_float_array",
+    "check_flag",
     "check_workspace_limit",
     "compute_dtype",
     "conv_spec",
@@ -248,6 +249,13 @@ def _check_mode_pads(
                 f"{func}: padding_mode {mode!r} needs each pad {rule} the input {axis} ({size}); "
                 f"got padding {padding!r} -> {pair} on the {axis}"
             )
+
+
+def check_flag(value: object, *, func: str, name: str) -> bool:
+    """A True/False option (NumPy's bool too), else a TypeError naming it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: {name} must be True or False; got {value!r}")
+    return bool(value)
 
 
 def check_workspace_limit(limit_bytes: object, *, func: str) -> int:

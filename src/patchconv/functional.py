@@ -20,6 +20,7 @@ from patchconv._spec import (
     ConvSpec,
     PatchconvError,
     as_float_array,
+    check_flag,
     check_workspace_limit,
     compute_dtype,
     conv_spec,
@@ -395,9 +396,8 @@ def conv2d_backward(
     [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
     """
     func = "conv2d_backward"
-    for name, flag in (("use_bias", use_bias), ("need_grad_x", need_grad_x)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{func}: {name} must be True or False; got {flag!r}")
+    use_bias = check_flag(use_bias, func=func, name="use_bias")
+    need_grad_x = check_flag(need_grad_x, func=func, name="need_grad_x")
     grad_out = as_float_array(grad_out, func=func, name="grad_out")
     x = as_float_array(x, func=func, name="x")
     kernel = as_float_array(kernel, func=func, name="kernel")

@@ -165,14 +165,19 @@ def _blas_rate(m: int, k: int, n: int, itemsize: int) -> float:
     return rate
 
 
+def _implicit_cost(spec: ConvSpec, itemsize: int, overhead: float) -> float:
+    """The implicit GEMM (gemm's and pointwise's): its multiply-adds, ``overhead`` seconds,
+    and in its narrow form (few output channels) the output's writes, which weigh there."""
+    cost = spec.flops / _IMPLICIT_FLOPS + overhead
+    if gemm.narrow_applies(spec, itemsize):
+        cost += spec.n * spec.oh * spec.ow * spec.c_out / _NARROW_OUT_VALUES
+    return cost
+
+
 def _gemm_cost(spec: ConvSpec, itemsize: int) -> float:
     positions = spec.n * spec.oh * spec.ow
     if gemm.implicit_applies(spec, itemsize):  # no patch copy
-        rows = spec.n * spec.oh
-        cost = spec.flops / _IMPLICIT_FLOPS + rows * _IMPLICIT_ROW_SECONDS
-        if gemm.narrow_applies(spec, itemsize):  # few channels: the output's writes weigh
-            cost += positions * spec.c_out / _NARROW_OUT_VALUES
-        return cost
+        return _implicit_cost(spec, itemsize, spec.n * spec.oh * _IMPLICIT_ROW_SECONDS)
     k = spec.kh * spec.kw * spec.c_in_group
     patch_bytes = positions * spec.patch_size * itemsize
     rate = _blas_rate(min(positions, 2048), k, spec.c_out_group, itemsize)
@@ -182,10 +187,7 @@ def _gemm_cost(spec: ConvSpec, itemsize: int) -> float:
 
 def _pointwise_cost(spec: ConvSpec, itemsize: int) -> float:
     if gemm.implicit_applies(spec, itemsize):  # pointwise runs the implicit GEMM then
-        cost = spec.flops / _IMPLICIT_FLOPS + _CALL_SECONDS
-        if gemm.narrow_applies(spec, itemsize):  # as in _gemm_cost
-            cost += spec.n * spec.oh * spec.ow * spec.c_out / _NARROW_OUT_VALUES
-        return cost
+        return _implicit_cost(spec, itemsize, _CALL_SECONDS)
     positions = spec.n * spec.oh * spec.ow
     rate = _blas_rate(positions, spec.c_in_group, spec.c_out_group, itemsize)
     copy = 0 if spec.strides == (1, 1) else positions * spec.c_in * itemsize / _COPY_BYTES

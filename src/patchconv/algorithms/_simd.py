@@ -2231,9 +2231,8 @@ def parallel(
     min_items: int = 1,
     pieces_per_worker: int = 4,
     work: tuple[int, np.dtype, int] | None = None,
-    zero: int = 0,
     native: bool = True,
-) -> np.ndarray | None:
+) -> None:
     """``kernel(*args, lo, hi)`` over pieces of ``range(n)`` on all cores, as
     :func:`~patchconv.algorithms._runtime.parallel_for` does, but through numba's threads where
     the kernel has a native wrapper and the layer allows it. ``native=False`` keeps it on the
@@ -2241,16 +2240,13 @@ def parallel(
     each region).
 
     With ``work = (size, dtype, limit)`` each thread also gets a work buffer of ``size``
-    elements of its own, ``kernel(*args, buffer, lo, hi)``, whose first ``zero`` elements start
-    at 0; the buffers come back as the rows of a ``(threads, >= size)`` array (a row no thread
-    took keeps its zeros), else None."""
+    elements of its own, ``kernel(*args, buffer, lo, hi)``, for its scratch values."""
     workers, pieces = piece_plan(n, min_items, pieces_per_worker)
     buffers = None
     if work is not None:
         size = -(-work[0] // 16) * 16  # every thread's buffer on a cache line of its own
         flat = scratch("simd.work", workers * size, work[1], limit=work[2])
         buffers = flat.reshape(workers, size)
-        buffers[:, :zero] = 0
     table: dict[Any, Any] = _NATIVE_WITH_WORK if work is not None else _NATIVE
     wrapper = table.get(kernel) if native else None
     if workers > 1 and wrapper is not None and not in_pool_thread() and native_ready():
@@ -2259,7 +2255,7 @@ def parallel(
             wrapper(args, n, pieces, workers, counter)
         else:
             wrapper(args, n, pieces, workers, counter, buffers)
-        return buffers
+        return
     slots: dict[int, int] = {}
     lock = threading.Lock()
 
@@ -2274,4 +2270,3 @@ def parallel(
     parallel_for(
         piece, n, min_items=min_items, pieces_per_worker=pieces_per_worker, workers=workers
     )
-    return buffers
