@@ -845,13 +845,13 @@ def depthwise_3x3_rows(x, k, bias, out, pt, pl, lo, hi):  # type: ignore[no-unty
 # compare the two). B^T is applied to a column of a values, A^T to a column of a products.
 @numba.njit(inline="always")
 def _bt6(z0, z1, z2, z3, z4, z5):  # type: ignore[no-untyped-def]
-    p = vfmas(z2, -4.0, z4)  # z4 - 4 z2
-    q = vfmas(z1, -4.0, z3)  # z3 - 4 z1
-    p2 = vsub(z4, z2)
-    q2 = vmuls(vsub(z3, z1), 2.0)
-    r0 = vfmas(z0, 4.0, vfmas(z2, -5.0, z4))
-    r5 = vfmas(z1, 4.0, vfmas(z3, -5.0, z5))
-    return r0, vadd(p, q), vsub(p, q), vadd(p2, q2), vsub(p2, q2), r5
+    # 15 operations (the rows share d, e and t).
+    d = vsub(z1, z3)
+    e = vsub(z4, z2)
+    t = vfmas(z3, 0.5, vfmas(z2, 1.5, z1))
+    r0 = vfmas(d, 1.5, vadd(vsub(z0, z2), e))
+    r5 = vfmas(e, -1.5, vadd(vsub(z5, z3), d))
+    return r0, vsub(e, t), vadd(e, vfmas(z3, -3.0, t)), vfmas(d, -0.5, e), vfmas(d, 2.0, e), r5
 
 
 @numba.njit(inline="always")
@@ -861,13 +861,13 @@ def _bt4(z0, z1, z2, z3):  # type: ignore[no-untyped-def]
 
 @numba.njit(inline="always")
 def _at6(z0, z1, z2, z3, z4, z5):  # type: ignore[no-untyped-def]
-    s1 = vadd(z1, z2)
-    d1 = vsub(z1, z2)
-    s2 = vadd(z3, z4)
-    d2 = vsub(z3, z4)
-    y0 = vadd(z0, vadd(s1, s2))
-    y3 = vadd(vfmas(d2, 8.0, d1), z5)
-    return y0, vfmas(d2, 2.0, d1), vfmas(s2, 4.0, s1), y3
+    s = vadd(z1, z2)
+    d = vsub(z1, z2)
+    y0 = vadd(z0, vadd(s, vadd(z3, z4)))
+    y1 = vfmas(z4, -0.5, vfmas(z3, 2.0, d))
+    y2 = vfmas(z4, 0.25, vfmas(z3, 4.0, s))
+    y3 = vadd(vfmas(z4, -0.125, vfmas(z3, 8.0, d)), z5)
+    return y0, y1, y2, y3
 
 
 @numba.njit(inline="always")
@@ -1110,12 +1110,9 @@ def _a6t(d0, d1, d2, d3):  # type: ignore[no-untyped-def]
     # A (6x4) applied to 4 values: the adjoint of _at6.
     s1 = vadd(d1, d3)
     s2 = vadd(d0, d2)
-    p = vadd(s2, s1)
-    q = vsub(s2, d1)
-    q = vsub(q, d3)
     r3 = vfmas(d1, 2.0, vfmas(d2, 4.0, vfmas(d3, 8.0, d0)))
-    r4 = vfmas(d1, -2.0, vfmas(d2, 4.0, vfmas(d3, -8.0, d0)))
-    return d0, p, q, r3, r4, d3
+    r4 = vfmas(d1, -0.5, vfmas(d2, 0.25, vfmas(d3, -0.125, d0)))
+    return d0, vadd(s2, s1), vsub(s2, s1), r3, r4, d3
 
 
 @numba.njit(inline="always")
