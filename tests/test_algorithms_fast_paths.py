@@ -730,24 +730,68 @@ def test_depthwise_3x3_row_pairs_over_any_row_ranges(padding: object, c: int) ->
     assert_close(out, expected, np.float32)
 
 
+@pytest.mark.skipif(winograd.kernels() is None, reason="the panel products need numba")
+@pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize(
-    ("m", "shape"),
+    ("nt", "c_in", "chunk", "dtype"),
     [
-        (4, (1, 14, 14, 256)),
-        (4, (5, 16, 16, 256)),
-        (2, (1, 14, 14, 256)),
+        (1, 9, 4, np.float32),
+        (3, 20, 20, np.float32),
+        (4, 33, 7, np.float32),
+        (5, 16, 5, np.float64),
+        (11, 40, 16, np.float32),
+        (16, 8, 3, np.float64),
+    ],
+)
+def test_panel_products_make_u_and_multiply(
+    m: int, nt: int, c_in: int, chunk: int, dtype: type
+) -> None:
+    """The split schedule by panels: U made from the kernel a chunk of input channels at a
+    time (the last chunk shorter where ``chunk`` does not divide c_in), then M = V @ U at every
+    position, for the panels lo:hi only. 1 to 5 rows past the blocks of 6 go in a block of 4
+    and single rows, which add to the chunks before them without overlapping."""
+    kernels = winograd.kernels()
+    assert kernels is not None
+    from patchconv.algorithms import _simd
+
+    a = m + 2
+    dt = np.dtype(dtype)
+    width = 4 * _simd.lanes(dt)
+    c_out = 3 * width
+    rng = np.random.default_rng(nt * c_in)
+    kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(dtype)
+    v = rng.standard_normal((a * a, nt, c_in)).astype(dtype)
+    mm = np.full((a * a, nt, c_out), np.nan, dtype)
+    work = np.empty(a * a * chunk * width, dtype)
+    k9 = np.ascontiguousarray(kernel.reshape(9, -1))
+    _simd.winograd_panel_products(k9, v, mm, m, chunk, work, 1, 3)
+    u = winograd._kron(m, np.dtype(np.float64)) @ kernel.reshape(9, -1).astype(np.float64)
+    expected = np.matmul(v.astype(np.float64), u.reshape(a * a, c_in, c_out))
+    assert_close(mm[..., width:], expected[..., width:], dtype)
+    assert np.isnan(mm[..., :width]).all()
+
+
+@pytest.mark.parametrize(
+    ("m", "shape", "path"),
+    [
+        (4, (1, 14, 14, 256), "panels"),  # 16 tiles, U of 9.4 MB
+        (4, (5, 16, 16, 256), "other"),  # 80 tiles: each panel would read V again
+        (2, (1, 14, 14, 256), "other"),  # U of 4.2 MB
     ],
 )
 def test_winograd_on_deep_layers_within_the_tolerance(
-    m: int, shape: tuple[int, int, int, int]
+    m: int, shape: tuple[int, int, int, int], path: str
 ) -> None:
     """The rounding errors of Winograd's transformed products grow with the input channels:
-    with 256 of them float32 stays within the tolerance table, on both schedules (F(4x4) with
+    with 256 of them float32 stays within the tolerance table, on every schedule (F(4x4) with
     the interpolation points 0, +-1, +-2 missed it there, 1.2e-5 of the largest output)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal(shape)
     kernel = rng.standard_normal((3, 3, shape[3], 256))
     exact = patchconv.conv2d(x, kernel, padding="same", algorithm="gemm")
+    if winograd.kernels() is not None:
+        spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+        assert winograd.panel_products(spec, m, np.dtype(np.float32)) == (path == "panels")
     out = patchconv.conv2d(
         x.astype(np.float32), kernel.astype(np.float32), padding="same", algorithm=f"winograd_f{m}"
     )

@@ -247,13 +247,14 @@ def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
         rate = _blas_rate(block, spec.c_in, spec.c_out, itemsize)
         transform = per_channel * (spec.c_in * 6 + spec.c_out * 4)
         steps = products / rate + transform / (_COMPILED_FLOPS / 8)
-    kernel_bytes = a * a * spec.c_in * spec.c_out * itemsize
     blocks = max(1, tiles // block)
-    return (
-        steps
-        + kernel_bytes * (1 + blocks / n_workers()) / _STREAM_BYTES
-        + blocks * (_CALL_SECONDS + a * a * _MATRIX_SECONDS)
-    )
+    # U (a*a values per kernel pair) written once and read by every block; or, by panels, made
+    # a chunk at a time in L2 from the kernel (9 values a pair), read once.
+    if compiled and block == tiles and winograd.panel_products(spec, m, np.dtype(f"f{itemsize}")):
+        u_traffic = 9.0 * spec.c_in * spec.c_out * itemsize
+    else:
+        u_traffic = a * a * spec.c_in * spec.c_out * itemsize * (1 + blocks / n_workers())
+    return steps + u_traffic / _STREAM_BYTES + blocks * (_CALL_SECONDS + a * a * _MATRIX_SECONDS)
 
 
 # The direct algorithm's multiply-adds, 4 output channels at a time: it runs them at 150-300

@@ -1882,6 +1882,166 @@ def winograd_position_products(k9, kron, u, v, mm, lo, hi):  # type: ignore[no-u
     batched_matmul(v, u, mm, lo, hi)
 
 
+# G (a x 3) applied to 3 values, F(4x4, 3x3)'s and F(2x2, 3x3)'s written out: U = G g G^T as
+# two passes over the taps, 72 (F(4x4)) or 28 (F(2x2)) vector operations per 36 or 16
+# positions, where kron(G, G) @ g takes 9 multiply-adds per position.
+@numba.njit(inline="always")
+def _g6(g0, g1, g2):  # type: ignore[no-untyped-def]
+    s = vadd(g0, g2)
+    r3 = vmuls(vfmas(g2, 4.0, vfmas(g1, 2.0, g0)), 1.0 / 15.0)
+    r4 = vmuls(vfmas(g0, -16.0, vfmas(g1, 8.0, vmuls(g2, -4.0))), 1.0 / 15.0)
+    return g0, vmuls(vadd(s, g1), -1.0 / 3.0), vmuls(vsub(s, g1), 1.0 / 3.0), r3, r4, g2
+
+
+@numba.njit(inline="always")
+def _g4(g0, g1, g2):  # type: ignore[no-untyped-def]
+    s = vmuls(vadd(g0, g2), 0.5)
+    h = vmuls(g1, 0.5)
+    return g0, vadd(s, h), vsub(s, h), g2
+
+
+@numba.njit(inline="always")
+def _u_vector(kf, q, p, m, uf, ub, pitch):  # type: ignore[no-untyped-def]
+    # U = G g G^T at every position for one vector of (c_in, c_out) pairs, the 9 taps at
+    # kf[p + tap * q]: position xi to uf[ub + xi * pitch].
+    g = _taps9(kf, q, p)
+    if m == 4:
+        c0 = _g6(g[0], g[3], g[6])  # G along the kernel's rows, one column of taps at a time
+        c1 = _g6(g[1], g[4], g[7])
+        c2 = _g6(g[2], g[5], g[8])
+        for r in numba.literal_unroll((0, 1, 2, 3, 4, 5)):  # then along its columns
+            row = _g6(c0[r], c1[r], c2[r])
+            for s in numba.literal_unroll((0, 1, 2, 3, 4, 5)):
+                vstore(uf, ub + (6 * r + s) * pitch, row[s])
+    else:
+        c0 = _g4(g[0], g[3], g[6])
+        c1 = _g4(g[1], g[4], g[7])
+        c2 = _g4(g[2], g[5], g[8])
+        for r in numba.literal_unroll((0, 1, 2, 3)):
+            row = _g4(c0[r], c1[r], c2[r])
+            for s in numba.literal_unroll((0, 1, 2, 3)):
+                vstore(uf, ub + (4 * r + s) * pitch, row[s])
+
+
+@numba.njit(inline="always")
+def _load_rows(arr, at, pitch, rows):  # type: ignore[no-untyped-def]
+    # A 6 x 4 register block from arr (rows 6) or its first 4 rows (rows 4), as _store_6x4 and
+    # _store_4x4 write them.
+    n = VECTOR_BYTES // arr.itemsize
+    r0 = (vload(arr, at), vload(arr, at + n), vload(arr, at + 2 * n), vload(arr, at + 3 * n))
+    b = at + pitch
+    r1 = (vload(arr, b), vload(arr, b + n), vload(arr, b + 2 * n), vload(arr, b + 3 * n))
+    b += pitch
+    r2 = (vload(arr, b), vload(arr, b + n), vload(arr, b + 2 * n), vload(arr, b + 3 * n))
+    b += pitch
+    r3 = (vload(arr, b), vload(arr, b + n), vload(arr, b + 2 * n), vload(arr, b + 3 * n))
+    if rows == 4:
+        return r0 + r1 + r2 + r3 + r3 + r3
+    b += pitch
+    r4 = (vload(arr, b), vload(arr, b + n), vload(arr, b + 2 * n), vload(arr, b + 3 * n))
+    b += pitch
+    r5 = (vload(arr, b), vload(arr, b + n), vload(arr, b + 2 * n), vload(arr, b + 3 * n))
+    return r0 + r1 + r2 + r3 + r4 + r5
+
+
+@numba.njit(inline="always")
+def _panel_rows(vf, vb, ci, uf, ub, width, of, ob, co, nt, cn, add):  # type: ignore[no-untyped-def]
+    # of[ob + t*co : + width] = (of's values if add, else 0) + sum over c < cn of
+    # vf[vb + t*ci + c] * uf[ub + c*width : + width], for the nt rows t: blocks of 6 rows x 4
+    # vectors in registers, then one of 4 rows and single rows (no block overlaps another, so
+    # the rows can add to what earlier chunks of c_in left).
+    lanes = width // 4
+    z = vzero(vf)
+    full = nt - nt % 6
+    for t0 in range(0, full, 6):
+        acc = _load_rows(of, ob + t0 * co, co, 6) if add else _block_6x4(z, z, z, z)
+        a = vb + t0 * ci
+        r0 = vf[a:]
+        r1 = vf[a + ci :]
+        r2 = vf[a + 2 * ci :]
+        r3 = vf[a + 3 * ci :]
+        r4 = vf[a + 4 * ci :]
+        r5 = vf[a + 5 * ci :]
+        kb = ub
+        for c in range(cn):
+            acc = _fma_6x4(
+                vload(uf, kb), vload(uf, kb + lanes), vload(uf, kb + 2 * lanes),
+                vload(uf, kb + 3 * lanes), sload(r0, c), sload(r1, c), sload(r2, c),
+                sload(r3, c), sload(r4, c), sload(r5, c), acc,
+            )  # fmt: skip
+            kb += width
+        _store_6x4(of, ob + t0 * co, co, acc)
+    t0 = full
+    if nt - t0 >= 4:
+        acc4 = _load_rows(of, ob + t0 * co, co, 4)[:16] if add else _block_6x4(z, z, z, z)[:16]
+        a = vb + t0 * ci
+        r0 = vf[a:]
+        r1 = vf[a + ci :]
+        r2 = vf[a + 2 * ci :]
+        r3 = vf[a + 3 * ci :]
+        kb = ub
+        for c in range(cn):
+            acc4 = _fma_4x4(
+                vload(uf, kb), vload(uf, kb + lanes), vload(uf, kb + 2 * lanes),
+                vload(uf, kb + 3 * lanes), sload(r0, c), sload(r1, c), sload(r2, c),
+                sload(r3, c), acc4,
+            )  # fmt: skip
+            kb += width
+        _store_4x4(of, ob + t0 * co, co, acc4)
+        t0 += 4
+    for t in range(t0, nt):  # 1 to 3 rows left
+        o = ob + t * co
+        if add:
+            e0, e1 = vload(of, o), vload(of, o + lanes)
+            e2, e3 = vload(of, o + 2 * lanes), vload(of, o + 3 * lanes)
+        else:
+            e0, e1, e2, e3 = z, z, z, z
+        r0 = vf[vb + t * ci :]
+        kb = ub
+        for c in range(cn):
+            s = sload(r0, c)
+            e0 = vfmas(vload(uf, kb), s, e0)
+            e1 = vfmas(vload(uf, kb + lanes), s, e1)
+            e2 = vfmas(vload(uf, kb + 2 * lanes), s, e2)
+            e3 = vfmas(vload(uf, kb + 3 * lanes), s, e3)
+            kb += width
+        vstore(of, o, e0)
+        vstore(of, o + lanes, e1)
+        vstore(of, o + 2 * lanes, e2)
+        vstore(of, o + 3 * lanes, e3)
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def winograd_panel_products(k9, v, mm, m, chunk, work, lo, hi):  # type: ignore[no-untyped-def]
+    # The split schedule by output channels: for column panels lo:hi (4 vectors of output
+    # channels each; c_out a multiple of 4 lanes), M[xi][:, panel] = V[xi] @ U[xi][:, panel] at
+    # every position xi. U is made chunk input channels at a time into work (a*a, chunk,
+    # 4 lanes), which stays in L2 while the products read it: the kernel is read once in
+    # all, and U never goes out to memory (the positions split, U made whole, wrote and read
+    # it back through L3: 17-38 MB a call on 7x7x512).
+    a = m + 2
+    _, nt, ci = v.shape
+    co = mm.shape[2]
+    lanes = VECTOR_BYTES // v.itemsize
+    width = 4 * lanes
+    q = ci * co
+    kf = k9.reshape(-1)
+    vf = v.reshape(-1)
+    of = mm.reshape(-1)
+    pitch = chunk * width  # work: from one position to the next
+    for panel in range(lo, hi):
+        pc = panel * width
+        for c0 in range(0, ci, chunk):
+            cn = min(chunk, ci - c0)
+            for c in range(cn):  # (software prefetch of the next chunk's taps: no gain)
+                for vec in range(4):
+                    _u_vector(kf, q, (c0 + c) * co + pc + vec * lanes, m, work,
+                              c * width + vec * lanes, pitch)  # fmt: skip
+            for xi in range(a * a):
+                _panel_rows(vf, xi * nt * ci + c0, ci, work, xi * pitch, width, of,
+                            xi * nt * co + pc, co, nt, cn, c0 > 0)  # fmt: skip
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def winograd_input_into(x, pt, pl, m, th, tw, t0, v, lo, hi):  # type: ignore[no-untyped-def]
     # winograd_input with the tile range last, as parallel() passes it.
@@ -2158,6 +2318,16 @@ def _batched_matmul_par(args, n, pieces, threads, counter):  # type: ignore[no-u
             p = _take(counter)
 
 
+@_par
+def _winograd_panel_products_par(args, n, pieces, threads, counter, work):  # type: ignore[no-untyped-def]
+    for t in numba.prange(threads):
+        p = _take(counter)
+        while p < pieces:
+            lo, hi = _piece(n, pieces, p)
+            winograd_panel_products(*args, work[t], lo, hi)
+            p = _take(counter)
+
+
 _NATIVE = {
     batched_matmul: _batched_matmul_par,
     conv_rows: _conv_rows_par,
@@ -2178,6 +2348,7 @@ _NATIVE = {
 _NATIVE_WITH_WORK = {
     winograd_blocks: _winograd_blocks_par,
     winograd_grad_items: _winograd_grad_items_par,
+    winograd_panel_products: _winograd_panel_products_par,
     direct_rows: _direct_rows_par,
     direct_grad_kernel: _direct_grad_kernel_par,
 }

@@ -18,6 +18,9 @@ through all three steps with single-threaded BLAS.
 For deep layers whose tiles all fit one block (14x14x256, 7x7x512), the cores instead split
 the input and output transforms by tiles and the ``a*a`` products by transform position, each
 core transforming only its own share of the kernel, so ``U`` is built and read once in all.
+Where ``U`` would be too large for the cores' caches (over 8 MB) and the tiles few, they split
+the products by panels of output channels instead, and make ``U`` a chunk of input channels
+at a time in L2 (:func:`panel_products`): it is then never written out.
 
 Accuracy: the transformed products are sums over the input channels of values several times
 larger than the outputs they make, so their rounding errors grow with the channels and are
@@ -59,6 +62,7 @@ __all__ = [
     "grad_kernel",
     "grad_kernel_applies",
     "kernel_transform",
+    "panel_products",
     "split_products",
     "u_panels",
 ]
@@ -68,6 +72,11 @@ __all__ = [
 # once per block of tiles and so want it in L2.
 _SIMD_PRODUCT_BYTES = 2**21
 _FUSED_U_BYTES = 2**19
+# Each thread's chunk of U in the split schedule by panels (winograd_panel_products).
+_PANEL_U_BYTES = 2**20
+# Most tiles for it: each panel reads all of V again (measured, F(4x4): N8 7x7x512, 32 tiles,
+# 4.7-5.2 -> 3.7-3.8 ms; N8 14x14x256, 128 tiles, 2.6-2.7 -> 3.3-3.4).
+_PANEL_MAX_TILES = 64
 # Fewest tiles for which the split weight gradient beats gemm's (see grad_kernel_applies).
 _SPLIT_GRAD_MIN_TILES = 64
 # Bytes of transformed input plus product per block of tiles (per core): about one core's L2,
@@ -621,6 +630,20 @@ def _forward_splits(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: in
     )
 
 
+def panel_products(spec: ConvSpec, m: int, dtype: np.dtype) -> bool:
+    """True if the split schedule runs by column panels of output channels
+    (:func:`_simd.winograd_panel_products`): our products, ``c_out`` a multiple of 4 vectors,
+    and ``U`` too large for the cores' L2 (over 8 MB), which the positions' split writes out
+    and reads back."""
+    width = 4 * VECTOR_BYTES // dtype.itemsize
+    return (
+        _our_split_products(spec, dtype, m)
+        and spec.c_out % width == 0
+        and _u_bytes(spec, m, dtype.itemsize) > 4 * BLOCK_BYTES
+        and _tiles(spec, m) <= _PANEL_MAX_TILES
+    )
+
+
 def prepared_u(
     kernel: np.ndarray, spec: ConvSpec, dtype: np.dtype, workspace_limit: int, m: int
 ) -> np.ndarray | None:
@@ -709,15 +732,17 @@ def _forward_split(
     # workers spin after a region and would slow our threads' BLAS.
     # Our products read U in column panels; BLAS reads (a*a, c_in, c_out).
     native = _our_split_products(spec, dtype, m)
+    by_panels = u_ready is None and panel_products(spec, m, dtype)
     u_shape = u_panels(a, c_in, c_out, dtype) if native else (a * a, c_in, c_out)
-    u = (
-        u_ready.reshape(-1)
-        if u_ready is not None
-        else scratch("winograd.u", math.prod(u_shape), dtype, limit=workspace_limit)
-    )
+    if u_ready is not None:
+        u = u_ready.reshape(-1)
+    elif by_panels:  # U is made a chunk at a time, in each thread's work buffer
+        u = np.empty(0, dtype)
+    else:
+        u = scratch("winograd.u", math.prod(u_shape), dtype, limit=workspace_limit)
     v = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
     mm = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
-    u2, u3 = u.reshape(a * a, -1), u.reshape(u_shape)
+    u2, u3 = (u, u) if by_panels else (u.reshape(a * a, -1), u.reshape(u_shape))
     v3, m3 = v.reshape(a * a, total, c_in), mm.reshape(a * a, total, c_out)
     (pt, _), (pl, _) = spec.pads
     per_tile = a * a * max(c_in, c_out)
@@ -745,6 +770,16 @@ def _forward_split(
 
     if u_ready is not None:  # U made beforehand (prepared_u): the products alone
         _simd.parallel(_simd.batched_matmul, (v3, u3, m3), a * a, pieces_per_worker=1)
+    elif by_panels:
+        width = 4 * VECTOR_BYTES // dtype.itemsize
+        chunk = min(c_in, max(1, _PANEL_U_BYTES // (a * a * width * dtype.itemsize)))
+        _simd.parallel(
+            _simd.winograd_panel_products,
+            (k9, v3, m3, m, chunk),
+            c_out // width,
+            pieces_per_worker=1,
+            work=(a * a * chunk * width, dtype, workspace_limit),
+        )
     elif native:
         both = (k9, kron, u3, v3, m3)
         # One piece per core: smaller ones measured slower (N8 7x7x512: 4.6 against 5.2 ms).
