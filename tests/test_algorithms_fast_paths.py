@@ -299,6 +299,41 @@ def test_deep_layers_keep_the_patch_matrix_weight_gradient_unless_split() -> Non
 
 
 @pytest.mark.skipif(winograd.kernels() is None, reason="the Winograd weight gradient needs numba")
+def test_auto_takes_the_f2_weight_gradient_where_f4s_does_not_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """N8 7x7x256 under an F(4x4) forward plan: its 32 tiles are too few for F(4x4)'s split
+    weight gradient, F(2x2)'s 128 are not. Under auto the weight gradient is F(2x2)'s; a
+    request for winograd_f4 by name keeps F(4x4) or gemm."""
+    from patchconv import algorithms
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((8, 7, 7, 256)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 256, 256)).astype(np.float32)
+    g = rng.standard_normal((8, 7, 7, 256)).astype(np.float32)
+    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    assert not winograd.grad_kernel_applies(spec, 4, 2**28, m=4)
+    assert winograd.grad_kernel_applies(spec, 4, 2**28, m=2)
+    _, expected = gemm.backward(g, x, kernel, spec, 2**28, need_x=False)
+    assert expected is not None
+    real = algorithms.choose
+    monkeypatch.setattr(  # auto's forward plan: F(4x4), whatever the cost model says here
+        algorithms,
+        "choose",
+        lambda spec, algorithm, **kw: real(
+            spec, "winograd_f4" if algorithm == "auto" else algorithm, **kw
+        ),
+    )
+    for algorithm, taken in (("auto", "winograd_f2"), ("winograd_f4", "gemm")):
+        _, got, used = algorithms.backward(
+            g, x, kernel, spec, 2**28, algorithm=algorithm, need_grad_x=False
+        )
+        assert used["forward_plan"].algorithm == "winograd_f4"
+        assert used["grad_kernel"].startswith(taken)
+        assert_close(got, expected, np.float32, grad=True)
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the Winograd weight gradient needs numba")
 @pytest.mark.parametrize("m", [2, 4])
 @pytest.mark.parametrize(("c_in", "c_out", "dtype"), [(5, 6, np.float32), (17, 16, np.float32)])
 def test_split_winograd_weight_gradient_equals_the_patch_matrix_one(

@@ -562,12 +562,18 @@ def _backward(
         used["grad_kernel"] = name
         assert grad_kernel is not None
         return grad_x, grad_kernel, used
-    m = 4 if name == "winograd_f4" else 2
-    if name.startswith("winograd") and winograd.grad_kernel_applies(
-        spec, itemsize, workspace_limit, m=m
-    ):
+    # The weight gradient by the forward's Winograd form; under auto F(2x2)'s where F(4x4)'s
+    # does not apply but F(2x2)'s does (N8 7x7x512, F(4x4) forward by panels: 32 tiles, too
+    # few for its split weight gradient; F(2x2)'s 128 took 5.0 ms, gemm's 8.0).
+    forms = {"winograd_f4": (4, 2), "winograd_f2": (2,)}.get(name, ())
+    if algorithm not in ("auto", "measure"):
+        forms = forms[:1]
+    m = next(
+        (m for m in forms if winograd.grad_kernel_applies(spec, itemsize, workspace_limit, m=m)), 0
+    )
+    if m:
         grad_kernel = winograd.grad_kernel(grad_out, x, spec, workspace_limit, m=m)
-        used["grad_kernel"] = f"{name} (a*a products of transformed tiles)"
+        used["grad_kernel"] = f"winograd_f{m} (a*a products of transformed tiles)"
     elif (
         (name == "direct" or algorithm in ("auto", "measure"))
         and spec.c_in <= direct.GRAD_KERNEL_C_IN
