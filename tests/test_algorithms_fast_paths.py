@@ -831,3 +831,27 @@ def test_winograd_on_deep_layers_within_the_tolerance(
         x.astype(np.float32), kernel.astype(np.float32), padding="same", algorithm=f"winograd_f{m}"
     )
     assert_close(out, exact, np.float32)
+
+
+def test_auto_leaves_f4_out_of_float32_layers_past_512_input_channels() -> None:
+    """F(4x4)'s float32 error grows with the input channels and passes the tolerance table
+    near 2048 (1.1e-5 to 1.6e-5 of the largest output): auto and the "winograd" alias take
+    F(2x2) there and say why; by name F(4x4) still runs; float64 keeps it."""
+    from patchconv import algorithms
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 8, 8, 2048))
+    kernel = rng.standard_normal((3, 3, 2048, 64))
+    exact = patchconv.conv2d(x, kernel, padding="same", algorithm="gemm")
+    x32, k32 = x.astype(np.float32), kernel.astype(np.float32)
+    out, plan = patchconv.conv2d(x32, k32, padding="same", return_plan=True)
+    assert plan.algorithm != "winograd_f4"
+    assert "winograd_f4" not in dict(plan.estimates)
+    assert "beyond 512 input channels; got c_in 2048" in dict(plan.skipped)["winograd_f4"]
+    assert_close(out, exact, np.float32)
+    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    assert algorithms.choose(spec, "winograd", itemsize=4).algorithm == "winograd_f2"
+    assert algorithms.choose(spec, "winograd_f4", itemsize=4).algorithm == "winograd_f4"
+    assert "winograd_f4" in dict(algorithms.choose(spec, itemsize=8).estimates)
+    shallow = conv_spec((4, 8, 8, 512), (3, 3, 512, 64), None, padding="same")
+    assert "winograd_f4" in dict(algorithms.choose(shallow, itemsize=4).estimates)

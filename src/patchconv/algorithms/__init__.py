@@ -295,6 +295,27 @@ def _fft_cost(spec: ConvSpec, itemsize: int) -> float:
     return transforms / _FFT_FLOPS + products / rate + freqs * _CALL_SECONDS / 4
 
 
+# F(4x4)'s float32 rounding error grows with the input channels (the transformed products are
+# summed over them; see winograd's docstring): largest error over largest output about 4e-6 at
+# 256, 6e-6 at 512, 9e-6 at 1024 and 1.1e-5 to 1.6e-5 at 2048, past the tolerance table's
+# 1e-5 (measured by a fuzzing review; F(2x2): 1.6e-6 at 2048). auto leaves it out beyond 512
+# in float32; it still runs when asked for by name. Float16 (float32 arithmetic, a tolerance
+# of 2e-3) and float64 keep it.
+_F4_FLOAT32_MAX_C_IN = 512
+
+
+def accuracy_limits(spec: ConvSpec, itemsize: int) -> dict[str, str]:
+    """The algorithms auto leaves out of ``spec`` for accuracy, with the reason."""
+    if itemsize == 4 and spec.c_in > _F4_FLOAT32_MAX_C_IN:
+        return {
+            "winograd_f4": (
+                f"winograd_f4's float32 rounding error passes the tolerance beyond "
+                f"{_F4_FLOAT32_MAX_C_IN} input channels; got c_in {spec.c_in}"
+            )
+        }
+    return {}
+
+
 def estimates(spec: ConvSpec, itemsize: int = 4) -> dict[str, float]:
     """The cost model's seconds for every algorithm that applies to ``spec``."""
     out: dict[str, float] = {}
@@ -357,6 +378,11 @@ def choose(
     skipped = tuple((n, why) for n, why in reasons.items() if why is not None and n != "winograd")
     costs = estimates(spec, itemsize)
     ranked = tuple(sorted(((n, s * 1e3) for n, s in costs.items()), key=lambda p: p[1]))
+    limits = {n: why for n, why in accuracy_limits(spec, itemsize).items() if n in costs}
+    if algorithm in ("auto", "measure", "winograd") and limits:
+        skipped += tuple(limits.items())
+        ranked = tuple(p for p in ranked if p[0] not in limits)
+        costs = {n: c for n, c in costs.items() if n not in limits}
     if algorithm in ("auto", "measure"):
         best = ranked[0][0]
         if len(ranked) > 1:
@@ -368,7 +394,7 @@ def choose(
     if name == "winograd":
         why_not = reasons["winograd_f4"]
         if why_not is None:
-            name = min(("winograd_f4", "winograd_f2"), key=lambda n: costs[n])
+            name = min(("winograd_f4", "winograd_f2"), key=lambda n: costs.get(n, math.inf))
     else:
         why_not = reasons[name]
     if why_not is not None:
