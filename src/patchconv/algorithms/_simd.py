@@ -1883,8 +1883,8 @@ def winograd_position_products(k9, kron, u, v, mm, lo, hi):  # type: ignore[no-u
 
 
 # G (a x 3) applied to 3 values, F(4x4, 3x3)'s and F(2x2, 3x3)'s written out: U = G g G^T as
-# two passes over the taps, 72 (F(4x4)) or 28 (F(2x2)) vector operations per 36 or 16
-# positions, where kron(G, G) @ g takes 9 multiply-adds per position.
+# two passes over the taps, 108 (F(4x4)) or 28 (F(2x2)) vector operations for the 36 or 16
+# positions, where kron(G, G) @ g takes 9 multiply-adds per position (324 or 144).
 @numba.njit(inline="always")
 def _g6(g0, g1, g2):  # type: ignore[no-untyped-def]
     s = vadd(g0, g2)
