@@ -1645,6 +1645,48 @@ def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi): 
                 _store_4x1(of, at + ow * co, co, c1)
 
 
+@numba.njit(inline="always")
+def _rows6_panel(vf, a, ci, uf, ub, width, cn, acc):  # type: ignore[no-untyped-def]
+    # acc (a 6 x 4 block) + the 6 rows of vf at a, a + ci, ... (values 0:cn) times the cn rows
+    # of a column panel, uf[ub + c * width : + width]: the Winograd products' register block.
+    lanes = width // 4
+    # One view per row: each loop step then addresses row + c, no sums to form.
+    r0 = vf[a:]
+    r1 = vf[a + ci :]
+    r2 = vf[a + 2 * ci :]
+    r3 = vf[a + 3 * ci :]
+    r4 = vf[a + 4 * ci :]
+    r5 = vf[a + 5 * ci :]
+    kb = ub
+    for c in range(cn):
+        acc = _fma_6x4(
+            vload(uf, kb), vload(uf, kb + lanes), vload(uf, kb + 2 * lanes),
+            vload(uf, kb + 3 * lanes), sload(r0, c), sload(r1, c), sload(r2, c),
+            sload(r3, c), sload(r4, c), sload(r5, c), acc,
+        )  # fmt: skip
+        kb += width
+    return acc
+
+
+@numba.njit(inline="always")
+def _rows4_panel(vf, a, ci, uf, ub, width, cn, acc):  # type: ignore[no-untyped-def]
+    # _rows6_panel for 4 rows (acc a 4 x 4 block).
+    lanes = width // 4
+    r0 = vf[a:]
+    r1 = vf[a + ci :]
+    r2 = vf[a + 2 * ci :]
+    r3 = vf[a + 3 * ci :]
+    kb = ub
+    for c in range(cn):
+        acc = _fma_4x4(
+            vload(uf, kb), vload(uf, kb + lanes), vload(uf, kb + 2 * lanes),
+            vload(uf, kb + 3 * lanes), sload(r0, c), sload(r1, c), sload(r2, c),
+            sload(r3, c), acc,
+        )  # fmt: skip
+        kb += width
+    return acc
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
     # out[xi] (nt, co) = v[xi] (nt, ci) @ U[xi] (ci, co), xi in lo:hi, co >= 4 lanes, nt >= 6:
@@ -1657,7 +1699,6 @@ def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
     _, nt, ci = v.shape
     panels, width = u.shape[1], u.shape[3]
     co = out.shape[2]
-    lanes = VECTOR_BYTES // v.itemsize
     vf = v.reshape(-1)
     uf = u.reshape(-1)
     of = out.reshape(-1)
@@ -1676,55 +1717,13 @@ def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
             if 0 < rest < 5:
                 t0 = nt - 4
                 z = vzero(vf)
-                acc4 = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-                a = vb + t0 * ci
-                kb = ub
-                r0 = vf[a:]
-                r1 = vf[a + ci :]
-                r2 = vf[a + 2 * ci :]
-                r3 = vf[a + 3 * ci :]
-                for c in range(ci):
-                    acc4 = _fma_4x4(
-                        vload(uf, kb),
-                        vload(uf, kb + lanes),
-                        vload(uf, kb + 2 * lanes),
-                        vload(uf, kb + 3 * lanes),
-                        sload(r0, c),
-                        sload(r1, c),
-                        sload(r2, c),
-                        sload(r3, c),
-                        acc4,
-                    )
-                    kb += width
+                acc4 = _block_6x4(z, z, z, z)[:16]
+                acc4 = _rows4_panel(vf, vb + t0 * ci, ci, uf, ub, width, ci, acc4)
                 _store_4x4(of, ob + t0 * co + pc, co, acc4)
             for blk in range(blocks):
                 t0 = min(blk * 6, nt - 6)
                 z = vzero(vf)
-                acc = _block_6x4(z, z, z, z)
-                a = vb + t0 * ci
-                kb = ub
-                # One view per row: each loop step then addresses row + c, no sums to form.
-                r0 = vf[a:]
-                r1 = vf[a + ci :]
-                r2 = vf[a + 2 * ci :]
-                r3 = vf[a + 3 * ci :]
-                r4 = vf[a + 4 * ci :]
-                r5 = vf[a + 5 * ci :]
-                for c in range(ci):
-                    acc = _fma_6x4(
-                        vload(uf, kb),
-                        vload(uf, kb + lanes),
-                        vload(uf, kb + 2 * lanes),
-                        vload(uf, kb + 3 * lanes),
-                        sload(r0, c),
-                        sload(r1, c),
-                        sload(r2, c),
-                        sload(r3, c),
-                        sload(r4, c),
-                        sload(r5, c),
-                        acc,
-                    )
-                    kb += width
+                acc = _rows6_panel(vf, vb + t0 * ci, ci, uf, ub, width, ci, _block_6x4(z, z, z, z))
                 _store_6x4(of, ob + t0 * co + pc, co, acc)
 
 
@@ -1955,38 +1954,12 @@ def _panel_rows(vf, vb, ci, uf, ub, width, of, ob, co, nt, cn, add):  # type: ig
     full = nt - nt % 6
     for t0 in range(0, full, 6):
         acc = _load_rows(of, ob + t0 * co, co, 6) if add else _block_6x4(z, z, z, z)
-        a = vb + t0 * ci
-        r0 = vf[a:]
-        r1 = vf[a + ci :]
-        r2 = vf[a + 2 * ci :]
-        r3 = vf[a + 3 * ci :]
-        r4 = vf[a + 4 * ci :]
-        r5 = vf[a + 5 * ci :]
-        kb = ub
-        for c in range(cn):
-            acc = _fma_6x4(
-                vload(uf, kb), vload(uf, kb + lanes), vload(uf, kb + 2 * lanes),
-                vload(uf, kb + 3 * lanes), sload(r0, c), sload(r1, c), sload(r2, c),
-                sload(r3, c), sload(r4, c), sload(r5, c), acc,
-            )  # fmt: skip
-            kb += width
+        acc = _rows6_panel(vf, vb + t0 * ci, ci, uf, ub, width, cn, acc)
         _store_6x4(of, ob + t0 * co, co, acc)
     t0 = full
     if nt - t0 >= 4:
         acc4 = _load_rows(of, ob + t0 * co, co, 4)[:16] if add else _block_6x4(z, z, z, z)[:16]
-        a = vb + t0 * ci
-        r0 = vf[a:]
-        r1 = vf[a + ci :]
-        r2 = vf[a + 2 * ci :]
-        r3 = vf[a + 3 * ci :]
-        kb = ub
-        for c in range(cn):
-            acc4 = _fma_4x4(
-                vload(uf, kb), vload(uf, kb + lanes), vload(uf, kb + 2 * lanes),
-                vload(uf, kb + 3 * lanes), sload(r0, c), sload(r1, c), sload(r2, c),
-                sload(r3, c), acc4,
-            )  # fmt: skip
-            kb += width
+        acc4 = _rows4_panel(vf, vb + t0 * ci, ci, uf, ub, width, cn, acc4)
         _store_4x4(of, ob + t0 * co, co, acc4)
         t0 += 4
     for t in range(t0, nt):  # 1 to 3 rows left
