@@ -806,9 +806,57 @@ def test_panel_products_make_u_and_multiply(
     assert np.isnan(mm[..., :width]).all()
 
 
+@pytest.mark.skipif(winograd.kernels() is None, reason="the channel products need numba")
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize(
+    ("nt", "c_in", "chunk", "parts", "dtype"),
+    [
+        (1, 9, 4, 2, np.float32),
+        (3, 20, 20, 2, np.float32),
+        (4, 33, 7, 3, np.float32),
+        (5, 16, 5, 3, np.float64),
+        (2, 40, 16, 2, np.float64),
+    ],
+)
+def test_channel_products_sum_to_the_products(
+    m: int, nt: int, c_in: int, chunk: int, parts: int, dtype: type
+) -> None:
+    """The split schedule by input channels: item i of ``parts`` makes U a chunk of its share
+    of the input channels at a time (the last chunk shorter where ``chunk`` does not divide
+    it) and writes V @ U over that share into its own part of M, for the items lo:hi only;
+    the parts sum to M = V @ U, as the split schedule sums them before the output transform."""
+    kernels = winograd.kernels()
+    assert kernels is not None
+    from patchconv.algorithms import _simd
+
+    a = m + 2
+    dt = np.dtype(dtype)
+    c_out = 2 * 4 * _simd.lanes(dt)
+    rng = np.random.default_rng(nt * c_in + parts)
+    kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(dtype)
+    v = rng.standard_normal((a * a, nt, c_in)).astype(dtype)
+    mm = np.full((parts * a * a, nt, c_out), np.nan, dtype)
+    work = np.empty(a * a * chunk * c_out, dtype)
+    k9 = np.ascontiguousarray(kernel.reshape(9, -1))
+    _simd.winograd_channel_products(k9, v, mm, m, chunk, parts, work, 1, parts)
+    assert np.isnan(mm[: a * a]).all()  # item 0 not asked for
+    mm[: a * a] = 0.0
+    _simd.winograd_channel_products(k9, v, mm, m, chunk, parts, work, 0, 1)
+    u = winograd._kron(m, np.dtype(np.float64)) @ kernel.reshape(9, -1).astype(np.float64)
+    u = u.reshape(a * a, c_in, c_out)
+    share = [i * c_in // parts for i in range(parts + 1)]
+    for i in range(parts):  # each part holds its own share of the input channels
+        lo, hi = share[i], share[i + 1]
+        part = np.matmul(v[..., lo:hi].astype(np.float64), u[:, lo:hi])
+        assert_close(mm[i * a * a : (i + 1) * a * a], part, dtype)
+    total = mm.reshape(parts, a * a, nt, c_out).sum(axis=0)
+    assert_close(total, np.matmul(v.astype(np.float64), u), dtype)
+
+
 @pytest.mark.parametrize(
     ("m", "shape", "path"),
     [
+        (4, (1, 7, 7, 256), "channels"),  # 4 tiles, U of 9.4 MB
         (4, (1, 14, 14, 256), "panels"),  # 16 tiles, U of 9.4 MB
         (4, (5, 16, 16, 256), "other"),  # 80 tiles: each panel would read V again
         (2, (1, 14, 14, 256), "other"),  # U of 4.2 MB
@@ -826,7 +874,9 @@ def test_winograd_on_deep_layers_within_the_tolerance(
     exact = patchconv.conv2d(x, kernel, padding="same", algorithm="gemm")
     if winograd.kernels() is not None:
         spec = conv_spec(x.shape, kernel.shape, None, padding="same")
-        assert winograd.panel_products(spec, m, np.dtype(np.float32)) == (path == "panels")
+        f32 = np.dtype(np.float32)
+        assert winograd.channel_products(spec, m, f32) == (path == "channels")
+        assert winograd.panel_products(spec, m, f32) == (path == "panels")
     out = patchconv.conv2d(
         x.astype(np.float32), kernel.astype(np.float32), padding="same", algorithm=f"winograd_f{m}"
     )

@@ -77,10 +77,16 @@ class PreparedConv:
         ):
             # The Winograd form conv2d's chooser picks; F(2x2) where it picks another
             # algorithm (deep batch-1 layers, where the transform is what makes Winograd
-            # dear): F(4x4)'s larger rounding error is taken only where conv2d takes it.
+            # dear) or F(4x4) whose U is not kept: F(4x4)'s larger rounding error is taken
+            # only where conv2d takes it.
             plan = algorithms.choose(spec, "auto", func=func, itemsize=dtype.itemsize)
             m = 4 if plan.algorithm == "winograd_f4" else 2
             u = winograd.prepared_u(self.kernel, spec, dtype, self.workspace_limit, m)
+            if u is None and m == 4:  # F(4x4) by input channels (few tiles): its U of 38 MB
+                # (7x7x512) would not pay; F(2x2)'s kept U does (N1 7x7x512: 0.70-0.80 ms
+                # against 1.0-1.1 for F(4x4) by input channels)
+                m = 2
+                u = winograd.prepared_u(self.kernel, spec, dtype, self.workspace_limit, m)
             if u is not None:
                 self._fast = (spec, m, u)
         self.prepared = "nothing" if self._fast is None else f"winograd_f{self._fast[1]}"

@@ -248,9 +248,14 @@ def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
         transform = per_channel * (spec.c_in * 6 + spec.c_out * 4)
         steps = products / rate + transform / (_COMPILED_FLOPS / 8)
     blocks = max(1, tiles // block)
-    # U (a*a values per kernel pair) written once and read by every block; or, by panels, made
-    # a chunk at a time in L2 from the kernel (9 values a pair), read once.
-    if compiled and block == tiles and winograd.panel_products(spec, m, np.dtype(f"f{itemsize}")):
+    # U (a*a values per kernel pair) written once and read by every block; or, by panels or by
+    # input channels, made a chunk at a time in L2 from the kernel (9 values a pair), read once.
+    dtype = np.dtype(f"f{itemsize}")
+    if (
+        compiled
+        and block == tiles
+        and (winograd.panel_products(spec, m, dtype) or winograd.channel_products(spec, m, dtype))
+    ):
         u_traffic = 9.0 * spec.c_in * spec.c_out * itemsize
     else:
         u_traffic = a * a * spec.c_in * spec.c_out * itemsize * (1 + blocks / n_workers())

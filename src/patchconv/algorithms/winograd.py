@@ -20,7 +20,10 @@ the input and output transforms by tiles and the ``a*a`` products by transform p
 core transforming only its own share of the kernel, so ``U`` is built and read once in all.
 Where ``U`` would be too large for the cores' caches (over 8 MB) and the tiles few, they split
 the products by panels of output channels instead, and make ``U`` a chunk of input channels
-at a time in L2 (:func:`panel_products`): it is then never written out.
+at a time in L2 (:func:`panel_products`): it is then never written out. With fewer than 6
+tiles (7x7x512 at batch 1 under F(4x4)) they split the input channels instead, each core
+making ``U`` for all output channels a chunk at a time and summing its own part of ``M``
+(:func:`channel_products`), so the kernel is read in whole rows.
 
 Accuracy: the transformed products are sums over the input channels of values several times
 larger than the outputs they make, so their rounding errors grow with the channels and are
@@ -60,6 +63,7 @@ __all__ = [
     "TRANSFORMS",
     "applies",
     "blas_free",
+    "channel_products",
     "forward",
     "grad_kernel",
     "grad_kernel_applies",
@@ -79,6 +83,9 @@ _PANEL_U_BYTES = 2**20
 # Most tiles for it: each panel reads all of V again (measured, F(4x4): N8 7x7x512, 32 tiles,
 # 4.7-5.2 -> 3.7-3.8 ms; N8 14x14x256, 128 tiles, 2.6-2.7 -> 3.3-3.4).
 _PANEL_MAX_TILES = 64
+# The largest M (a*a, tiles, c_out) of one part of the input channels in the schedule by
+# input channels (winograd_channel_products).
+_CHANNEL_MAX_M_BYTES = 2**20
 # Fewest tiles for which the split weight gradient beats gemm's (see grad_kernel_applies).
 _SPLIT_GRAD_MIN_TILES = 64
 # Bytes of transformed input plus product per block of tiles (per core): about one core's L2,
@@ -604,7 +611,8 @@ def blas_free(spec: ConvSpec, dtype: np.dtype, workspace_limit: int, *, m: int =
     if _compile() is None:
         return False
     if _forward_splits(spec, m, dtype, workspace_limit):
-        return _our_split_products(spec, dtype, m)  # 4 vectors of c_out: U's transform is SIMD
+        # 4 vectors of c_out: U's transform is SIMD
+        return _our_split_products(spec, dtype, m) or channel_products(spec, m, dtype)
     return _fused_blocks(spec, dtype)
 
 
@@ -644,6 +652,32 @@ def panel_products(spec: ConvSpec, m: int, dtype: np.dtype) -> bool:
         and _u_bytes(spec, m, dtype.itemsize) > 4 * BLOCK_BYTES
         and _tiles(spec, m) <= _PANEL_MAX_TILES
     )
+
+
+def channel_products(spec: ConvSpec, m: int, dtype: np.dtype) -> bool:
+    """True if the split schedule runs by input channels
+    (:func:`_simd.winograd_channel_products`): fewer tiles than our column-panel products take
+    (6), which left such layers to BLAS and a whole ``U`` written out (N1 7x7x512 F(4x4), 4
+    tiles: 38 MB, 4.0 ms a call); ``c_out`` a multiple of 4 vectors, ``U`` over 8 MB, and each
+    part's ``M`` small enough to stay in L2 while its chunks add to it. With more tiles the
+    column panels measured faster (N1 14x14x256 F(4x4), 16 tiles: 0.63-0.69 ms against
+    0.74-0.87 by input channels)."""
+    size = dtype.itemsize
+    width = 4 * VECTOR_BYTES // size
+    part_m = (m + 2) ** 2 * _tiles(spec, m) * spec.c_out * size
+    return (
+        _tiles(spec, m) < 6
+        and spec.c_in * size >= VECTOR_BYTES
+        and spec.c_out % width == 0
+        and _u_bytes(spec, m, size) > 4 * BLOCK_BYTES
+        and part_m <= _CHANNEL_MAX_M_BYTES
+    )
+
+
+def _channel_parts() -> int:
+    """Parts of the input channels in :func:`channel_products`' schedule: one a core, and at
+    least 2, so a machine's result does not depend on how many threads it runs."""
+    return max(2, n_workers())
 
 
 def prepared_u(
@@ -733,19 +767,21 @@ def _forward_split(
     # too): run them on numba's threads. With BLAS products, all on the Python pool: numba's
     # workers spin after a region and would slow our threads' BLAS.
     # Our products read U in column panels; BLAS reads (a*a, c_in, c_out).
-    native = _our_split_products(spec, dtype, m)
-    by_panels = u_ready is None and panel_products(spec, m, dtype)
+    by_channels = u_ready is None and channel_products(spec, m, dtype)
+    by_panels = u_ready is None and not by_channels and panel_products(spec, m, dtype)
+    native = by_channels or _our_split_products(spec, dtype, m)
+    parts = _channel_parts() if by_channels else 1
     u_shape = u_panels(a, c_in, c_out, dtype) if native else (a * a, c_in, c_out)
     if u_ready is not None:
         u = u_ready.reshape(-1)
-    elif by_panels:  # U is made a chunk at a time, in each thread's work buffer
+    elif by_panels or by_channels:  # U is made a chunk at a time, in each thread's work buffer
         u = np.empty(0, dtype)
     else:
         u = scratch("winograd.u", math.prod(u_shape), dtype, limit=workspace_limit)
     v = scratch("winograd.v", a * a * total * c_in, dtype, limit=workspace_limit)
-    mm = scratch("winograd.m", a * a * total * c_out, dtype, limit=workspace_limit)
-    u2, u3 = (u, u) if by_panels else (u.reshape(a * a, -1), u.reshape(u_shape))
-    v3, m3 = v.reshape(a * a, total, c_in), mm.reshape(a * a, total, c_out)
+    mm = scratch("winograd.m", parts * a * a * total * c_out, dtype, limit=workspace_limit)
+    u2, u3 = (u, u) if by_panels or by_channels else (u.reshape(a * a, -1), u.reshape(u_shape))
+    v3, m3 = v.reshape(a * a, total, c_in), mm.reshape(parts * a * a, total, c_out)
     (pt, _), (pl, _) = spec.pads
     per_tile = a * a * max(c_in, c_out)
     min_tiles = max(1, 16384 // per_tile)  # tiles per thread hand-off
@@ -772,6 +808,21 @@ def _forward_split(
 
     if u_ready is not None:  # U made beforehand (prepared_u): the products alone
         _simd.parallel(_simd.batched_matmul, (v3, u3, m3), a * a, pieces_per_worker=1)
+    elif by_channels:
+        chunk = min(c_in, max(1, _PANEL_U_BYTES // (a * a * c_out * dtype.itemsize)))
+        _simd.parallel(
+            _simd.winograd_channel_products,
+            (k9, v3, m3, m, chunk, parts),
+            parts,
+            pieces_per_worker=1,
+            work=(a * a * chunk * c_out, dtype, workspace_limit),
+        )
+        whole = mm.reshape(parts, -1)
+        for i in range(1, parts):  # the parts' sum (0.3 MB on N1 7x7x512: about 20 us; summed
+            # in the output transform's loads instead, the other layers' transforms ran
+            # 10-25% slower)
+            np.add(whole[0], whole[i], out=whole[0])
+        m3 = whole[0].reshape(a * a, total, c_out)
     elif by_panels:
         width = 4 * VECTOR_BYTES // dtype.itemsize
         chunk = min(c_in, max(1, _PANEL_U_BYTES // (a * a * width * dtype.itemsize)))
