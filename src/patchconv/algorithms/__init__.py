@@ -124,6 +124,9 @@ def applicable(spec: ConvSpec) -> dict[str, str | None]:
 _BLAS_FLOPS = 150e9
 _COPY_BYTES = 8e9
 _STREAM_BYTES = 20e9
+# Bytes a second written to and read from the cores' L2 caches, both cores (fitted on the
+# Winograd schedule by input channels, see _winograd_cost).
+_L2_BYTES = 130e9
 _COMPILED_FLOPS = 30e9
 _FFT_FLOPS = 4e9
 _CALL_SECONDS = 4e-6  # fixed cost per tile or per product call
@@ -230,7 +233,17 @@ def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
     products = 2 * a * a * tiles * spec.c_in * spec.c_out
     # Transforms: per tile and channel, about 2 * a * (nonzeros per row) * a multiply-adds.
     per_channel = 2 * tiles * a * a * (1.0 if m == 4 else 0.6)
-    if compiled and winograd.blas_free(spec, np.dtype(f"f{itemsize}"), limit, m=m):
+    dtype = np.dtype(f"f{itemsize}")
+    by_channels = compiled and block == tiles and winograd.channel_products(spec, m, dtype)
+    if by_channels:
+        # Fewer than 6 tiles, by input channels: U made in L2 and read back from it by the
+        # products costs more than their multiply-adds (measured, N1 512 -> 512, F(4x4): 4x4
+        # (1 tile) 1.02 ms, 7x7 (4 tiles) 1.05; F(2x2) on 4x4 (4 tiles) 0.83).
+        steps = products / _WINOGRAD_OWN_FLOPS + 2 * a * a * spec.c_in * spec.c_out * itemsize / (
+            _L2_BYTES
+        )
+        steps += per_channel * (spec.c_in * 6 + spec.c_out * 4) / _WINOGRAD_OWN_TRANSFORM_FLOPS
+    elif compiled and winograd.blas_free(spec, dtype, limit, m=m):
         # Few tiles make thin products, slower per multiply-add as in BLAS (measured, N8
         # 7x7x512: F(4x4)'s 32 tiles ran 5.9 ms, F(2x2)'s 128 4.5).
         thin = min(1.0, 0.35 + 0.65 * block / 64)
@@ -250,12 +263,7 @@ def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
     blocks = max(1, tiles // block)
     # U (a*a values per kernel pair) written once and read by every block; or, by panels or by
     # input channels, made a chunk at a time in L2 from the kernel (9 values a pair), read once.
-    dtype = np.dtype(f"f{itemsize}")
-    if (
-        compiled
-        and block == tiles
-        and (winograd.panel_products(spec, m, dtype) or winograd.channel_products(spec, m, dtype))
-    ):
+    if by_channels or (compiled and block == tiles and winograd.panel_products(spec, m, dtype)):
         u_traffic = 9.0 * spec.c_in * spec.c_out * itemsize
     else:
         u_traffic = a * a * spec.c_in * spec.c_out * itemsize * (1 + blocks / n_workers())
