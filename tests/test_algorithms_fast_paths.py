@@ -816,6 +816,7 @@ def test_panel_products_make_u_and_multiply(
         (4, 33, 7, 3, np.float32),
         (5, 16, 5, 3, np.float64),
         (2, 40, 16, 2, np.float64),
+        (2, 3, 4, 5, np.float32),  # parts 0 and 2 have no input channel: zeros
     ],
 )
 def test_channel_products_sum_to_the_products(

@@ -82,9 +82,9 @@ class PreparedConv:
             plan = algorithms.choose(spec, "auto", func=func, itemsize=dtype.itemsize)
             m = 4 if plan.algorithm == "winograd_f4" else 2
             u = winograd.prepared_u(self.kernel, spec, dtype, self.workspace_limit, m)
-            if u is None and m == 4:  # F(4x4) by input channels (few tiles): its U of 38 MB
-                # (7x7x512) would not pay; F(2x2)'s kept U does (N1 7x7x512: 0.70-0.80 ms
-                # against 1.0-1.1 for F(4x4) by input channels)
+            if u is None and m == 4:  # F(4x4)'s U not kept, as where our products have too
+                # few tiles (under 6: N1 7x7x512, whose U is 38 MB); F(2x2)'s may be (there
+                # 0.70-0.80 ms a call, against 1.0-1.1 for F(4x4) by input channels)
                 m = 2
                 u = winograd.prepared_u(self.kernel, spec, dtype, self.workspace_limit, m)
             if u is not None:

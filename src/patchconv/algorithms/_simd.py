@@ -2039,6 +2039,8 @@ def winograd_channel_products(k9, v, mm, m, chunk, parts, work, lo, hi):  # type
     for item in range(lo, hi):
         of = mm[item * a * a : (item + 1) * a * a].reshape(-1)
         c_lo, c_hi = item * ci // parts, (item + 1) * ci // parts
+        if c_hi == c_lo:  # more parts than input channels: this one adds nothing
+            of[:] = 0.0
         for c0 in range(c_lo, c_hi, chunk):
             cn = min(chunk, c_hi - c0)
             for c in range(cn):
