@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import patchconv
+from conftest import assert_close
 
 MiB = 2**20
 
@@ -67,3 +68,38 @@ def test_tiny_limits_still_work(limit: int) -> None:
     )
     extra, _ = peak_extra_bytes(x, kernel, padding="same", workspace_limit=limit)
     assert extra <= max(limit, 3 * 3 * 3 * 8) + 64 * 1024  # plus small per-tile temporaries
+
+
+@pytest.mark.parametrize(
+    ("shape", "schedule"),
+    [((1, 7, 7, 256), "channel_products"), ((1, 14, 14, 256), "panel_products")],
+)
+def test_winograd_streams_its_kernel_transform_under_a_small_limit(
+    shape: tuple[int, int, int, int], schedule: str
+) -> None:
+    """F(4x4) on a deep layer under a limit smaller than its transformed kernel U (9.4 MB):
+    the schedules that make U a chunk at a time (by input channels with 4 tiles, by column
+    panels with 16) stay under the limit, where the blocks made all of U (36 MiB on
+    7x7x512 under 8 MiB)."""
+    from patchconv._spec import conv_spec
+    from patchconv.algorithms import winograd
+    from patchconv.algorithms._runtime import n_workers
+
+    limit = 6 * MiB
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(shape).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, shape[3], 256)).astype(np.float32)
+    if winograd.kernels() is not None:
+        spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+        f32 = np.dtype(np.float32)
+        assert getattr(winograd, schedule)(spec, 4, f32)
+        assert winograd.u_streamed(spec, 4, f32, limit) == (n_workers() > 1)
+    options = {"padding": "same", "algorithm": "winograd_f4", "workspace_limit": limit}
+    patchconv.conv2d(x, kernel, **options)  # loads the compiled kernels (tracemalloc sees it)
+    extra, out = peak_extra_bytes(x, kernel, **options)
+    exact = patchconv.conv2d(x.astype(np.float64), kernel.astype(np.float64), padding="same")
+    assert_close(out, exact, np.float32)
+    if winograd.kernels() is not None and n_workers() > 1:
+        assert extra <= limit, (
+            f"peak extra {extra / MiB:.1f} MiB over a {limit / MiB:.0f} MiB limit"
+        )

@@ -228,7 +228,10 @@ def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
     block = max(1, min(tiles, winograd.BLOCK_BYTES // (a * a * (spec.c_in + spec.c_out) * 4)))
     compiled = get_numba() is not None
     limit = get_workspace_limit()
-    if compiled and winograd.split_products(spec, m, itemsize, limit):
+    if compiled and (
+        winograd.split_products(spec, m, itemsize, limit)
+        or winograd.u_streamed(spec, m, np.dtype(f"f{itemsize}"), limit)
+    ):
         block = tiles  # one block of all tiles, U built and read once (see winograd)
     products = 2 * a * a * tiles * spec.c_in * spec.c_out
     # Transforms: per tile and channel, about 2 * a * (nonzeros per row) * a multiply-adds.

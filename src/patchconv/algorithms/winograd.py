@@ -71,6 +71,7 @@ __all__ = [
     "panel_products",
     "split_products",
     "u_panels",
+    "u_streamed",
 ]
 
 # Largest U[xi] (c_in*c_out values; in column panels a few more where 4 vectors do not divide
@@ -623,7 +624,9 @@ def _forward_splits(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: in
     products read it, where every block of tiles read all of U from L3 (measured: N1
     28x28x128 0.60 -> 0.50 ms, N1 56x56x64 0.50 -> 0.46, N8 28x28x128 2.56 -> 2.28; N8
     56x56x64, V and M of 29 MB, a tie)."""
-    if split_products(spec, m, dtype.itemsize, workspace_limit):
+    if split_products(spec, m, dtype.itemsize, workspace_limit) or u_streamed(
+        spec, m, dtype, workspace_limit
+    ):
         return True
     from patchconv.algorithms import _simd  # imports numba
 
@@ -671,6 +674,26 @@ def channel_products(spec: ConvSpec, m: int, dtype: np.dtype) -> bool:
         and spec.c_out % width == 0
         and _u_bytes(spec, m, size) > 4 * BLOCK_BYTES
         and part_m <= _CHANNEL_MAX_M_BYTES
+    )
+
+
+def u_streamed(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) -> bool:
+    """True if the split schedule runs by input channels or by column panels under a workspace
+    limit too small for the whole ``U`` (:func:`split_products`): those make ``U`` a chunk at a
+    time and need only V, M and a chunk a core. Else a limit of 8 MiB sent N1 7x7x512
+    F(4x4) to the blocks, whose whole U took 36 MiB."""
+    if n_workers() < 2:
+        return False
+    size = dtype.itemsize
+    vm_bytes = _vm_bytes(spec, m, size)
+    if channel_products(spec, m, dtype):
+        m_part = (m + 2) ** 2 * _tiles(spec, m) * spec.c_out * size
+        vm_bytes += (_channel_parts() - 1) * m_part
+    elif not (panel_products(spec, m, dtype) and _tiles(spec, m) >= 6):
+        return False
+    need = vm_bytes + n_workers() * _PANEL_U_BYTES
+    return need <= workspace_limit and vm_bytes <= max(
+        2 * BLOCK_BYTES * n_workers(), _u_bytes(spec, m, size)
     )
 
 
