@@ -9,6 +9,7 @@ import pytest
 
 import patchconv
 from conftest import assert_close
+from patchconv._spec import conv_spec
 
 MiB = 2**20
 
@@ -81,7 +82,6 @@ def test_winograd_streams_its_kernel_transform_under_a_small_limit(
     the schedules that make U a chunk at a time (by input channels with 4 tiles, by column
     panels with 16) stay under the limit, where the blocks made all of U (36 MiB on
     7x7x512 under 8 MiB)."""
-    from patchconv._spec import conv_spec
     from patchconv.algorithms import winograd
     from patchconv.algorithms._runtime import n_workers
 
@@ -103,3 +103,40 @@ def test_winograd_streams_its_kernel_transform_under_a_small_limit(
         assert extra <= limit, (
             f"peak extra {extra / MiB:.1f} MiB over a {limit / MiB:.0f} MiB limit"
         )
+
+
+def test_auto_leaves_out_winograd_whose_whole_kernel_transform_passes_the_limit() -> None:
+    """Where Winograd would make its transformed kernel whole (c_out 500 is no multiple of 4
+    vectors, so no schedule makes it a chunk at a time) and that passes the workspace limit,
+    auto says so and takes another algorithm that stays under it; by name Winograd still
+    runs. Plans are kept per limit: the same shapes under the default limit plan again."""
+    from patchconv.algorithms import winograd
+
+    limit = 8 * MiB
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 7, 7, 512)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 512, 500)).astype(np.float32)
+    exact = patchconv.conv2d(x.astype(np.float64), kernel.astype(np.float64), padding="same")
+    out, plan = patchconv.conv2d(x, kernel, padding="same", workspace_limit=limit, return_plan=True)
+    assert not plan.algorithm.startswith("winograd")
+    skipped = dict(plan.skipped)
+    assert (
+        "transformed kernel whole here (36.0 MiB), over the workspace limit (8.0 MiB)"
+        in (skipped["winograd_f4"])
+    )
+    assert "(16.0 MiB)" in skipped["winograd_f2"]
+    assert_close(out, exact, np.float32)
+    extra, _ = peak_extra_bytes(x, kernel, padding="same", workspace_limit=limit)
+    assert extra <= limit, f"peak extra {extra / MiB:.1f} MiB over a {limit / MiB:.0f} MiB limit"
+    named = patchconv.conv2d(
+        x, kernel, padding="same", workspace_limit=limit, algorithm="winograd_f4"
+    )
+    assert_close(named, exact, np.float32)
+    _, roomy = patchconv.conv2d(x, kernel, padding="same", return_plan=True)
+    assert "winograd_f4" not in dict(roomy.skipped)
+    assert (
+        winograd.whole_u_past_limit(
+            conv_spec(x.shape, kernel.shape, None, padding="same"), 4, np.dtype(np.float32), limit
+        )
+        == 36 * MiB
+    )

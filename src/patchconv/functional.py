@@ -52,6 +52,7 @@ def _spec_and_plan(
     algorithm: str,
     itemsize: int,
     func: str,
+    workspace_limit: int,
 ) -> tuple[ConvSpec, Plan]:
     # Types are part of the key: True == 1 and 1.0 == 1 hash alike but must still be rejected.
     key: tuple[Any, ...] | None = (
@@ -62,6 +63,7 @@ def _spec_and_plan(
         *((v.__class__, repr(v) if isinstance(v, (tuple, list)) else v) for v in options.values()),
         algorithm,
         itemsize,
+        workspace_limit,
     )
     try:
         hit = _PLANS.get(key)  # type: ignore[arg-type]
@@ -72,7 +74,9 @@ def _spec_and_plan(
     spec = conv_spec(x_shape, kernel_shape, bias_shape, func=func, **options)
     # A padded mode runs as a "valid" convolution of the explicitly padded input.
     run_spec = spec if spec.padding_mode == "zeros" else spec.unpadded()
-    plan = algorithms.choose(run_spec, algorithm, func=func, itemsize=itemsize)
+    plan = algorithms.choose(
+        run_spec, algorithm, func=func, itemsize=itemsize, workspace_limit=workspace_limit
+    )
     if key is not None:
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.clear()
@@ -269,6 +273,7 @@ def conv2d(
     bias_arr = None if bias is None else as_float_array(bias, func=func, name="bias")
     dtypes = [x.dtype, kernel.dtype] + ([] if bias_arr is None else [bias_arr.dtype])
     work, out_dtype = compute_dtype(*dtypes)
+    limit = _workspace(workspace_limit, func)
     spec, plan = _spec_and_plan(
         x.shape,
         kernel.shape,
@@ -284,8 +289,8 @@ def conv2d(
         algorithm,
         work.itemsize,
         func,
+        limit,
     )
-    limit = _workspace(workspace_limit, func)
     x_nhwc = _to_nhwc(x, spec).astype(work, copy=False)
     run_spec = spec
     if spec.padding_mode != "zeros":

@@ -79,7 +79,13 @@ class PreparedConv:
             # algorithm (deep batch-1 layers, where the transform is what makes Winograd
             # dear) or F(4x4) whose U is not kept: F(4x4)'s larger rounding error is taken
             # only where conv2d takes it.
-            plan = algorithms.choose(spec, "auto", func=func, itemsize=dtype.itemsize)
+            plan = algorithms.choose(
+                spec,
+                "auto",
+                func=func,
+                itemsize=dtype.itemsize,
+                workspace_limit=self.workspace_limit,
+            )
             m = 4 if plan.algorithm == "winograd_f4" else 2
             u = winograd.prepared_u(self.kernel, spec, dtype, self.workspace_limit, m)
             if u is None and m == 4:  # F(4x4)'s U not kept, as where our products have too

@@ -333,6 +333,23 @@ def accuracy_limits(spec: ConvSpec, itemsize: int) -> dict[str, str]:
     return {}
 
 
+def memory_limits(spec: ConvSpec, itemsize: int, workspace_limit: int) -> dict[str, str]:
+    """The algorithms auto leaves out of ``spec`` as they would pass the workspace limit, with
+    the reason: a Winograd form whose transformed kernel is made whole (see
+    :func:`winograd.whole_u_past_limit`)."""
+    out: dict[str, str] = {}
+    if winograd.applies(spec) is not None:
+        return out
+    for m in (4, 2):
+        need = winograd.whole_u_past_limit(spec, m, np.dtype(f"f{itemsize}"), workspace_limit)
+        if need:
+            out[f"winograd_f{m}"] = (
+                f"winograd_f{m} makes its transformed kernel whole here ({need / 2**20:.1f} "
+                f"MiB), over the workspace limit ({workspace_limit / 2**20:.1f} MiB)"
+            )
+    return out
+
+
 def estimates(spec: ConvSpec, itemsize: int = 4) -> dict[str, float]:
     """The cost model's seconds for every algorithm that applies to ``spec``."""
     out: dict[str, float] = {}
@@ -378,9 +395,18 @@ def measured_plans() -> dict[tuple[ConvSpec, str], str]:
 
 
 def choose(
-    spec: ConvSpec, algorithm: str = "auto", *, func: str = "conv2d", itemsize: int = 4
+    spec: ConvSpec,
+    algorithm: str = "auto",
+    *,
+    func: str = "conv2d",
+    itemsize: int = 4,
+    workspace_limit: int | None = None,
 ) -> Plan:
     """Pick an algorithm for ``spec`` ("auto"), or check that a named one applies.
+
+    auto, measure and the "winograd" alias leave out what would pass the tolerance table
+    (:func:`accuracy_limits`) or ``workspace_limit`` (:func:`memory_limits`; by default the
+    one in force); asked for by name, those still run.
 
     Raises PatchconvError for an unknown name or a named algorithm that does not apply.
     """
@@ -395,7 +421,15 @@ def choose(
     skipped = tuple((n, why) for n, why in reasons.items() if why is not None and n != "winograd")
     costs = estimates(spec, itemsize)
     ranked = tuple(sorted(((n, s * 1e3) for n, s in costs.items()), key=lambda p: p[1]))
-    limits = {n: why for n, why in accuracy_limits(spec, itemsize).items() if n in costs}
+    limit = get_workspace_limit() if workspace_limit is None else workspace_limit
+    limits = {
+        n: why
+        for n, why in {
+            **accuracy_limits(spec, itemsize),
+            **memory_limits(spec, itemsize, limit),
+        }.items()
+        if n in costs
+    }
     if algorithm in ("auto", "measure", "winograd") and limits:
         skipped += tuple(limits.items())
         ranked = tuple(p for p in ranked if p[0] not in limits)
@@ -589,7 +623,7 @@ def _backward(
     need_grad_x: bool,
 ) -> tuple[np.ndarray | None, np.ndarray, dict[str, Any]]:
     itemsize = x.dtype.itemsize
-    plan = choose(spec, algorithm, func=func, itemsize=itemsize)
+    plan = choose(spec, algorithm, func=func, itemsize=itemsize, workspace_limit=workspace_limit)
     name = plan.algorithm
     used: dict[str, Any] = {"forward_plan": plan}
     if name == "direct" and spec.c_in > direct.GRAD_KERNEL_C_IN:
@@ -635,7 +669,7 @@ def _backward(
     transposed = _transposed(spec, kernel)
     if transposed is not None:
         tspec, kt = transposed
-        tplan = choose(tspec, "auto", func=func, itemsize=itemsize)
+        tplan = choose(tspec, "auto", func=func, itemsize=itemsize, workspace_limit=workspace_limit)
         grad_x, _ = forward(tplan, grad_out, kt, None, tspec, workspace_limit)
         used["grad_x"] = f"{tplan.algorithm} (transposed convolution)"
     else:

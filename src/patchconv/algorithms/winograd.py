@@ -72,6 +72,7 @@ __all__ = [
     "split_products",
     "u_panels",
     "u_streamed",
+    "whole_u_past_limit",
 ]
 
 # Largest U[xi] (c_in*c_out values; in column panels a few more where 4 vectors do not divide
@@ -695,6 +696,18 @@ def u_streamed(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) ->
     return need <= workspace_limit and vm_bytes <= max(
         2 * BLOCK_BYTES * n_workers(), _u_bytes(spec, m, size)
     )
+
+
+def whole_u_past_limit(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) -> int:
+    """Bytes of ``U`` that the forward pass makes whole although they pass the workspace limit
+    (the blocks, or the split schedule with BLAS products, need all of it at once), else 0.
+    The schedules of :func:`u_streamed` make it a chunk at a time."""
+    u_bytes = _u_bytes(spec, m, dtype.itemsize)
+    if u_bytes <= workspace_limit or (
+        _compile() is not None and u_streamed(spec, m, dtype, workspace_limit)
+    ):
+        return 0
+    return u_bytes
 
 
 def _channel_parts() -> int:
