@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +343,37 @@ def test_numba_caches_in_a_temporary_folder_where_it_could_write_nowhere(
     assert _runtime._writable(str(tmp_path / "new" / "deeper"))  # created when needed
     (tmp_path / "file.txt").write_text("")
     assert not _runtime._writable(str(tmp_path / "file.txt" / "sub"))  # under a file: never
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_runs_convolutions_after_the_parent_used_the_pool() -> None:
+    """A forked child has none of the parent's pool threads: work handed to that pool waited
+    for ever. The child now starts its own, and gets the parent's result."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16, 16, 32)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 32, 32)).astype(np.float32)
+    _runtime.parallel_for(lambda lo, hi: None, 8, workers=2)  # the parent's pool is running
+    expected = patchconv.conv2d(x, kernel, padding="same")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
+        pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if both runs finish with the parent's result
+        code = 1
+        try:
+            pieces: list[tuple[int, int]] = []
+            _runtime.parallel_for(lambda lo, hi: pieces.append((lo, hi)), 8, workers=2)
+            out = patchconv.conv2d(x, kernel, padding="same")
+            ok = sum(hi - lo for lo, hi in pieces) == 8 and np.allclose(out, expected, atol=1e-4)
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's convolution did not finish within 60 s")

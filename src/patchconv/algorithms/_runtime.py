@@ -183,6 +183,21 @@ def _get_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+def _after_fork_in_child() -> None:
+    # A forked child has only the thread that forked: the pool's threads are gone, so work
+    # handed to the parent's pool waited for ever, and a lock another thread held stays held.
+    # The child starts a pool of its own when it needs one.
+    global _pool, _pool_lock, _pool_threads, _blas_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+    _pool_threads = set()
+    _blas_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def split_range(n: int, parts: int) -> list[tuple[int, int]]:
     """``range(n)`` cut into at most ``parts`` contiguous, nearly equal, non-empty pieces, the
     longer ones first (cores taking them in turn then finish together; see _simd._piece)."""
