@@ -120,10 +120,8 @@ def test_auto_leaves_out_winograd_whose_whole_kernel_transform_passes_the_limit(
     out, plan = patchconv.conv2d(x, kernel, padding="same", workspace_limit=limit, return_plan=True)
     assert not plan.algorithm.startswith("winograd")
     skipped = dict(plan.skipped)
-    assert (
-        "transformed kernel whole here (36.0 MiB), over the workspace limit (8.0 MiB)"
-        in (skipped["winograd_f4"])
-    )
+    assert "transformed kernel whole here (36.0 MiB)" in skipped["winograd_f4"]
+    assert "passes the workspace limit (8.0 MiB)" in skipped["winograd_f4"]
     assert "(16.0 MiB)" in skipped["winograd_f2"]
     assert_close(out, exact, np.float32)
     extra, _ = peak_extra_bytes(x, kernel, padding="same", workspace_limit=limit)
@@ -140,3 +138,27 @@ def test_auto_leaves_out_winograd_whose_whole_kernel_transform_passes_the_limit(
         )
         == 36 * MiB
     )
+
+
+def test_the_plan_follows_the_calls_limit_and_the_alias_keeps_within_it() -> None:
+    """A plan depends on the limit of the call alone (the cost model read the global one, so
+    whichever call came first fixed the plan for the other); where both Winograd forms are
+    left out, the "winograd" alias runs F(2x2), the smaller transformed kernel; a bad limit
+    is refused after the other arguments, as before."""
+    from patchconv.algorithms import choose
+
+    spec = conv_spec((4, 14, 14, 64), (3, 3, 64, 512), None, padding="same")
+    before = patchconv.get_workspace_limit()
+    try:
+        patchconv.set_workspace_limit(8 * MiB)
+        under_global = choose(spec)
+    finally:
+        patchconv.set_workspace_limit(before)
+    assert choose(spec, workspace_limit=8 * MiB) == under_global
+    deep = conv_spec((4, 8, 8, 1024), (3, 3, 1024, 1024), None, padding="same")
+    both = choose(deep, "winograd", workspace_limit=8 * MiB)
+    assert {"winograd_f4", "winograd_f2"} <= dict(both.skipped).keys()
+    assert both.algorithm == "winograd_f2"
+    x, kernel = np.ones((1, 5, 5, 3), np.float32), np.ones((3, 3, 4, 2), np.float32)
+    with pytest.raises(patchconv.PatchconvError, match="kernel"):
+        patchconv.conv2d(x, kernel, workspace_limit=-1)

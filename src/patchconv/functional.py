@@ -148,6 +148,17 @@ def _fold_border(grad_xp: np.ndarray, spec: ConvSpec) -> np.ndarray:
     return out
 
 
+def _plan_limit(workspace_limit: object) -> int:
+    """The limit a plan is made for: the call's own, or the one in force where it is None or
+    not a valid limit (the call then refuses it after checking its other arguments)."""
+    if workspace_limit is None:
+        return get_workspace_limit()
+    try:
+        return check_workspace_limit(workspace_limit, func="conv2d")
+    except (TypeError, PatchconvError):
+        return get_workspace_limit()
+
+
 def _workspace(workspace_limit: int | None, func: str) -> int:
     if workspace_limit is None:
         return get_workspace_limit()
@@ -273,7 +284,6 @@ def conv2d(
     bias_arr = None if bias is None else as_float_array(bias, func=func, name="bias")
     dtypes = [x.dtype, kernel.dtype] + ([] if bias_arr is None else [bias_arr.dtype])
     work, out_dtype = compute_dtype(*dtypes)
-    limit = _workspace(workspace_limit, func)
     spec, plan = _spec_and_plan(
         x.shape,
         kernel.shape,
@@ -289,8 +299,9 @@ def conv2d(
         algorithm,
         work.itemsize,
         func,
-        limit,
+        _plan_limit(workspace_limit),
     )
+    limit = _workspace(workspace_limit, func)
     x_nhwc = _to_nhwc(x, spec).astype(work, copy=False)
     run_spec = spec
     if spec.padding_mode != "zeros":

@@ -222,12 +222,11 @@ _SCALAR_TRANSFORM_FLOPS = 10e9
 _WINOGRAD_POOL_SECONDS = 0.15e-3
 
 
-def _winograd_cost(spec: ConvSpec, itemsize: int, m: int) -> float:
+def _winograd_cost(spec: ConvSpec, itemsize: int, m: int, limit: int) -> float:
     a = m + 2
     tiles = spec.n * math.ceil(spec.oh / m) * math.ceil(spec.ow / m)
     block = max(1, min(tiles, winograd.BLOCK_BYTES // (a * a * (spec.c_in + spec.c_out) * 4)))
     compiled = get_numba() is not None
-    limit = get_workspace_limit()
     if compiled and (
         winograd.split_products(spec, m, itemsize, limit)
         or winograd.u_streamed(spec, m, np.dtype(f"f{itemsize}"), limit)
@@ -345,13 +344,18 @@ def memory_limits(spec: ConvSpec, itemsize: int, workspace_limit: int) -> dict[s
         if need:
             out[f"winograd_f{m}"] = (
                 f"winograd_f{m} makes its transformed kernel whole here ({need / 2**20:.1f} "
-                f"MiB), over the workspace limit ({workspace_limit / 2**20:.1f} MiB)"
+                f"MiB), which with a block of tiles a core passes the workspace limit "
+                f"({workspace_limit / 2**20:.1f} MiB)"
             )
     return out
 
 
-def estimates(spec: ConvSpec, itemsize: int = 4) -> dict[str, float]:
-    """The cost model's seconds for every algorithm that applies to ``spec``."""
+def estimates(
+    spec: ConvSpec, itemsize: int = 4, workspace_limit: int | None = None
+) -> dict[str, float]:
+    """The cost model's seconds for every algorithm that applies to ``spec``, under
+    ``workspace_limit`` (by default the one in force)."""
+    limit = get_workspace_limit() if workspace_limit is None else workspace_limit
     out: dict[str, float] = {}
     for name, why in applicable(spec).items():
         if why is not None or name == "winograd":  # an alias, costed as its two variants
@@ -363,9 +367,9 @@ def estimates(spec: ConvSpec, itemsize: int = 4) -> dict[str, float]:
         elif name == "depthwise":
             out[name] = _depthwise_cost(spec, itemsize)
         elif name == "winograd_f4":
-            out[name] = _winograd_cost(spec, itemsize, 4)
+            out[name] = _winograd_cost(spec, itemsize, 4, limit)
         elif name == "winograd_f2":
-            out[name] = _winograd_cost(spec, itemsize, 2)
+            out[name] = _winograd_cost(spec, itemsize, 2, limit)
         elif name == "fft":
             out[name] = _fft_cost(spec, itemsize)
         elif name == "direct":
@@ -419,9 +423,9 @@ def choose(
         )
     reasons = applicable(spec)
     skipped = tuple((n, why) for n, why in reasons.items() if why is not None and n != "winograd")
-    costs = estimates(spec, itemsize)
-    ranked = tuple(sorted(((n, s * 1e3) for n, s in costs.items()), key=lambda p: p[1]))
     limit = get_workspace_limit() if workspace_limit is None else workspace_limit
+    costs = estimates(spec, itemsize, limit)
+    ranked = tuple(sorted(((n, s * 1e3) for n, s in costs.items()), key=lambda p: p[1]))
     limits = {
         n: why
         for n, why in {
@@ -444,8 +448,10 @@ def choose(
     name = algorithm
     if name == "winograd":
         why_not = reasons["winograd_f4"]
-        if why_not is None:
-            name = min(("winograd_f4", "winograd_f2"), key=lambda n: costs.get(n, math.inf))
+        if why_not is None:  # the cheaper form auto would consider, else F(2x2): the
+            # smaller transformed kernel and the smaller rounding error
+            allowed = [n for n in ("winograd_f4", "winograd_f2") if n in costs]
+            name = min(allowed, key=lambda n: costs[n]) if allowed else "winograd_f2"
     else:
         why_not = reasons[name]
     if why_not is not None:

@@ -521,7 +521,7 @@ def forward(
     )
     if compiled is None:
         # Blocks of whole images, or of tile rows where one image would pass the budget.
-        budget = min(workspace_limit, BLOCK_BYTES * 4)
+        budget = min(max(0, workspace_limit - u.nbytes), BLOCK_BYTES * 4)
         per_tile_row = max(1, tw * per_tile * 4)  # padded copy, tiles, V, M and Y
         band = max(1, min(th, budget // per_tile_row))
         step = max(1, budget // (th * per_tile_row)) if band == th else 1
@@ -537,7 +537,9 @@ def forward(
     workers = n_workers() if per_thread else 1
     # Each block reads all of U once: with deep channels make blocks big enough to amortise it.
     target = max(BLOCK_BYTES, u.nbytes // 2)
-    block = max(1, min(target, workspace_limit // workers) // per_tile)
+    # The blocks share the limit with U (a block of one tile a core at the least).
+    room = max(0, workspace_limit - u.nbytes)
+    block = max(1, min(target, room // workers) // per_tile)
     if fused and workers > 1:
         # Equal blocks, as many per core (4 blocks of 64 tiles on N1 56x56x64 left one core
         # 128 tiles and the other 68: 0.46 against 0.32 ms for 4 of 49).
@@ -699,11 +701,13 @@ def u_streamed(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) ->
 
 
 def whole_u_past_limit(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) -> int:
-    """Bytes of ``U`` that the forward pass makes whole although they pass the workspace limit
-    (the blocks, or the split schedule with BLAS products, need all of it at once), else 0.
-    The schedules of :func:`u_streamed` make it a chunk at a time."""
+    """Bytes of ``U`` where the forward pass makes it whole (the blocks need all of it at
+    once) and it passes the workspace limit with one block of a tile a core, else 0. The
+    schedules of :func:`u_streamed` make it a chunk at a time; the split schedule runs only
+    where V, M and ``U`` fit (:func:`split_products`)."""
     u_bytes = _u_bytes(spec, m, dtype.itemsize)
-    if u_bytes <= workspace_limit or (
+    tile = (m + 2) ** 2 * (spec.c_in + spec.c_out) * dtype.itemsize
+    if u_bytes + n_workers() * tile <= workspace_limit or (
         _compile() is not None and u_streamed(spec, m, dtype, workspace_limit)
     ):
         return 0
