@@ -703,9 +703,9 @@ def u_streamed(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) ->
 def whole_u_past_limit(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) -> int:
     """Bytes of ``U`` where the forward pass makes it whole (the blocks need all of it at
     once) and it passes the workspace limit with the smallest blocks (a tile a core; with
-    NumPy alone, a row of tiles), else 0. The
-    schedules of :func:`u_streamed` make it a chunk at a time; the split schedule runs only
-    where V, M and ``U`` fit (:func:`split_products`)."""
+    NumPy alone, a row of tiles), else 0. The schedules of :func:`u_streamed` make it a chunk
+    at a time; the split schedule runs only where V, M and ``U`` fit
+    (:func:`split_products`)."""
     u_bytes = _u_bytes(spec, m, dtype.itemsize)
     tile = (m + 2) ** 2 * (spec.c_in + spec.c_out) * dtype.itemsize
     if _compile() is None:  # NumPy's blocks take a row of tiles at the least, in 4 arrays
