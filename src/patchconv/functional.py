@@ -151,10 +151,8 @@ def _fold_border(grad_xp: np.ndarray, spec: ConvSpec) -> np.ndarray:
 def _plan_limit(workspace_limit: object) -> int:
     """The limit a plan is made for: the call's own, or the one in force where it is None or
     not a valid limit (the call then refuses it after checking its other arguments)."""
-    if workspace_limit is None:
-        return get_workspace_limit()
     try:
-        return check_workspace_limit(workspace_limit, func="conv2d")
+        return _workspace(workspace_limit, "conv2d")  # type: ignore[arg-type]
     except (TypeError, PatchconvError):
         return get_workspace_limit()
 

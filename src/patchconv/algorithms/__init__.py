@@ -227,29 +227,28 @@ def _winograd_cost(spec: ConvSpec, itemsize: int, m: int, limit: int) -> float:
     tiles = spec.n * math.ceil(spec.oh / m) * math.ceil(spec.ow / m)
     block = max(1, min(tiles, winograd.BLOCK_BYTES // (a * a * (spec.c_in + spec.c_out) * 4)))
     compiled = get_numba() is not None
+    dtype = np.dtype(f"f{itemsize}")
     if compiled and (
         winograd.split_products(spec, m, itemsize, limit)
-        or winograd.u_streamed(spec, m, np.dtype(f"f{itemsize}"), limit)
+        or winograd.u_streamed(spec, m, dtype, limit)
     ):
         block = tiles  # one block of all tiles, U built and read once (see winograd)
     products = 2 * a * a * tiles * spec.c_in * spec.c_out
     # Transforms: per tile and channel, about 2 * a * (nonzeros per row) * a multiply-adds.
     per_channel = 2 * tiles * a * a * (1.0 if m == 4 else 0.6)
-    dtype = np.dtype(f"f{itemsize}")
     by_channels = compiled and block == tiles and winograd.channel_products(spec, m, dtype)
-    if by_channels:
-        # Fewer than 6 tiles, by input channels: U made in L2 and read back from it by the
-        # products costs more than their multiply-adds (measured, N1 512 -> 512, F(4x4): 4x4
-        # (1 tile) 1.02 ms, 7x7 (4 tiles) 1.05; F(2x2) on 4x4 (4 tiles) 0.83).
-        steps = products / _WINOGRAD_OWN_FLOPS + 2 * a * a * spec.c_in * spec.c_out * itemsize / (
-            _L2_BYTES
-        )
-        steps += per_channel * (spec.c_in * 6 + spec.c_out * 4) / _WINOGRAD_OWN_TRANSFORM_FLOPS
-    elif compiled and winograd.blas_free(spec, dtype, limit, m=m):
-        # Few tiles make thin products, slower per multiply-add as in BLAS (measured, N8
-        # 7x7x512: F(4x4)'s 32 tiles ran 5.9 ms, F(2x2)'s 128 4.5).
-        thin = min(1.0, 0.35 + 0.65 * block / 64)
-        steps = products / (_WINOGRAD_OWN_FLOPS * thin)
+    if by_channels or (compiled and winograd.blas_free(spec, dtype, limit, m=m)):
+        if by_channels:
+            # Fewer than 6 tiles, by input channels: U made in L2 and read back from it by the
+            # products costs more than their multiply-adds (measured, N1 512 -> 512, F(4x4):
+            # 4x4 (1 tile) 1.02 ms, 7x7 (4 tiles) 1.05; F(2x2) on 4x4 (4 tiles) 0.83).
+            u_round_trip = 2 * a * a * spec.c_in * spec.c_out * itemsize
+            steps = products / _WINOGRAD_OWN_FLOPS + u_round_trip / _L2_BYTES
+        else:
+            # Few tiles make thin products, slower per multiply-add as in BLAS (measured, N8
+            # 7x7x512: F(4x4)'s 32 tiles ran 5.9 ms, F(2x2)'s 128 4.5).
+            thin = min(1.0, 0.35 + 0.65 * block / 64)
+            steps = products / (_WINOGRAD_OWN_FLOPS * thin)
         steps += per_channel * (spec.c_in * 6 + spec.c_out * 4) / _WINOGRAD_OWN_TRANSFORM_FLOPS
     elif compiled:
         rate = _blas_rate(block, spec.c_in, spec.c_out, itemsize)

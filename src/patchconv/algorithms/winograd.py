@@ -592,6 +592,11 @@ def _tiles(spec: ConvSpec, m: int) -> int:
     return spec.n * -(-spec.oh // m) * -(-spec.ow // m)
 
 
+def _m_bytes(spec: ConvSpec, m: int, itemsize: int) -> int:
+    """Bytes of M, (a*a, tiles, c_out), when every tile is in one block."""
+    return (m + 2) ** 2 * _tiles(spec, m) * spec.c_out * itemsize
+
+
 def _vm_bytes(spec: ConvSpec, m: int, itemsize: int) -> int:
     """Bytes of V and M together when every tile is in one block."""
     return (m + 2) ** 2 * _tiles(spec, m) * (spec.c_in + spec.c_out) * itemsize
@@ -670,13 +675,12 @@ def channel_products(spec: ConvSpec, m: int, dtype: np.dtype) -> bool:
     0.74-0.87 by input channels)."""
     size = dtype.itemsize
     width = 4 * VECTOR_BYTES // size
-    part_m = (m + 2) ** 2 * _tiles(spec, m) * spec.c_out * size
     return (
         _tiles(spec, m) < 6
         and spec.c_in * size >= VECTOR_BYTES
         and spec.c_out % width == 0
         and _u_bytes(spec, m, size) > 4 * BLOCK_BYTES
-        and part_m <= _CHANNEL_MAX_M_BYTES
+        and _m_bytes(spec, m, size) <= _CHANNEL_MAX_M_BYTES
     )
 
 
@@ -685,19 +689,17 @@ def u_streamed(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) ->
     limit too small for the whole ``U`` (:func:`split_products`): those make ``U`` a chunk at a
     time and need only V, M and a chunk a core. Else a limit of 8 MiB sent N1 7x7x512
     F(4x4) to the blocks, whose whole U took 36 MiB."""
-    if n_workers() < 2:
-        return False
     size = dtype.itemsize
+    u_bytes = _u_bytes(spec, m, size)
+    if u_bytes <= 4 * BLOCK_BYTES or n_workers() < 2:  # both schedules need U over 8 MB
+        return False
     vm_bytes = _vm_bytes(spec, m, size)
-    if channel_products(spec, m, dtype):
-        m_part = (m + 2) ** 2 * _tiles(spec, m) * spec.c_out * size
-        vm_bytes += (_channel_parts() - 1) * m_part
+    if channel_products(spec, m, dtype):  # one M a part
+        vm_bytes += (_channel_parts() - 1) * _m_bytes(spec, m, size)
     elif not (panel_products(spec, m, dtype) and _tiles(spec, m) >= 6):
         return False
     need = vm_bytes + n_workers() * _PANEL_U_BYTES
-    return need <= workspace_limit and vm_bytes <= max(
-        2 * BLOCK_BYTES * n_workers(), _u_bytes(spec, m, size)
-    )
+    return need <= workspace_limit and vm_bytes <= max(2 * BLOCK_BYTES * n_workers(), u_bytes)
 
 
 def whole_u_past_limit(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) -> int:
@@ -708,12 +710,11 @@ def whole_u_past_limit(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit:
     (:func:`split_products`)."""
     u_bytes = _u_bytes(spec, m, dtype.itemsize)
     tile = (m + 2) ** 2 * (spec.c_in + spec.c_out) * dtype.itemsize
-    if _compile() is None:  # NumPy's blocks take a row of tiles at the least, in 4 arrays
-        block = 4 * -(-spec.ow // m) * tile
-    else:
-        block = n_workers() * tile
+    compiled = _compile() is not None
+    # NumPy's blocks take a row of tiles at the least, in 4 arrays
+    block = n_workers() * tile if compiled else 4 * -(-spec.ow // m) * tile
     if u_bytes + block <= workspace_limit or (
-        _compile() is not None and u_streamed(spec, m, dtype, workspace_limit)
+        compiled and u_streamed(spec, m, dtype, workspace_limit)
     ):
         return 0
     return u_bytes
