@@ -884,6 +884,33 @@ def test_winograd_on_deep_layers_within_the_tolerance(
     assert_close(out, exact, np.float32)
 
 
+@pytest.mark.parametrize(
+    ("shape", "c_out", "path"),
+    [
+        ((1, 7, 7, 8192), 128, "channels"),  # was 1.40x the table's bound
+        ((4, 8, 8, 2048), 64, "panels"),  # was 1.19x
+    ],
+)
+def test_f4_by_name_on_thousands_of_input_channels_within_the_tolerance(
+    shape: tuple[int, int, int, int], c_out: int, path: str
+) -> None:
+    """Our split schedules' products sum each chunk of input channels from zero and add it to
+    M: summed as one running total over thousands of channels, F(4x4) by name passed the
+    tolerance table on these layers."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape)
+    kernel = rng.standard_normal((3, 3, shape[3], c_out))
+    exact = patchconv.conv2d(x, kernel, padding="same", algorithm="gemm")
+    if winograd.kernels() is not None:
+        spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+        f32 = np.dtype(np.float32)
+        assert winograd.channel_products(spec, 4, f32) == (path == "channels")
+        assert winograd.panel_products(spec, 4, f32) == (path == "panels")
+    x32, k32 = x.astype(np.float32), kernel.astype(np.float32)
+    out = patchconv.conv2d(x32, k32, padding="same", algorithm="winograd_f4")
+    assert_close(out, exact, np.float32)
+
+
 def test_auto_leaves_f4_out_of_float32_layers_past_512_input_channels() -> None:
     """F(4x4)'s float32 error grows with the input channels and passes the tolerance table
     near 2048 (1.1e-5 to 1.6e-5 of the largest output): auto and the "winograd" alias take
