@@ -162,3 +162,51 @@ def test_the_plan_follows_the_calls_limit_and_the_alias_keeps_within_it() -> Non
     x, kernel = np.ones((1, 5, 5, 3), np.float32), np.ones((3, 3, 4, 2), np.float32)
     with pytest.raises(patchconv.PatchconvError, match="kernel"):
         patchconv.conv2d(x, kernel, workspace_limit=-1)
+
+
+def peak_extra_backward(
+    grad_out: np.ndarray, x: np.ndarray, kernel: np.ndarray, **kwargs: object
+) -> tuple[int, patchconv.ConvGrads]:
+    """:func:`peak_extra_bytes` for conv2d_backward: its three gradients are its outputs."""
+    patchconv.release_workspace()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        grads = patchconv.conv2d_backward(grad_out, x, kernel, **kwargs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    outputs = sum(g.nbytes for g in grads if g is not None)
+    return peak - base - outputs, grads
+
+
+@pytest.mark.parametrize(
+    ("shape", "c_out", "strides", "limit_mib"),
+    [
+        ((16, 4, 4, 1024), 512, 1, 8),  # was 33.9 MiB: two kernel-sized temporaries
+        ((1, 7, 7, 512), 512, 1, 8),  # was 12.7
+        ((4, 28, 28, 128), 192, 1, 4),  # was 8.8: both gradients' buffers at once
+        ((8, 56, 56, 64), 64, 1, 4),  # was 6.8
+        ((2, 28, 28, 512), 512, 2, 8),  # was 12.8
+    ],
+)
+def test_backward_stays_under_a_small_workspace_limit(
+    shape: tuple[int, int, int, int], c_out: int, strides: int, limit_mib: int
+) -> None:
+    """conv2d_backward keeps to the limit: the weight gradient adds its products a block at
+    a time, the flipped kernel for grad_x counts against the limit, and grad_x runs in what
+    grad_kernel's kept buffers leave. The gradients equal those under the default limit."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    kernel = rng.standard_normal((3, 3, shape[3], c_out), dtype=np.float32)
+    oh = -(-shape[1] // strides)
+    grad_out = rng.standard_normal((shape[0], oh, oh, c_out), dtype=np.float32)
+    options: dict[str, object] = {"padding": "same", "strides": strides}
+    limit = limit_mib * MiB
+    patchconv.conv2d_backward(grad_out, x, kernel, workspace_limit=limit, **options)  # compiles
+    extra, grads = peak_extra_backward(grad_out, x, kernel, workspace_limit=limit, **options)
+    assert extra <= limit, f"peak extra {extra / MiB:.1f} MiB over a {limit_mib} MiB limit"
+    expected = patchconv.conv2d_backward(grad_out, x, kernel, **options)
+    assert_close(grads.grad_x, expected.grad_x, np.float32, grad=True)
+    assert_close(grads.grad_kernel, expected.grad_kernel, np.float32, grad=True)

@@ -42,6 +42,7 @@ from patchconv.algorithms._runtime import (
     n_workers,
     release_workspace,
     single_threaded_blas,
+    workspace_kept,
 )
 
 __all__ = [
@@ -673,14 +674,28 @@ def _backward(
     if not need_grad_x:
         used["grad_x"] = "not computed"
         return None, grad_kernel, used
-    transposed = _transposed(spec, kernel)
+    # The work buffers kept from grad_kernel count against the limit: grad_x runs in the room
+    # they leave, or, where that is under half the limit, they are dropped first (each
+    # gradient kept to the limit on its own, N16 4x4 1024 -> 512 under 8 MiB peaked at 11.8).
+    room = workspace_limit - workspace_kept()
+    if room < workspace_limit // 2:
+        release_workspace()
+        room = workspace_limit
+    # The flipped kernel is workspace: it takes at most half the limit, and the transposed
+    # convolution runs in what it leaves (N1 14x14 1024 -> 1000 under 2 MiB made its 35 MiB
+    # beside the limit); else col2im reads the kernel as it is.
+    flip_fits = 2 * kernel.nbytes <= room
+    transposed = _transposed(spec, kernel) if flip_fits else None
     if transposed is not None:
         tspec, kt = transposed
-        tplan = choose(tspec, "auto", func=func, itemsize=itemsize, workspace_limit=workspace_limit)
-        grad_x, _ = forward(tplan, grad_out, kt, None, tspec, workspace_limit)
+        rest = room - kt.nbytes
+        tplan = choose(tspec, "auto", func=func, itemsize=itemsize, workspace_limit=rest)
+        grad_x, _ = forward(tplan, grad_out, kt, None, tspec, rest)
         used["grad_x"] = f"{tplan.algorithm} (transposed convolution)"
     else:
-        grad_x, _ = gemm.backward(grad_out, x, kernel, spec, workspace_limit, need_kernel=False)
-        used["grad_x"] = "gemm (col2im)"
+        grad_x, _ = gemm.backward(grad_out, x, kernel, spec, room, need_kernel=False)
+        used["grad_x"] = "gemm (col2im)" + (
+            "" if flip_fits else ": the flipped kernel would take over half the workspace limit"
+        )
     assert grad_x is not None and grad_kernel is not None
     return grad_x, grad_kernel, used

@@ -262,23 +262,35 @@ def parallel_for(
         raise error
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, accumulate: bool = False) -> None:
+def matmul(
+    a: np.ndarray,
+    b: np.ndarray,
+    out: np.ndarray,
+    *,
+    accumulate: bool = False,
+    temp_bytes: int = 2**21,
+) -> None:
     """``out = a @ b`` (``out += a @ b`` with ``accumulate``) for 2-D operands, split over the
     cores when BLAS is pinned to one thread: by rows of ``a`` or by columns of ``b``, whichever
-    makes each core re-read the smaller operand. Called from a pool thread it runs as is."""
+    makes each core re-read the smaller operand. Called from a pool thread it runs as is.
+
+    ``accumulate`` adds the product a block of rows at a time, through temporaries of
+    ``temp_bytes`` in all (at least a row each): a weight gradient of 35 MiB took another
+    35 MiB at once."""
     m, n = a.shape[0], b.shape[1]
     work = m * n * a.shape[1]
     if not blas_pinned() or work < _SPLIT_WORK:
         if accumulate:
-            out += a @ b
+            add_product(a, b, out, temp_bytes)
         else:
             np.matmul(a, b, out=out)
         return
+    share = max(1, temp_bytes // n_workers())
     if b.nbytes <= a.nbytes and m >= 2 * _SPLIT_MIN:
 
         def rows(lo: int, hi: int) -> None:
             if accumulate:
-                out[lo:hi] += a[lo:hi] @ b
+                add_product(a[lo:hi], b, out[lo:hi], share)
             else:
                 np.matmul(a[lo:hi], b, out=out[lo:hi])
 
@@ -287,11 +299,19 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, *, accumulate: bool = 
 
     def cols(lo: int, hi: int) -> None:
         if accumulate:
-            out[:, lo:hi] += a @ b[:, lo:hi]
+            add_product(a, b[:, lo:hi], out[:, lo:hi], share)
         else:
             np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
 
     parallel_for(cols, n, min_items=min(_SPLIT_MIN, max(1, n // n_workers())), pieces_per_worker=1)
+
+
+def add_product(a: np.ndarray, b: np.ndarray, out: np.ndarray, temp_bytes: int) -> None:
+    """``out += a @ b`` (2-D) a block of rows of ``a`` at a time, each product's temporary
+    within ``temp_bytes`` (at least one row)."""
+    step = max(1, temp_bytes // max(1, out.shape[1] * out.itemsize))
+    for r in range(0, a.shape[0], step):
+        out[r : r + step] += a[r : r + step] @ b
 
 
 # Below this many multiply-adds a product stays on one core (thread hand-off costs ~50 us).
@@ -357,6 +377,11 @@ def aligned_empty(shape: Sequence[int], dtype: np.dtype | type, align: int = 64)
     raw = np.empty(nbytes + align, np.uint8)
     start = -raw.ctypes.data % align
     return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def workspace_kept() -> int:
+    """Bytes of the work buffers kept for later calls (all threads)."""
+    return sum(s.total() for s in list(_all_scratch))
 
 
 def release_workspace() -> int:

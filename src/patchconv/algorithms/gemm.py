@@ -28,6 +28,7 @@ from patchconv._patches import Tile, fill_patches, im2col, iter_tiles, scatter_p
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import (
     VECTOR_BYTES,
+    add_product,
     aligned_empty,
     blas_pinned,
     get_numba,
@@ -497,6 +498,7 @@ def _backward_tiles(
     workspace_limit: int,
     *,
     parallel_copy: bool,
+    temp_bytes: int,
 ) -> None:
     largest = max(t.positions for t in tiles)
     flat = scratch("gemm.patches", largest * spec.patch_size, x.dtype, limit=workspace_limit)
@@ -511,9 +513,12 @@ def _backward_tiles(
             else:
                 pack_patches(patches, x, spec, tile)
             if g == 1 and parallel_copy:
-                matmul(patches.reshape(p, k_group).T, go, grad_mats[0], accumulate=True)
+                matmul(
+                    patches.reshape(p, k_group).T, go, grad_mats[0], accumulate=True,
+                    temp_bytes=temp_bytes,
+                )  # fmt: skip
             elif g == 1:
-                grad_mats[0] += patches.reshape(p, k_group).T @ go
+                add_product(patches.reshape(p, k_group).T, go, grad_mats[0], temp_bytes)
             else:
                 pt = patches.reshape(p, g, k_group).transpose(1, 2, 0)  # (G, K/G, P)
                 grad_mats += np.matmul(pt, go.reshape(p, g, cog).transpose(1, 0, 2))
@@ -549,12 +554,22 @@ def backward(
 
     With BLAS pinned to one thread and several images, each core takes its own images (their input
     pixels are disjoint, so the col2im sums never race) and its own partial ``grad_kernel``.
+
+    Within the workspace limit, with ``grad_kernel``: half of it for the patch tiles, a quarter
+    for the products' temporaries as they add to ``grad_kernel``, a quarter for the cores'
+    partial sums (else one core takes all the images).
     """
     mats = kernel_matrices(kernel, spec)  # (G, K/G, c_out/G)
     grad_x = np.zeros((spec.n, spec.h, spec.w, spec.c_in), dtype=x.dtype) if need_x else None
     itemsize = x.dtype.itemsize
     heavy = _kernel_heavy(spec, itemsize)
     workers = 1 if heavy else min(_workers(), spec.n)
+    temp = max(1, workspace_limit // 4)
+    tile_limit = workspace_limit
+    if need_kernel:
+        tile_limit = max(1, workspace_limit // 2)
+        if workers * mats.nbytes > workspace_limit // 4:
+            workers = 1
     if workers > 1:
         partials: list[np.ndarray] = []
 
@@ -562,12 +577,13 @@ def backward(
             sub = replace(spec, n=hi - lo)
             tiles = [
                 t._replace(n0=t.n0 + lo, n1=t.n1 + lo)
-                for t in _tiles(sub, itemsize, workspace_limit // workers, 1)
+                for t in _tiles(sub, itemsize, tile_limit // workers, 1)
             ]
             mine = np.zeros_like(mats) if need_kernel else None
             _backward_tiles(
-                tiles, grad_out, x, mats, mine, grad_x, spec, workspace_limit, parallel_copy=False
-            )
+                tiles, grad_out, x, mats, mine, grad_x, spec, workspace_limit,
+                parallel_copy=False, temp_bytes=temp // workers,
+            )  # fmt: skip
             if mine is not None:
                 partials.append(mine)
 
@@ -575,13 +591,14 @@ def backward(
         grad_mats = np.sum(partials, axis=0) if need_kernel else None
     else:
         if heavy:
-            tiles = _heavy_tiles(spec, itemsize, workspace_limit)
+            tiles = _heavy_tiles(spec, itemsize, tile_limit)
         else:
-            tiles = _tiles(spec, itemsize, workspace_limit, 1)
+            tiles = _tiles(spec, itemsize, tile_limit, 1)
         grad_mats = np.zeros_like(mats) if need_kernel else None
         _backward_tiles(
-            tiles, grad_out, x, mats, grad_mats, grad_x, spec, workspace_limit, parallel_copy=True
-        )
+            tiles, grad_out, x, mats, grad_mats, grad_x, spec, workspace_limit,
+            parallel_copy=True, temp_bytes=temp,
+        )  # fmt: skip
     grad_kernel = None
     if grad_mats is not None:
         grad_kernel = grad_mats.transpose(1, 0, 2).reshape(
