@@ -503,25 +503,31 @@ def _backward_tiles(
     largest = max(t.positions for t in tiles)
     flat = scratch("gemm.patches", largest * spec.patch_size, x.dtype, limit=workspace_limit)
     g, k_group, cog = spec.groups, mats.shape[1], spec.c_out_group
-    for tile in tiles:
+    for i, tile in enumerate(tiles):
         p = tile.positions
         go = _block(grad_out, tile)  # (P, c_out)
         patches = _tile_view(flat, spec, tile)
-        if grad_mats is not None:
+        if grad_mats is not None:  # uninitialised: the first tile's product is written
             if parallel_copy:
                 fill_parallel(patches, x, spec, tile)
             else:
                 pack_patches(patches, x, spec, tile)
             if g == 1 and parallel_copy:
                 matmul(
-                    patches.reshape(p, k_group).T, go, grad_mats[0], accumulate=True,
+                    patches.reshape(p, k_group).T, go, grad_mats[0], accumulate=i > 0,
                     temp_bytes=temp_bytes,
                 )  # fmt: skip
-            elif g == 1:
+            elif g == 1 and i > 0:
                 add_product(patches.reshape(p, k_group).T, go, grad_mats[0], temp_bytes)
+            elif g == 1:
+                np.matmul(patches.reshape(p, k_group).T, go, out=grad_mats[0])
             else:
                 pt = patches.reshape(p, g, k_group).transpose(1, 2, 0)  # (G, K/G, P)
-                grad_mats += np.matmul(pt, go.reshape(p, g, cog).transpose(1, 0, 2))
+                product = np.matmul(pt, go.reshape(p, g, cog).transpose(1, 0, 2))
+                if i > 0:
+                    grad_mats += product
+                else:
+                    grad_mats[...] = product
         if grad_x is not None:
             if g == 1 and parallel_copy:
                 matmul(go, mats[0].T, patches.reshape(p, k_group))
@@ -571,7 +577,7 @@ def backward(
         if workers * mats.nbytes > workspace_limit // 4:
             workers = 1
     if workers > 1:
-        partials: list[np.ndarray] = []
+        partials: dict[int, np.ndarray] = {}
 
         def images(lo: int, hi: int) -> None:
             sub = replace(spec, n=hi - lo)
@@ -579,22 +585,27 @@ def backward(
                 t._replace(n0=t.n0 + lo, n1=t.n1 + lo)
                 for t in _tiles(sub, itemsize, tile_limit // workers, 1)
             ]
-            mine = np.zeros_like(mats) if need_kernel else None
+            mine = np.empty_like(mats) if need_kernel else None
             _backward_tiles(
                 tiles, grad_out, x, mats, mine, grad_x, spec, workspace_limit,
                 parallel_copy=False, temp_bytes=temp // workers,
             )  # fmt: skip
             if mine is not None:
-                partials.append(mine)
+                partials[lo] = mine
 
         parallel_for(images, spec.n, workers=workers, pieces_per_worker=1)
-        grad_mats = np.sum(partials, axis=0) if need_kernel else None
+        grad_mats = None
+        for lo in sorted(partials):  # in image order, into the first (no stacked copy)
+            if grad_mats is None:
+                grad_mats = partials[lo]
+            else:
+                grad_mats += partials[lo]
     else:
         if heavy:
             tiles = _heavy_tiles(spec, itemsize, tile_limit)
         else:
             tiles = _tiles(spec, itemsize, tile_limit, 1)
-        grad_mats = np.zeros_like(mats) if need_kernel else None
+        grad_mats = np.empty_like(mats) if need_kernel else None
         _backward_tiles(
             tiles, grad_out, x, mats, grad_mats, grad_x, spec, workspace_limit,
             parallel_copy=True, temp_bytes=temp,
