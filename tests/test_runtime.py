@@ -92,17 +92,20 @@ def test_a_call_gives_numpys_blas_threads_back(algorithm: str) -> None:
     ("m", "k", "n"),
     [(3000, 200, 40), (40, 200, 3000), (7, 5, 3), (600, 900, 700)],
 )
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_split_matmul_equals_numpy(m: int, k: int, n: int, accumulate: bool) -> None:
+@pytest.mark.parametrize(("accumulate", "temp_bytes"), [(False, 2**21), (True, 2**21), (True, 1)])
+def test_split_matmul_equals_numpy(
+    m: int, k: int, n: int, accumulate: bool, temp_bytes: int
+) -> None:
     """Split by rows (tall a), by columns (wide b) or not at all (small), with or without
-    accumulating; also through a transposed view as the gradients use it."""
+    accumulating (through temporaries of a row at a time at the least); also through a
+    transposed view as the gradients use it."""
     rng = np.random.default_rng(1)
     a = rng.standard_normal((k, m)).astype(np.float32).T  # non-contiguous view
     b = rng.standard_normal((k, n)).astype(np.float32)
     start = rng.standard_normal((m, n)).astype(np.float32)
     out = start.copy()
     with _runtime.single_threaded_blas():
-        _runtime.matmul(a, b, out, accumulate=accumulate)
+        _runtime.matmul(a, b, out, accumulate=accumulate, temp_bytes=temp_bytes)
     expected = (start if accumulate else 0) + a.astype(np.float64) @ b
     assert_close(out, expected.astype(np.float32), np.float32)
 
@@ -377,3 +380,67 @@ def test_a_forked_child_runs_convolutions_after_the_parent_used_the_pool() -> No
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     pytest.fail("the forked child's convolution did not finish within 60 s")
+
+
+def test_work_buffers_kept_counted_and_dropped_while_threads_use_them() -> None:
+    """Threads taking work buffers while another counts and drops them: no error (the dicts
+    were walked while they changed), and a call drops its own and the pool's buffers only."""
+    import sys
+
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def take() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                for role in ("a", "b", "c"):
+                    _runtime.scratch(role, 1000 + (i % 7) * 500, np.float32, limit=10**9)
+            except BaseException as e:  # any error is the failure
+                errors.append(e)
+            i += 1
+
+    def drop() -> None:
+        while not stop.is_set():
+            try:
+                _runtime.workspace_kept()
+                _runtime.release_this_call()
+                _runtime.release_workspace()
+            except BaseException as e:
+                errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=take) for _ in range(3)]
+        threads.append(threading.Thread(target=drop))
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+    kept = threading.Event()
+    done = threading.Event()
+
+    def other() -> None:  # another caller's thread keeps a buffer
+        _runtime.scratch("theirs", 4096, np.float32, limit=10**9)
+        kept.set()
+        done.wait(10)
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert kept.wait(10)
+    _runtime.scratch("mine", 4096, np.float32, limit=10**9)
+    before = _runtime.workspace_kept()
+    _runtime.release_this_call()
+    assert "mine" not in _runtime._mine().buffers
+    assert before >= 4096 * 4 and _runtime.workspace_kept() == 0
+    others = [s for s in _runtime._all_scratch if "theirs" in s.buffers]
+    done.set()
+    t.join()
+    assert len(others) == 1

@@ -40,6 +40,7 @@ from patchconv.algorithms._runtime import (
     VECTOR_BYTES,
     get_numba,
     n_workers,
+    release_this_call,
     release_workspace,
     scratch,
     single_threaded_blas,
@@ -686,7 +687,7 @@ def _backward(
     # gradient kept to the limit on its own, N16 4x4 1024 -> 512 under 8 MiB peaked at 11.8).
     room = workspace_limit - workspace_kept()
     if room < workspace_limit // 2:
-        release_workspace()
+        release_this_call()
         room = workspace_limit
     # The flipped kernel is workspace: it takes at most half the limit, and the transposed
     # convolution runs in what it leaves (N1 14x14 1024 -> 1000 under 2 MiB made its 35 MiB
@@ -701,8 +702,9 @@ def _backward(
         used["grad_x"] = f"{tplan.algorithm} (transposed convolution)"
     else:
         grad_x, _ = gemm.backward(grad_out, x, kernel, spec, room, need_kernel=False)
+        too_big = not flip_fits and spec.strides == (1, 1)
         used["grad_x"] = "gemm (col2im)" + (
-            "" if flip_fits else ": the flipped kernel would take over half the workspace limit"
+            ": the flipped kernel would take over half the workspace limit" if too_big else ""
         )
     assert grad_x is not None and grad_kernel is not None
     return grad_x, grad_kernel, used

@@ -187,11 +187,12 @@ def _after_fork_in_child() -> None:
     # A forked child has only the thread that forked: the pool's threads are gone, so work
     # handed to the parent's pool waited for ever, and a lock another thread held stays held.
     # The child starts a pool of its own when it needs one.
-    global _pool, _pool_lock, _pool_threads, _blas_lock
+    global _pool, _pool_lock, _pool_threads, _blas_lock, _scratch_lock
     _pool = None
     _pool_lock = threading.Lock()
     _pool_threads = set()
     _blas_lock = threading.Lock()
+    _scratch_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -322,8 +323,9 @@ _SPLIT_MIN = 32
 class _Scratch:
     """One thread's reusable work buffers, by role."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: bool) -> None:
         self.buffers: dict[str, np.ndarray] = {}
+        self.pool = pool  # a thread of patchconv's pool, which every caller's work uses
 
     def total(self) -> int:
         return sum(b.nbytes for b in self.buffers.values())
@@ -331,13 +333,16 @@ class _Scratch:
 
 _local = threading.local()
 _all_scratch: weakref.WeakSet[_Scratch] = weakref.WeakSet()
+# Held while any thread's buffers change or are counted or dropped from another thread.
+_scratch_lock = threading.Lock()
 
 
 def _mine() -> _Scratch:
     mine = getattr(_local, "scratch", None)
     if mine is None:
-        mine = _local.scratch = _Scratch()
-        _all_scratch.add(mine)
+        mine = _local.scratch = _Scratch(in_pool_thread())
+        with _scratch_lock:
+            _all_scratch.add(mine)
     return mine
 
 
@@ -352,17 +357,23 @@ def scratch(role: str, size: int, dtype: np.dtype | type, *, limit: int) -> np.n
     buf = mine.buffers.get(role)
     if buf is not None and buf.dtype == dtype and buf.size >= size:
         return buf[:size]
-    if buf is not None:
-        del mine.buffers[role]
+    with _scratch_lock:
+        mine.buffers.pop(role, None)
     fresh = aligned_empty((size,), dtype)  # SIMD kernels store whole cache lines
-    if mine.total() + fresh.nbytes <= limit:
-        mine.buffers[role] = fresh
+    with _scratch_lock:
+        if mine.total() + fresh.nbytes <= limit:
+            mine.buffers[role] = fresh
     return fresh
 
 
 # Bytes of one SIMD register as the compiled kernels use it (``_simd``): 16 float32, 8 float64.
 # A kernel that works on vectors of channels needs at least this many bytes of them.
 VECTOR_BYTES = 64
+
+# Past this many input channels in one sum, the Winograd products by panels and by input
+# channels sum each chunk of them apart, from zero, before adding it to the total
+# (``_simd._panel_rows_apart``).
+APART_CHANNELS = 512
 
 
 def aligned_empty(shape: Sequence[int], dtype: np.dtype | type, align: int = 64) -> np.ndarray:
@@ -379,17 +390,34 @@ def aligned_empty(shape: Sequence[int], dtype: np.dtype | type, align: int = 64)
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+def _this_call(mine: _Scratch) -> list[_Scratch]:
+    # The buffers a call on this thread can use: its own and the pool threads' (under the lock).
+    return [s for s in list(_all_scratch) if s is mine or s.pool]
+
+
 def workspace_kept() -> int:
-    """Bytes of the work buffers kept for later calls (all threads)."""
-    return sum(s.total() for s in list(_all_scratch))
+    """Bytes of the work buffers kept for later calls that a call on this thread can use: its
+    own and those of patchconv's pool threads (other threads' are theirs)."""
+    mine = _mine()  # (takes the lock the first time)
+    with _scratch_lock:
+        return sum(s.total() for s in _this_call(mine))
+
+
+def release_this_call() -> None:
+    """Drop the work buffers :func:`workspace_kept` counts."""
+    mine = _mine()
+    with _scratch_lock:
+        for s in _this_call(mine):
+            s.buffers.clear()
 
 
 def release_workspace() -> int:
     """Drop every cached work buffer (all threads); returns the bytes released."""
     released = 0
-    for s in list(_all_scratch):
-        released += s.total()
-        s.buffers.clear()
+    with _scratch_lock:
+        for s in list(_all_scratch):
+            released += s.total()
+            s.buffers.clear()
     return released
 
 

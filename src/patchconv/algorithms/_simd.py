@@ -31,6 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 from patchconv.algorithms._runtime import (
+    APART_CHANNELS,
     VECTOR_BYTES,
     in_pool_thread,
     parallel_for,
@@ -1944,46 +1945,31 @@ def _load_rows(arr, at, pitch, rows):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(inline="always")
-def _add_6x4(a, b):  # type: ignore[no-untyped-def]
-    # a + b, two 6 x 4 register blocks.
-    return (
-        vadd(a[0], b[0]), vadd(a[1], b[1]), vadd(a[2], b[2]), vadd(a[3], b[3]),
-        vadd(a[4], b[4]), vadd(a[5], b[5]), vadd(a[6], b[6]), vadd(a[7], b[7]),
-        vadd(a[8], b[8]), vadd(a[9], b[9]), vadd(a[10], b[10]), vadd(a[11], b[11]),
-        vadd(a[12], b[12]), vadd(a[13], b[13]), vadd(a[14], b[14]), vadd(a[15], b[15]),
-        vadd(a[16], b[16]), vadd(a[17], b[17]), vadd(a[18], b[18]), vadd(a[19], b[19]),
-        vadd(a[20], b[20]), vadd(a[21], b[21]), vadd(a[22], b[22]), vadd(a[23], b[23]),
-    )  # fmt: skip
-
-
-@numba.njit(inline="always")
 def _panel_rows(vf, vb, ci, uf, ub, width, of, ob, co, nt, cn, add):  # type: ignore[no-untyped-def]
     # of[ob + t*co : + width] = (of's values if add, else 0) + sum over c < cn of
     # vf[vb + t*ci + c] * uf[ub + c*width : + width], for the nt rows t: blocks of 6 rows x 4
     # vectors in registers, then one of 4 rows and single rows (no block overlaps another, so
-    # the rows can add to what earlier chunks of c_in left). Each chunk's sum starts from zero
-    # and is added to of's values at the end: a sum of thousands of input channels then rounds
-    # as chunks of them, not as one running total (measured, F(4x4) by name, float32, error
-    # against the tolerance table's bound: N1 7x7 8192 -> 128 1.40 -> 0.21, N4 8x8 2048 -> 64
-    # 1.19 -> 0.19, N1 7x7x512 0.30 -> 0.16; the same loads and stores, no slower).
+    # the rows can add to what earlier chunks of c_in left).
     lanes = width // 4
     z = vzero(vf)
     full = nt - nt % 6
     for t0 in range(0, full, 6):
-        acc = _rows6_panel(vf, vb + t0 * ci, ci, uf, ub, width, cn, _block_6x4(z, z, z, z))
-        if add:
-            acc = _add_6x4(acc, _load_rows(of, ob + t0 * co, co, 6))
+        acc = _load_rows(of, ob + t0 * co, co, 6) if add else _block_6x4(z, z, z, z)
+        acc = _rows6_panel(vf, vb + t0 * ci, ci, uf, ub, width, cn, acc)
         _store_6x4(of, ob + t0 * co, co, acc)
     t0 = full
     if nt - t0 >= 4:
-        acc4 = _rows4_panel(vf, vb + t0 * ci, ci, uf, ub, width, cn, _block_6x4(z, z, z, z)[:16])
-        if add:
-            acc4 = _add_6x4(acc4 + acc4[:8], _load_rows(of, ob + t0 * co, co, 4))[:16]
+        acc4 = _load_rows(of, ob + t0 * co, co, 4)[:16] if add else _block_6x4(z, z, z, z)[:16]
+        acc4 = _rows4_panel(vf, vb + t0 * ci, ci, uf, ub, width, cn, acc4)
         _store_4x4(of, ob + t0 * co, co, acc4)
         t0 += 4
     for t in range(t0, nt):  # 1 to 3 rows left
         o = ob + t * co
-        e0, e1, e2, e3 = z, z, z, z
+        if add:
+            e0, e1 = vload(of, o), vload(of, o + lanes)
+            e2, e3 = vload(of, o + 2 * lanes), vload(of, o + 3 * lanes)
+        else:
+            e0, e1, e2, e3 = z, z, z, z
         r0 = vf[vb + t * ci :]
         kb = ub
         for c in range(cn):
@@ -1993,13 +1979,27 @@ def _panel_rows(vf, vb, ci, uf, ub, width, of, ob, co, nt, cn, add):  # type: ig
             e2 = vfmas(vload(uf, kb + 2 * lanes), s, e2)
             e3 = vfmas(vload(uf, kb + 3 * lanes), s, e3)
             kb += width
-        if add:
-            e0, e1 = vadd(e0, vload(of, o)), vadd(e1, vload(of, o + lanes))
-            e2, e3 = vadd(e2, vload(of, o + 2 * lanes)), vadd(e3, vload(of, o + 3 * lanes))
         vstore(of, o, e0)
         vstore(of, o + lanes, e1)
         vstore(of, o + 2 * lanes, e2)
         vstore(of, o + 3 * lanes, e3)
+
+
+@numba.njit(inline="always")
+def _panel_rows_apart(vf, vb, ci, uf, ub, width, of, ob, co, nt, cn, tmp):  # type: ignore[no-untyped-def]
+    # _panel_rows adding to of's values, the chunk summed apart first, from zero, in tmp (nt
+    # rows of width): a sum of thousands of input channels then rounds as chunks of them, not
+    # as one running total (F(4x4) by name, float32, error against the tolerance table's bound:
+    # N1 7x7 8192 -> 128 1.40 -> 0.21, N4 8x8 2048 -> 64 1.19 -> 0.19). Up to APART_CHANNELS
+    # the running total stays (its error 0.30 on N1 7x7x512): summed apart in the registers,
+    # the extra adds made that layer's forward 5% slower.
+    _panel_rows(vf, vb, ci, uf, ub, width, tmp, 0, width, nt, cn, False)
+    lanes = width // 4
+    for t in range(nt):
+        o = ob + t * co
+        for vec in range(4):
+            at = o + vec * lanes
+            vstore(of, at, vadd(vload(of, at), vload(tmp, t * width + vec * lanes)))
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -2020,6 +2020,9 @@ def winograd_panel_products(k9, v, mm, m, chunk, work, lo, hi):  # type: ignore[
     vf = v.reshape(-1)
     of = mm.reshape(-1)
     pitch = chunk * width  # work: from one position to the next
+    # Past APART_CHANNELS each chunk's sum goes apart first, in the rows after U's chunk.
+    tmp = work[a * a * pitch :]
+    apart = ci > APART_CHANNELS and tmp.size >= nt * width
     for panel in range(lo, hi):
         pc = panel * width
         for c0 in range(0, ci, chunk):
@@ -2029,8 +2032,11 @@ def winograd_panel_products(k9, v, mm, m, chunk, work, lo, hi):  # type: ignore[
                     _u_vector(kf, q, (c0 + c) * co + pc + vec * lanes, m, work,
                               c * width + vec * lanes, pitch)  # fmt: skip
             for xi in range(a * a):
-                _panel_rows(vf, xi * nt * ci + c0, ci, work, xi * pitch, width, of,
-                            xi * nt * co + pc, co, nt, cn, c0 > 0)  # fmt: skip
+                vb, ob = xi * nt * ci + c0, xi * nt * co + pc
+                if apart and c0 > 0:
+                    _panel_rows_apart(vf, vb, ci, work, xi * pitch, width, of, ob, co, nt, cn, tmp)
+                else:
+                    _panel_rows(vf, vb, ci, work, xi * pitch, width, of, ob, co, nt, cn, c0 > 0)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -2054,9 +2060,11 @@ def winograd_channel_products(k9, v, mm, m, chunk, parts, work, lo, hi):  # type
     vf = v.reshape(-1)
     pitch = chunk * width  # work: from one position to the next
     pstride = a * a * pitch  # from one panel to the next
+    tmp = work[panels * pstride :]  # as in winograd_panel_products
     for item in range(lo, hi):
         of = mm[item * a * a : (item + 1) * a * a].reshape(-1)
         c_lo, c_hi = item * ci // parts, (item + 1) * ci // parts
+        apart = c_hi - c_lo > APART_CHANNELS and tmp.size >= nt * width
         if c_hi == c_lo:  # more parts than input channels: this one adds nothing
             of[:] = 0.0
         for c0 in range(c_lo, c_hi, chunk):
@@ -2071,8 +2079,11 @@ def winograd_channel_products(k9, v, mm, m, chunk, parts, work, lo, hi):  # type
                 for xi in range(a * a):
                     ub = panel * pstride + xi * pitch
                     ob = xi * nt * co + panel * width
-                    _panel_rows(vf, xi * nt * ci + c0, ci, work, ub, width, of, ob, co, nt, cn,
-                                c0 > c_lo)  # fmt: skip
+                    vb = xi * nt * ci + c0
+                    if apart and c0 > c_lo:
+                        _panel_rows_apart(vf, vb, ci, work, ub, width, of, ob, co, nt, cn, tmp)
+                    else:
+                        _panel_rows(vf, vb, ci, work, ub, width, of, ob, co, nt, cn, c0 > c_lo)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)

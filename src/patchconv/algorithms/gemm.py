@@ -487,6 +487,12 @@ def _pixel_rows(pixels: int, width: int, pixel_bytes: int) -> int:
     return best
 
 
+# The smallest bound on the weight gradient's product temporaries (rows of the product at a
+# time): under tiny limits a bound of a few bytes made one BLAS call a row (N1 14x14x256 under
+# 1 byte: 684 ms against 196).
+_MIN_TEMP_BYTES = 2**18
+
+
 def _backward_tiles(
     tiles: list[Tile],
     grad_out: np.ndarray,
@@ -523,11 +529,14 @@ def _backward_tiles(
                 np.matmul(patches.reshape(p, k_group).T, go, out=grad_mats[0])
             else:
                 pt = patches.reshape(p, g, k_group).transpose(1, 2, 0)  # (G, K/G, P)
-                product = np.matmul(pt, go.reshape(p, g, cog).transpose(1, 0, 2))
-                if i > 0:
-                    grad_mats += product
-                else:
-                    grad_mats[...] = product
+                gt = go.reshape(p, g, cog).transpose(1, 0, 2)  # (G, P, c_out/G)
+                if i == 0:
+                    np.matmul(pt, gt, out=grad_mats)
+                elif grad_mats.nbytes <= temp_bytes:
+                    grad_mats += np.matmul(pt, gt)
+                else:  # a group at a time, each through temporaries within temp_bytes
+                    for j in range(g):
+                        add_product(pt[j], gt[j], grad_mats[j], temp_bytes)
         if grad_x is not None:
             if g == 1 and parallel_copy:
                 matmul(go, mats[0].T, patches.reshape(p, k_group))
@@ -562,15 +571,16 @@ def backward(
     pixels are disjoint, so the col2im sums never race) and its own partial ``grad_kernel``.
 
     Within the workspace limit, with ``grad_kernel``: half of it for the patch tiles, a quarter
-    for the products' temporaries as they add to ``grad_kernel``, a quarter for the cores'
-    partial sums (else one core takes all the images).
+    for the products' temporaries as they add to ``grad_kernel`` (at least 256 KiB), a quarter
+    for the cores' partial sums (else one core takes all the images). Grouped layers also copy
+    the kernel matrices and the gradient's, which the limit does not bound.
     """
     mats = kernel_matrices(kernel, spec)  # (G, K/G, c_out/G)
     grad_x = np.zeros((spec.n, spec.h, spec.w, spec.c_in), dtype=x.dtype) if need_x else None
     itemsize = x.dtype.itemsize
     heavy = _kernel_heavy(spec, itemsize)
     workers = 1 if heavy else min(_workers(), spec.n)
-    temp = max(1, workspace_limit // 4)
+    temp = max(_MIN_TEMP_BYTES, workspace_limit // 4)
     tile_limit = workspace_limit
     if need_kernel:
         tile_limit = max(1, workspace_limit // 2)

@@ -48,6 +48,7 @@ import numpy as np
 
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import (
+    APART_CHANNELS,
     VECTOR_BYTES,
     aligned_empty,
     blas_pinned,
@@ -698,7 +699,8 @@ def u_streamed(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) ->
         vm_bytes += (_channel_parts() - 1) * _m_bytes(spec, m, size)
     elif not (panel_products(spec, m, dtype) and _tiles(spec, m) >= 6):
         return False
-    need = vm_bytes + n_workers() * _PANEL_U_BYTES
+    parts = _channel_parts() if channel_products(spec, m, dtype) else 1
+    need = vm_bytes + n_workers() * (_PANEL_U_BYTES + _apart_values(spec, m, dtype, parts) * size)
     return need <= workspace_limit and vm_bytes <= max(2 * BLOCK_BYTES * n_workers(), u_bytes)
 
 
@@ -718,6 +720,15 @@ def whole_u_past_limit(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit:
     ):
         return 0
     return u_bytes
+
+
+def _apart_values(spec: ConvSpec, m: int, dtype: np.dtype, parts: int) -> int:
+    """Values a thread's work buffer needs past ``U``'s chunk where the schedules by panels and
+    by input channels sum each chunk's products apart (a sum over more than
+    ``APART_CHANNELS`` input channels): a row of 4 vectors a tile."""
+    if -(-spec.c_in // parts) <= APART_CHANNELS:
+        return 0
+    return _tiles(spec, m) * 4 * VECTOR_BYTES // dtype.itemsize
 
 
 def _channel_parts() -> int:
@@ -861,7 +872,11 @@ def _forward_split(
             (k9, v3, m3, m, chunk, parts),
             parts,
             pieces_per_worker=1,
-            work=(a * a * chunk * c_out, dtype, workspace_limit),
+            work=(
+                a * a * chunk * c_out + _apart_values(spec, m, dtype, parts),
+                dtype,
+                workspace_limit,
+            ),
         )
         whole = mm.reshape(parts, -1)
         for i in range(1, parts):  # the parts' sum (0.3 MB on N1 7x7x512: about 20 us; summed
@@ -877,7 +892,7 @@ def _forward_split(
             (k9, v3, m3, m, chunk),
             c_out // width,
             pieces_per_worker=1,
-            work=(a * a * chunk * width, dtype, workspace_limit),
+            work=(a * a * chunk * width + _apart_values(spec, m, dtype, 1), dtype, workspace_limit),
         )
     elif native:
         both = (k9, kron, u3, v3, m3)
