@@ -210,3 +210,21 @@ def test_backward_stays_under_a_small_workspace_limit(
     expected = patchconv.conv2d_backward(grad_out, x, kernel, **options)
     assert_close(grads.grad_x, expected.grad_x, np.float32, grad=True)
     assert_close(grads.grad_kernel, expected.grad_kernel, np.float32, grad=True)
+
+
+def test_pointwise_backward_at_stride_1_writes_grad_x_in_place() -> None:
+    """A 1x1 layer at stride 1 picks every input pixel: grad_x = grad_out @ kernel^T goes
+    straight into grad_x (it went through a (P, c_in) array as large as grad_x: 24.5 MiB here
+    under a 4 MiB limit)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 56, 56, 256), dtype=np.float32)
+    kernel = rng.standard_normal((1, 1, 256, 64), dtype=np.float32)
+    grad_out = rng.standard_normal((8, 56, 56, 64), dtype=np.float32)
+    limit = 4 * MiB
+    patchconv.conv2d_backward(grad_out, x, kernel, workspace_limit=limit)  # loads what it uses
+    extra, grads = peak_extra_backward(grad_out, x, kernel, workspace_limit=limit)
+    assert extra <= limit, f"peak extra {extra / MiB:.1f} MiB over a 4 MiB limit"
+    expected_x = grad_out.reshape(-1, 64).astype(np.float64) @ kernel[0, 0].T
+    assert_close(grads.grad_x, expected_x.reshape(x.shape), np.float32, grad=True)
+    expected_k = x.reshape(-1, 256).T.astype(np.float64) @ grad_out.reshape(-1, 64)
+    assert_close(grads.grad_kernel, expected_k.reshape(kernel.shape), np.float32, grad=True)

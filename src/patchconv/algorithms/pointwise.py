@@ -156,7 +156,12 @@ def backward(
                 grad_mats[...] = np.matmul(
                     a.reshape(p, g, cg).transpose(1, 2, 0), go.reshape(p, g, cog).transpose(1, 0, 2)
                 )  # (G, cg, P) @ (G, P, cog)
-        if grad_x is not None:
+        target = None if grad_x is None else grad_x[sel]
+        if target is not None and g == 1 and target.flags.c_contiguous:
+            # Every input pixel picked (stride 1): the product goes straight into grad_x, with
+            # no (P, c_in) array beside it.
+            matmul(go, mats[0].T, target.reshape(p, spec.c_in))
+        elif grad_x is not None:
             if g == 1:
                 back = np.empty((p, spec.c_in), dtype=np.result_type(go, mats))
                 matmul(go, mats[0].T, back)  # (P, c_in)
