@@ -182,27 +182,30 @@ def peak_extra_backward(
 
 
 @pytest.mark.parametrize(
-    ("shape", "c_out", "strides", "limit_mib"),
+    ("shape", "c_out", "strides", "groups", "limit_mib"),
     [
-        ((16, 4, 4, 1024), 512, 1, 8),  # was 33.9 MiB: two kernel-sized temporaries
-        ((1, 7, 7, 512), 512, 1, 8),  # was 12.7
-        ((4, 28, 28, 128), 192, 1, 4),  # was 8.8: both gradients' buffers at once
-        ((8, 56, 56, 64), 64, 1, 4),  # was 6.8
-        ((2, 28, 28, 512), 512, 2, 8),  # was 12.8
+        ((16, 4, 4, 1024), 512, 1, 1, 8),  # was 33.9 MiB: two kernel-sized temporaries
+        ((1, 7, 7, 512), 512, 1, 1, 8),  # was 12.7
+        ((4, 28, 28, 128), 192, 1, 1, 4),  # was 8.8: both gradients' buffers at once
+        ((8, 56, 56, 64), 64, 1, 1, 4),  # was 6.8
+        ((2, 28, 28, 512), 512, 2, 1, 8),  # was 12.8
+        ((2, 14, 14, 1024), 1024, 1, 2, 8),  # was 42.9: the kernel and its gradient copied
+        ((4, 14, 14, 512), 512, 2, 4, 2),  # was 6.5
     ],
 )
 def test_backward_stays_under_a_small_workspace_limit(
-    shape: tuple[int, int, int, int], c_out: int, strides: int, limit_mib: int
+    shape: tuple[int, int, int, int], c_out: int, strides: int, groups: int, limit_mib: int
 ) -> None:
     """conv2d_backward keeps to the limit: the weight gradient adds its products a block at
-    a time, the flipped kernel for grad_x counts against the limit, and grad_x runs in what
-    grad_kernel's kept buffers leave. The gradients equal those under the default limit."""
+    a time, the flipped kernel for grad_x counts against the limit, grad_x runs in what
+    grad_kernel's kept buffers leave, and grouped layers read and write the kernel's layout
+    through views. The gradients equal those under the default limit."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape, dtype=np.float32)
-    kernel = rng.standard_normal((3, 3, shape[3], c_out), dtype=np.float32)
+    kernel = rng.standard_normal((3, 3, shape[3] // groups, c_out), dtype=np.float32)
     oh = -(-shape[1] // strides)
     grad_out = rng.standard_normal((shape[0], oh, oh, c_out), dtype=np.float32)
-    options: dict[str, object] = {"padding": "same", "strides": strides}
+    options: dict[str, object] = {"padding": "same", "strides": strides, "groups": groups}
     limit = limit_mib * MiB
     patchconv.conv2d_backward(grad_out, x, kernel, workspace_limit=limit, **options)  # compiles
     extra, grads = peak_extra_backward(grad_out, x, kernel, workspace_limit=limit, **options)

@@ -572,10 +572,13 @@ def backward(
 
     Within the workspace limit, with ``grad_kernel``: half of it for the patch tiles, a quarter
     for the products' temporaries as they add to ``grad_kernel`` (at least 256 KiB), a quarter
-    for the cores' partial sums (else one core takes all the images). Grouped layers also copy
-    the kernel matrices and the gradient's, which the limit does not bound.
+    for the cores' partial sums (else one core takes all the images). Grouped layers read the
+    kernel through per-group views and write the gradient in the kernel's own layout (BLAS takes
+    both, rows a stride apart), so neither is copied beside the limit.
     """
-    mats = kernel_matrices(kernel, spec)  # (G, K/G, c_out/G)
+    k_group = spec.kh * spec.kw * spec.c_in_group
+    # (G, K/G, c_out/G); empty_like keeps a view's layout, so grad_mats is HWIO in memory too
+    mats = np.ascontiguousarray(kernel).reshape(k_group, spec.groups, -1).transpose(1, 0, 2)
     grad_x = np.zeros((spec.n, spec.h, spec.w, spec.c_in), dtype=x.dtype) if need_x else None
     itemsize = x.dtype.itemsize
     heavy = _kernel_heavy(spec, itemsize)
