@@ -215,19 +215,31 @@ def test_backward_stays_under_a_small_workspace_limit(
     assert_close(grads.grad_kernel, expected.grad_kernel, np.float32, grad=True)
 
 
-def test_pointwise_backward_at_stride_1_writes_grad_x_in_place() -> None:
-    """A 1x1 layer at stride 1 picks every input pixel: grad_x = grad_out @ kernel^T goes
-    straight into grad_x (it went through a (P, c_in) array as large as grad_x: 24.5 MiB here
-    under a 4 MiB limit)."""
+@pytest.mark.parametrize(
+    ("shape", "c_out", "strides", "limit_mib"),
+    [
+        ((8, 56, 56, 256), 64, 1, 4),  # was 24.5 MiB: a (P, c_in) array as large as grad_x
+        ((8, 56, 56, 256), 512, 2, 4),  # was 12.3: all the picked pixels copied at once
+    ],
+)
+def test_pointwise_backward_stays_under_a_small_workspace_limit(
+    shape: tuple[int, int, int, int], c_out: int, strides: int, limit_mib: int
+) -> None:
+    """1x1 layers: the picked pixels go a tile at a time, and at stride 1 (every pixel
+    picked) grad_out @ kernel^T is written straight into grad_x. Checked against float64."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, 56, 56, 256), dtype=np.float32)
-    kernel = rng.standard_normal((1, 1, 256, 64), dtype=np.float32)
-    grad_out = rng.standard_normal((8, 56, 56, 64), dtype=np.float32)
-    limit = 4 * MiB
-    patchconv.conv2d_backward(grad_out, x, kernel, workspace_limit=limit)  # loads what it uses
-    extra, grads = peak_extra_backward(grad_out, x, kernel, workspace_limit=limit)
-    assert extra <= limit, f"peak extra {extra / MiB:.1f} MiB over a 4 MiB limit"
-    expected_x = grad_out.reshape(-1, 64).astype(np.float64) @ kernel[0, 0].T
-    assert_close(grads.grad_x, expected_x.reshape(x.shape), np.float32, grad=True)
-    expected_k = x.reshape(-1, 256).T.astype(np.float64) @ grad_out.reshape(-1, 64)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    kernel = rng.standard_normal((1, 1, shape[3], c_out), dtype=np.float32)
+    picked = x[:, ::strides, ::strides]
+    grad_out = rng.standard_normal((*picked.shape[:3], c_out), dtype=np.float32)
+    limit = limit_mib * MiB
+    options: dict[str, object] = {"strides": strides, "workspace_limit": limit}
+    patchconv.conv2d_backward(grad_out, x, kernel, **options)  # loads what it uses
+    extra, grads = peak_extra_backward(grad_out, x, kernel, **options)
+    assert extra <= limit, f"peak extra {extra / MiB:.1f} MiB over a {limit_mib} MiB limit"
+    go = grad_out.reshape(-1, c_out).astype(np.float64)
+    expected_x = np.zeros(x.shape)
+    expected_x[:, ::strides, ::strides] = (go @ kernel[0, 0].T).reshape(picked.shape)
+    assert_close(grads.grad_x, expected_x, np.float32, grad=True)
+    expected_k = picked.reshape(-1, shape[3]).T.astype(np.float64) @ go
     assert_close(grads.grad_kernel, expected_k.reshape(kernel.shape), np.float32, grad=True)

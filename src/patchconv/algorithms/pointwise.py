@@ -12,6 +12,8 @@ positions that see zeros, which get the bias alone.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from patchconv._patches import iter_tiles, valid_range
@@ -132,7 +134,11 @@ def backward(
     need_x: bool = True,
     need_kernel: bool = True,
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``grad_kernel = pixels^T @ grad_out``, ``grad_x[picked] = grad_out @ kernel^T``."""
+    """``grad_kernel = pixels^T @ grad_out``, ``grad_x[picked] = grad_out @ kernel^T``.
+
+    The picked pixels go a tile of output positions at a time within half the workspace
+    limit (their copies and the product for grad_x; a strided layer copied all of them at
+    once). At stride 1 every pixel is picked, and grad_x's product is written in place."""
     mats = kernel_matrices(kernel, spec)  # (G, c_in/G, c_out/G)
     rl, rh, cl, ch, ih, iw = _interior(spec)
     sh, sw = spec.strides
@@ -140,28 +146,39 @@ def backward(
     grad_x = np.zeros((spec.n, spec.h, spec.w, spec.c_in), dtype=x.dtype) if need_x else None
     grad_mats = np.zeros_like(mats) if need_kernel else None
     if rh > rl and ch > cl:
-        rows, cols = rh - rl, ch - cl
-        sel = (
-            slice(None),
-            slice(ih, ih + (rows - 1) * sh + 1, sh),
-            slice(iw, iw + (cols - 1) * sw + 1, sw),
-        )
-        go = np.ascontiguousarray(grad_out[:, rl:rh, cl:ch]).reshape(-1, spec.c_out)  # (P, c_out)
-        p = go.shape[0]
-        if grad_mats is not None:
-            a = np.ascontiguousarray(x[sel]).reshape(p, spec.c_in)  # (P, c_in)
-            if g == 1:
-                matmul(a.T, go, grad_mats[0])
-            else:
-                grad_mats[...] = np.matmul(
-                    a.reshape(p, g, cg).transpose(1, 2, 0), go.reshape(p, g, cog).transpose(1, 0, 2)
-                )  # (G, cg, P) @ (G, P, cog)
-        target = None if grad_x is None else grad_x[sel]
-        if target is not None and g == 1 and target.flags.c_contiguous:
-            # Every input pixel picked (stride 1): the product goes straight into grad_x, with
-            # no (P, c_in) array beside it.
-            matmul(go, mats[0].T, target.reshape(p, spec.c_in))
-        elif grad_x is not None:
+        inner = replace(spec, oh=rh - rl, ow=ch - cl)  # the outputs that see input pixels
+        per_position = 2 * (spec.c_in + spec.c_out) * x.dtype.itemsize
+        temp = max(2**18, workspace_limit // 4)
+        for i, t in enumerate(iter_tiles(inner, per_position, max(1, workspace_limit // 2))):
+            p = t.positions
+            pick = (
+                slice(t.n0, t.n1),
+                slice(ih + t.r0 * sh, ih + (t.r1 - 1) * sh + 1, sh),
+                slice(iw + t.c0 * sw, iw + (t.c1 - 1) * sw + 1, sw),
+            )
+            block = grad_out[t.n0 : t.n1, rl + t.r0 : rl + t.r1, cl + t.c0 : cl + t.c1]
+            go = np.ascontiguousarray(block).reshape(p, spec.c_out)  # (P, c_out)
+            if grad_mats is not None:
+                a = np.ascontiguousarray(x[pick]).reshape(p, spec.c_in)  # (P, c_in)
+                if g == 1:
+                    matmul(a.T, go, grad_mats[0], accumulate=i > 0, temp_bytes=temp)
+                else:
+                    product = np.matmul(
+                        a.reshape(p, g, cg).transpose(1, 2, 0),
+                        go.reshape(p, g, cog).transpose(1, 0, 2),
+                    )  # (G, cg, P) @ (G, P, cog)
+                    if i > 0:
+                        grad_mats += product
+                    else:
+                        grad_mats[...] = product
+                    del product
+            if grad_x is None:
+                continue
+            target = grad_x[pick]
+            if g == 1 and target.flags.c_contiguous:
+                # Every input pixel picked (stride 1): the product goes straight into grad_x.
+                matmul(go, mats[0].T, target.reshape(p, spec.c_in))
+                continue
             if g == 1:
                 back = np.empty((p, spec.c_in), dtype=np.result_type(go, mats))
                 matmul(go, mats[0].T, back)  # (P, c_in)
@@ -169,7 +186,7 @@ def backward(
                 back = np.matmul(
                     go.reshape(p, g, cog).transpose(1, 0, 2), mats.transpose(0, 2, 1)
                 ).transpose(1, 0, 2)  # (P, G, cg)
-            grad_x[sel] = back.reshape(spec.n, rows, cols, spec.c_in)
+            target[...] = back.reshape(target.shape)
     grad_kernel = None
     if grad_mats is not None:
         grad_kernel = grad_mats.transpose(1, 0, 2).reshape(1, 1, cg, spec.c_out)
