@@ -35,6 +35,7 @@ from patchconv.algorithms._runtime import (
     matmul,
     n_workers,
     parallel_for,
+    product_temp_bytes,
     scratch,
 )
 
@@ -487,12 +488,6 @@ def _pixel_rows(pixels: int, width: int, pixel_bytes: int) -> int:
     return best
 
 
-# The smallest bound on the weight gradient's product temporaries (rows of the product at a
-# time): under tiny limits a bound of a few bytes made one BLAS call a row (N1 14x14x256 under
-# 1 byte: 684 ms against 196).
-_MIN_TEMP_BYTES = 2**18
-
-
 def _backward_tiles(
     tiles: list[Tile],
     grad_out: np.ndarray,
@@ -583,7 +578,7 @@ def backward(
     itemsize = x.dtype.itemsize
     heavy = _kernel_heavy(spec, itemsize)
     workers = 1 if heavy else min(_workers(), spec.n)
-    temp = max(_MIN_TEMP_BYTES, workspace_limit // 4)
+    temp = product_temp_bytes(workspace_limit)
     tile_limit = workspace_limit
     if need_kernel:
         tile_limit = max(1, workspace_limit // 2)

@@ -18,7 +18,13 @@ import numpy as np
 
 from patchconv._patches import iter_tiles, valid_range
 from patchconv._spec import ConvSpec
-from patchconv.algorithms._runtime import blas_pinned, matmul, parallel_for, scratch
+from patchconv.algorithms._runtime import (
+    blas_pinned,
+    matmul,
+    parallel_for,
+    product_temp_bytes,
+    scratch,
+)
 from patchconv.algorithms.gemm import forward_implicit, implicit_applies, kernel_matrices
 
 __all__ = ["applies", "backward", "forward"]
@@ -148,7 +154,7 @@ def backward(
     if rh > rl and ch > cl:
         inner = replace(spec, oh=rh - rl, ow=ch - cl)  # the outputs that see input pixels
         per_position = 2 * (spec.c_in + spec.c_out) * x.dtype.itemsize
-        temp = max(2**18, workspace_limit // 4)
+        temp = product_temp_bytes(workspace_limit)
         for i, t in enumerate(iter_tiles(inner, per_position, max(1, workspace_limit // 2))):
             p = t.positions
             pick = (

@@ -695,11 +695,12 @@ def u_streamed(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) ->
     if u_bytes <= 4 * BLOCK_BYTES or n_workers() < 2:  # both schedules need U over 8 MB
         return False
     vm_bytes = _vm_bytes(spec, m, size)
+    parts = 1
     if channel_products(spec, m, dtype):  # one M a part
-        vm_bytes += (_channel_parts() - 1) * _m_bytes(spec, m, size)
+        parts = _channel_parts()
+        vm_bytes += (parts - 1) * _m_bytes(spec, m, size)
     elif not (panel_products(spec, m, dtype) and _tiles(spec, m) >= 6):
         return False
-    parts = _channel_parts() if channel_products(spec, m, dtype) else 1
     need = vm_bytes + n_workers() * (_PANEL_U_BYTES + _apart_values(spec, m, dtype, parts) * size)
     return need <= workspace_limit and vm_bytes <= max(2 * BLOCK_BYTES * n_workers(), u_bytes)
 
