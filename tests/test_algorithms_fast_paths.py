@@ -898,8 +898,7 @@ def test_f4_by_name_on_thousands_of_input_channels_within_the_tolerance(
 ) -> None:
     """Our split schedules' products sum each chunk of input channels from zero and add it to
     M: summed as one running total over thousands of channels, F(4x4) by name passed the
-    tolerance table on these layers. (Without numba the products go to BLAS, which passes it
-    near 2048 channels: auto keeps F(4x4) to 512.)"""
+    tolerance table on these layers."""
     if winograd.kernels() is None:
         pytest.skip("the split schedules need numba")
     rng = np.random.default_rng(3)
@@ -915,10 +914,37 @@ def test_f4_by_name_on_thousands_of_input_channels_within_the_tolerance(
     assert_close(out, exact, np.float32)
 
 
+@pytest.mark.parametrize(
+    ("shape", "c_out", "path"),
+    [
+        ((8, 8, 8, 4096), 32, "blas"),  # was 1.28x the table's bound (1.33 without numba)
+        ((4, 14, 14, 2048), 64, "blocks"),  # was 1.34x (1.24 without numba)
+    ],
+)
+def test_f4_by_name_past_512_input_channels_on_the_other_products_within_the_tolerance(
+    shape: tuple[int, int, int, int], c_out: int, path: str
+) -> None:
+    """The same on the products outside the split schedules: BLAS (fewer than 4 vectors of
+    output channels, and every layer without numba) and our blocks' products
+    (``_simd.batched_matmul``) sum each 512 input channels apart too."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape)
+    kernel = rng.standard_normal((3, 3, shape[3], c_out))
+    exact = patchconv.conv2d(x, kernel, padding="same", algorithm="gemm")
+    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    f32 = np.dtype(np.float32)
+    if winograd.kernels() is not None:  # not the split schedules: whole U, tiles in blocks
+        assert not winograd.u_streamed(spec, 4, f32, patchconv.get_workspace_limit())
+        assert winograd.blas_free(spec, f32, patchconv.get_workspace_limit()) == (path == "blocks")
+    x32, k32 = x.astype(np.float32), kernel.astype(np.float32)
+    out = patchconv.conv2d(x32, k32, padding="same", algorithm="winograd_f4")
+    assert_close(out, exact, np.float32)
+
+
 def test_auto_leaves_f4_out_of_float32_layers_past_512_input_channels() -> None:
-    """F(4x4)'s float32 error grows with the input channels and passes the tolerance table
-    near 2048 (1.1e-5 to 1.6e-5 of the largest output): auto and the "winograd" alias take
-    F(2x2) there and say why; by name F(4x4) still runs; float64 keeps it."""
+    """F(4x4)'s float32 error grows with the input channels (half the tolerance table's bound
+    near 2048, F(2x2)'s a tenth): auto and the "winograd" alias take F(2x2) there and say why;
+    by name F(4x4) still runs; float64 keeps it."""
     from patchconv import algorithms
 
     rng = np.random.default_rng(3)

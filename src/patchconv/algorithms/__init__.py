@@ -315,11 +315,13 @@ def _fft_cost(spec: ConvSpec, itemsize: int) -> float:
 # F(4x4)'s float32 rounding error grows with the input channels (the transformed products are
 # summed over them; see winograd's docstring): largest error over largest output about 4e-6 at
 # 256, 6e-6 at 512, 9e-6 at 1024 and 1.1e-5 to 1.6e-5 at 2048, past the tolerance table's
-# 1e-5 (measured by a fuzzing review; F(2x2): 1.6e-6 at 2048). Our split schedules' products
-# (by column panels, by input channels) now sum chunks of input channels from zero and stay
-# at 0.15-0.24 of the bound up to 8192 channels, but the products that go to BLAS do not (N32
-# 8x8 2048 -> 32: 1.5x the bound). auto leaves it out beyond 512 in float32; it still runs
-# when asked for by name. Float16 (float32 arithmetic, a tolerance of 2e-3) and float64 keep it.
+# 1e-5 (measured by a fuzzing review; F(2x2): 1.6e-6 at 2048). Every schedule's products now
+# sum each 512 input channels from zero and add them up (ours in the registers or a row buffer,
+# BLAS a chunk at a time): F(4x4) by name stays at 0.2-0.5 of the bound up to 8192 channels
+# (it reached 1.5x on BLAS products and 1.3x on our blocks' products). auto still leaves it out
+# beyond 512 in float32, where F(2x2) keeps to 0.1 of the bound and a margin of 2x is thin for
+# inputs less tame than random ones; it runs when asked for by name. Float16 (float32
+# arithmetic, a tolerance of 2e-3) and float64 keep it.
 _F4_FLOAT32_MAX_C_IN = 512
 
 
@@ -328,8 +330,9 @@ def accuracy_limits(spec: ConvSpec, itemsize: int) -> dict[str, str]:
     if itemsize == 4 and spec.c_in > _F4_FLOAT32_MAX_C_IN:
         return {
             "winograd_f4": (
-                f"winograd_f4's float32 rounding error grows with the input channels (past "
-                f"the tolerance near 2048): auto keeps it to {_F4_FLOAT32_MAX_C_IN} or fewer; "
+                f"winograd_f4's float32 rounding error grows with the input channels (half "
+                f"the tolerance at 2048, where winograd_f2's is a tenth): auto keeps it to "
+                f"{_F4_FLOAT32_MAX_C_IN} or fewer; "
                 f"got c_in {spec.c_in}"
             )
         }

@@ -1233,6 +1233,30 @@ def _fma_4x4(u0, u1, u2, u3, s0, s1, s2, s3, a):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(inline="always")
+def _add_4x4(a, b):  # type: ignore[no-untyped-def]
+    # a + b, two 4 x 4 register blocks.
+    return (
+        vadd(a[0], b[0]), vadd(a[1], b[1]), vadd(a[2], b[2]), vadd(a[3], b[3]),
+        vadd(a[4], b[4]), vadd(a[5], b[5]), vadd(a[6], b[6]), vadd(a[7], b[7]),
+        vadd(a[8], b[8]), vadd(a[9], b[9]), vadd(a[10], b[10]), vadd(a[11], b[11]),
+        vadd(a[12], b[12]), vadd(a[13], b[13]), vadd(a[14], b[14]), vadd(a[15], b[15]),
+    )  # fmt: skip
+
+
+@numba.njit(inline="always")
+def _add_6x4(a, b):  # type: ignore[no-untyped-def]
+    # a + b, two 6 x 4 register blocks.
+    return (
+        vadd(a[0], b[0]), vadd(a[1], b[1]), vadd(a[2], b[2]), vadd(a[3], b[3]),
+        vadd(a[4], b[4]), vadd(a[5], b[5]), vadd(a[6], b[6]), vadd(a[7], b[7]),
+        vadd(a[8], b[8]), vadd(a[9], b[9]), vadd(a[10], b[10]), vadd(a[11], b[11]),
+        vadd(a[12], b[12]), vadd(a[13], b[13]), vadd(a[14], b[14]), vadd(a[15], b[15]),
+        vadd(a[16], b[16]), vadd(a[17], b[17]), vadd(a[18], b[18]), vadd(a[19], b[19]),
+        vadd(a[20], b[20]), vadd(a[21], b[21]), vadd(a[22], b[22]), vadd(a[23], b[23]),
+    )  # fmt: skip
+
+
+@numba.njit(inline="always")
 def _store_4x4(arr, at, pitch, a):  # type: ignore[no-untyped-def]
     n = VECTOR_BYTES // arr.itemsize
     for r in numba.literal_unroll((0, 1, 2, 3)):
@@ -1715,17 +1739,32 @@ def batched_matmul(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
         for panel in range(panels):
             pc = min(panel * width, co - width)
             ub = (xi * panels + panel) * ci * width
+            # Past APART_CHANNELS each chunk of input channels sums from zero in the registers
+            # and is added to what the chunks before left (as _panel_rows_apart).
             if 0 < rest < 5:
                 t0 = nt - 4
-                z = vzero(vf)
-                acc4 = _block_6x4(z, z, z, z)[:16]
-                acc4 = _rows4_panel(vf, vb + t0 * ci, ci, uf, ub, width, ci, acc4)
-                _store_4x4(of, ob + t0 * co + pc, co, acc4)
+                at = ob + t0 * co + pc
+                for c0 in range(0, ci, APART_CHANNELS):
+                    cn = min(APART_CHANNELS, ci - c0)
+                    z = vzero(vf)
+                    acc4 = _block_6x4(z, z, z, z)[:16]
+                    va, ua = vb + t0 * ci + c0, ub + c0 * width
+                    acc4 = _rows4_panel(vf, va, ci, uf, ua, width, cn, acc4)
+                    if c0 > 0:
+                        acc4 = _add_4x4(acc4, _load_rows(of, at, co, 4)[:16])
+                    _store_4x4(of, at, co, acc4)
             for blk in range(blocks):
                 t0 = min(blk * 6, nt - 6)
-                z = vzero(vf)
-                acc = _rows6_panel(vf, vb + t0 * ci, ci, uf, ub, width, ci, _block_6x4(z, z, z, z))
-                _store_6x4(of, ob + t0 * co + pc, co, acc)
+                at = ob + t0 * co + pc
+                for c0 in range(0, ci, APART_CHANNELS):
+                    cn = min(APART_CHANNELS, ci - c0)
+                    z = vzero(vf)
+                    acc = _block_6x4(z, z, z, z)
+                    va, ua = vb + t0 * ci + c0, ub + c0 * width
+                    acc = _rows6_panel(vf, va, ci, uf, ua, width, cn, acc)
+                    if c0 > 0:
+                        acc = _add_6x4(acc, _load_rows(of, at, co, 6))
+                    _store_6x4(of, at, co, acc)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -1837,20 +1876,26 @@ def _depthwise_3x3_rows_par(args, n, pieces, threads, counter):  # type: ignore[
 def _small_products(v, u, out, lo, hi):  # type: ignore[no-untyped-def]
     # batched_matmul for fewer than 6 tiles (a tail block): out[xi] = v[xi] @ U[xi], U in
     # column panels (a later panel overlapping an earlier one recomputes those columns whole).
+    # Past APART_CHANNELS each chunk of input channels sums apart in part, then adds to row.
     _, nt, ci = v.shape
     panels, width = u.shape[1], u.shape[3]
     co = out.shape[2]
+    part = np.empty(width, out.dtype)
     for xi in range(lo, hi):
         for t in range(nt):
             for panel in range(panels):
                 pc = min(panel * width, co - width)
                 row = out[xi, t, pc : pc + width]
                 row[:] = 0.0
-                for c in range(ci):
-                    s = v[xi, t, c]
-                    krow = u[xi, panel, c]
+                for c0 in range(0, ci, APART_CHANNELS):
+                    part[:] = 0.0
+                    for c in range(c0, min(ci, c0 + APART_CHANNELS)):
+                        s = v[xi, t, c]
+                        krow = u[xi, panel, c]
+                        for o in range(width):
+                            part[o] += s * krow[o]
                     for o in range(width):
-                        row[o] += s * krow[o]
+                        row[o] += part[o]
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
