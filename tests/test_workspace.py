@@ -243,3 +243,41 @@ def test_pointwise_backward_stays_under_a_small_workspace_limit(
     assert_close(grads.grad_x, expected_x, np.float32, grad=True)
     expected_k = picked.reshape(-1, shape[3]).T.astype(np.float64) @ go
     assert_close(grads.grad_kernel, expected_k.reshape(kernel.shape), np.float32, grad=True)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "options", "groups"),
+    [
+        (np.float16, {}, 1),  # forward was 15.0 MiB under 8, backward 21.4
+        (np.float16, {}, 64),  # depthwise: 12.3 and 18.4
+        (np.float32, {"data_format": "channels_first"}, 1),  # 8.8 and 15.1
+        (np.float32, {"padding_mode": "reflect"}, 1),  # 9.7 and 23.7
+    ],
+)
+def test_copies_around_the_algorithms_keep_to_the_limit(
+    dtype: type, options: dict[str, object], groups: int
+) -> None:
+    """float16 runs in float32, channels_first in NHWC and a padding mode on a padded copy:
+    where those copies of a whole batch would pass half the limit, conv2d and
+    conv2d_backward take the batch a piece at a time. The results equal float64's."""
+    rng = np.random.default_rng(0)
+    shape = (32, 28, 28, 64)
+    if options.get("data_format") == "channels_first":
+        shape = (32, 64, 28, 28)
+    x = rng.standard_normal(shape).astype(dtype)
+    kernel = rng.standard_normal((3, 3, 64 // groups, 64)).astype(dtype)
+    grad_out = rng.standard_normal(shape).astype(dtype)
+    limit = 8 * MiB
+    kwargs: dict[str, object] = {"padding": "same", "groups": groups, **options}
+    patchconv.conv2d(x, kernel, workspace_limit=limit, **kwargs)  # compiles
+    extra, out = peak_extra_bytes(x, kernel, workspace_limit=limit, **kwargs)
+    assert extra <= limit, f"forward: peak extra {extra / MiB:.1f} MiB over 8 MiB"
+    extra, grads = peak_extra_backward(grad_out, x, kernel, workspace_limit=limit, **kwargs)
+    assert extra <= limit, f"backward: peak extra {extra / MiB:.1f} MiB over 8 MiB"
+    x64, k64, go64 = x.astype(np.float64), kernel.astype(np.float64), grad_out.astype(np.float64)
+    assert out.dtype == grads.grad_x.dtype == grads.grad_kernel.dtype == np.dtype(dtype)
+    assert_close(out, patchconv.conv2d(x64, k64, **kwargs), dtype)
+    exact = patchconv.conv2d_backward(go64, x64, k64, **kwargs)
+    assert_close(grads.grad_x, exact.grad_x, dtype, grad=True)
+    assert_close(grads.grad_kernel, exact.grad_kernel, dtype, grad=True)
+    assert_close(grads.grad_bias, exact.grad_bias, dtype, grad=True)

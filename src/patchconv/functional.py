@@ -26,6 +26,7 @@ from patchconv._spec import (
     conv_spec,
 )
 from patchconv.algorithms import Plan
+from patchconv.algorithms._runtime import release_this_call
 
 __all__ = [
     "ConvGrads",
@@ -163,6 +164,36 @@ def _workspace(workspace_limit: int | None, func: str) -> int:
     return check_workspace_limit(workspace_limit, func=func)
 
 
+def _batch_step(
+    spec: ConvSpec, copied: int, result: int, fixed: int, limit: int
+) -> tuple[int, int]:
+    """(images per piece, the algorithms' limit) for a call whose own copies take ``copied``
+    bytes an image: the inputs and result in the compute dtype (float16 runs in float32), in
+    NHWC (channels_first) and padded (padding modes). Where all of them would take over half
+    the workspace limit, the batch goes a piece at a time, each piece's copies within half
+    of it and the algorithms within the rest (float16 forward N8 56x56 64 -> 64 under 2 MiB
+    took 14 MiB beside it). ``result``: bytes an image of a piece's result where the whole
+    call's is the output itself (written into it after); ``fixed``: bytes copied once a call
+    (the kernel cast). One image a piece at the least: its copies may still pass."""
+    if spec.n <= 1 or copied == 0 or spec.n * copied + fixed <= limit // 2:
+        return spec.n, limit
+    each = copied + result
+    step = max(1, (limit // 2 - fixed) // each)
+    return step, max(limit // 2, limit - fixed - step * each)
+
+
+def _copied_bytes(spec: ConvSpec, work: np.dtype, *converted: bool, padded: int = 1) -> int:
+    """Bytes an image of the copies made around the algorithms: an input image for each true
+    flag of ``converted`` (an input cast to ``work`` or transposed to NHWC), and ``padded``
+    padded images where the padding mode pads the input."""
+    (top, bottom), (left, right) = spec.pads
+    image = spec.h * spec.w * spec.c_in * work.itemsize
+    if spec.padding_mode == "zeros":
+        padded = 0
+    padded_image = (spec.h + top + bottom) * (spec.w + left + right) * spec.c_in * work.itemsize
+    return image * sum(converted) + padded * padded_image
+
+
 @overload
 def conv2d(
     x: Any,
@@ -282,39 +313,62 @@ def conv2d(
     bias_arr = None if bias is None else as_float_array(bias, func=func, name="bias")
     dtypes = [x.dtype, kernel.dtype] + ([] if bias_arr is None else [bias_arr.dtype])
     work, out_dtype = compute_dtype(*dtypes)
-    spec, plan = _spec_and_plan(
-        x.shape,
-        kernel.shape,
-        None if bias_arr is None else bias_arr.shape,
-        {
-            "strides": strides,
-            "padding": padding,
-            "dilation_rate": dilation_rate,
-            "groups": groups,
-            "data_format": data_format,
-            "padding_mode": padding_mode,
-        },
-        algorithm,
-        work.itemsize,
-        func,
-        _plan_limit(workspace_limit),
-    )
+    options = {
+        "strides": strides,
+        "padding": padding,
+        "dilation_rate": dilation_rate,
+        "groups": groups,
+        "data_format": data_format,
+        "padding_mode": padding_mode,
+    }
+    bias_shape = None if bias_arr is None else bias_arr.shape
+    args = (kernel.shape, bias_shape, options, algorithm, work.itemsize, func)
+    spec, plan = _spec_and_plan(x.shape, *args, _plan_limit(workspace_limit))
     limit = _workspace(workspace_limit, func)
+    kernel_w = kernel.astype(work, copy=False)
+    bias_w = None if bias_arr is None else bias_arr.astype(work, copy=False)
+    cf = spec.data_format == "channels_first"
+    step, inner = spec.n, limit
+    if x.dtype is not work or cf or spec.padding_mode != "zeros":  # copies x: maybe in pieces
+        per_out = spec.oh * spec.ow * spec.c_out * work.itemsize  # the result before its cast
+        copied = _copied_bytes(spec, work, x.dtype != work, cf)
+        result_copied = out_dtype != work or cf
+        copied += per_out if result_copied else 0
+        fixed = kernel_w.nbytes if kernel_w is not kernel else 0
+        step, inner = _batch_step(spec, copied, 0 if result_copied else per_out, fixed, limit)
+    if step >= spec.n:
+        out, ran = _forward_nhwc(x, kernel_w, bias_w, spec, plan, work, limit, algorithm)
+        result = _from_nhwc(out, spec).astype(out_dtype, copy=False)
+        return (result, ran) if return_plan else result
+    result = np.empty(spec.out_shape, out_dtype)
+    for b0 in range(0, spec.n, step):
+        piece = x[b0 : b0 + step]
+        pspec, pplan = _spec_and_plan(piece.shape, *args, inner)
+        out, ran = _forward_nhwc(piece, kernel_w, bias_w, pspec, pplan, work, inner, algorithm)
+        result[b0 : b0 + step] = out.transpose(0, 3, 1, 2) if cf else out
+        del out  # before the next piece makes its own, and its work buffers too
+        release_this_call()
+    return (result, ran) if return_plan else result
+
+
+def _forward_nhwc(
+    x: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray | None,
+    spec: ConvSpec,
+    plan: Plan,
+    work: np.dtype,
+    limit: int,
+    algorithm: str,
+) -> tuple[np.ndarray, Plan]:
+    """conv2d's result for ``x`` in NHWC and the compute dtype, and the plan that ran."""
     x_nhwc = _to_nhwc(x, spec).astype(work, copy=False)
     run_spec = spec
     if spec.padding_mode != "zeros":
         x_nhwc, run_spec = _pad_input(x_nhwc, spec), spec.unpadded()
-    out, ran = algorithms.forward(
-        plan,
-        x_nhwc,
-        kernel.astype(work, copy=False),
-        None if bias_arr is None else bias_arr.astype(work, copy=False),
-        run_spec,
-        limit,
-        measure=algorithm == "measure",
+    return algorithms.forward(
+        plan, x_nhwc, kernel, bias, run_spec, limit, measure=algorithm == "measure"
     )
-    result = _from_nhwc(out, spec).astype(out_dtype, copy=False)
-    return (result, ran) if return_plan else result
 
 
 def explain_algorithm(
@@ -434,6 +488,73 @@ def conv2d_backward(
         )
     limit = _workspace(workspace_limit, func)
     work, out_dtype = compute_dtype(grad_out.dtype, x.dtype, kernel.dtype)
+    kernel_w = kernel.astype(work, copy=False)
+    cf = spec.data_format == "channels_first"
+    per_out = spec.oh * spec.ow * spec.c_out * work.itemsize
+    # grad_out's copy (cast or NHWC), x's, and grad_x before its cast, transpose or fold
+    copied = per_out if (grad_out.dtype != work or cf) else 0
+    keep_x = not need_grad_x or (out_dtype == work and not cf and spec.padding_mode == "zeros")
+    # the padded input, and grad_x padded, then folded back one axis at a time
+    folds = 4 if need_grad_x else 1
+    copied += _copied_bytes(spec, work, x.dtype != work, cf, not keep_x, padded=folds)
+    # the kernel's cast, a piece's kernel gradient and their sum
+    fixed = (3 if kernel_w is not kernel else 2) * kernel_w.nbytes
+    image = spec.h * spec.w * spec.c_in * work.itemsize
+    result = image if keep_x and need_grad_x else 0
+    step, inner = _batch_step(spec, copied, result, fixed, limit)
+    if step >= spec.n:
+        go, grad_x, grad_kernel = _backward_nhwc(
+            grad_out, x, kernel_w, spec, work, limit, algorithm, need_grad_x
+        )
+        grad_bias = _channel_sums(go).astype(out_dtype) if use_bias else None
+        return ConvGrads(
+            None if grad_x is None else _from_nhwc(grad_x, spec).astype(out_dtype, copy=False),
+            grad_kernel.astype(out_dtype, copy=False),
+            grad_bias,
+        )
+    # A piece of the batch at a time: grad_x written into place, the kernel's and the bias'
+    # gradients summed over the pieces in the compute dtype.
+    options = {
+        "strides": strides,
+        "padding": padding,
+        "dilation_rate": dilation_rate,
+        "groups": groups,
+        "data_format": data_format,
+        "padding_mode": padding_mode,
+    }
+    grad_x_all = np.empty(x.shape, out_dtype) if need_grad_x else None
+    kernel_sum = np.zeros(kernel.shape, work)
+    bias_sum = np.zeros(spec.c_out, work)
+    for b0 in range(0, spec.n, step):
+        piece = x[b0 : b0 + step]
+        pspec = conv_spec(piece.shape, kernel.shape, None, func=func, **options)
+        go, grad_x, grad_kernel = _backward_nhwc(
+            grad_out[b0 : b0 + step], piece, kernel_w, pspec, work, inner, algorithm, need_grad_x
+        )
+        kernel_sum += grad_kernel
+        if use_bias:
+            bias_sum += _channel_sums(go)
+        if grad_x_all is not None and grad_x is not None:
+            grad_x_all[b0 : b0 + step] = grad_x.transpose(0, 3, 1, 2) if cf else grad_x
+        del go, grad_x, grad_kernel  # before the next piece makes its own, and its buffers too
+        release_this_call()
+    return ConvGrads(
+        grad_x_all, kernel_sum.astype(out_dtype), bias_sum.astype(out_dtype) if use_bias else None
+    )
+
+
+def _backward_nhwc(
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    kernel: np.ndarray,
+    spec: ConvSpec,
+    work: np.dtype,
+    limit: int,
+    algorithm: str,
+    need_grad_x: bool,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """grad_out in NHWC and the compute dtype, grad_x (NHWC, the border folded back) and
+    grad_kernel, both in the compute dtype."""
     go = np.ascontiguousarray(_to_nhwc(grad_out, spec), dtype=work)  # (n, oh, ow, c_out)
     x_nhwc = _to_nhwc(x, spec).astype(work, copy=False)
     run_spec = spec
@@ -442,21 +563,16 @@ def conv2d_backward(
     grad_x, grad_kernel, _ = algorithms.backward(
         go,
         x_nhwc,
-        kernel.astype(work, copy=False),
+        kernel,
         run_spec,
         limit,
         algorithm=algorithm,
-        func=func,
+        func="conv2d_backward",
         need_grad_x=need_grad_x,
     )
     if grad_x is not None and spec.padding_mode != "zeros":
         grad_x = _fold_border(grad_x, spec)  # (n, h, w, c_in)
-    grad_bias = _channel_sums(go).astype(out_dtype) if use_bias else None
-    return ConvGrads(
-        None if grad_x is None else _from_nhwc(grad_x, spec).astype(out_dtype, copy=False),
-        grad_kernel.astype(out_dtype, copy=False),
-        grad_bias,
-    )
+    return go, grad_x, grad_kernel
 
 
 def conv_output_shape(
