@@ -1058,30 +1058,24 @@ def _taps9(kf, q, p):  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
-@numba.njit(inline="always")
-def _kron_row(g, kron, xi):  # type: ignore[no-untyped-def]
-    # U at position xi from the 9 taps: kron[xi] (9,) @ g.
-    acc = vmuls(g[0], kron[xi, 0])
-    for t in numba.literal_unroll((1, 2, 3, 4, 5, 6, 7, 8)):
-        acc = vfmas(g[t], kron[xi, t], acc)
-    return acc
-
-
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def winograd_kernel(k9, kron, u, lo, hi):  # type: ignore[no-untyped-def]
     # u[lo:hi] = kron[lo:hi] (P, 9) @ k9 (9, q): the transformed kernel U = G g G^T for
-    # transform positions lo:hi, q = c_in*c_out >= lanes. Per vector of q the 9 taps stay in
-    # registers while the positions go by (BLAS at K = 9 re-reads them from memory and ran
-    # at a third of this speed on 14x14x256's 9.4 MB U).
+    # transform positions lo:hi, q = c_in*c_out >= lanes, kron telling F(4x4) (36 rows) from
+    # F(2x2). Per vector of q the 9 taps stay in registers while G goes along the rows, then
+    # the columns (_u_row; BLAS at K = 9 re-reads them from memory and ran at a third of
+    # this speed on 14x14x256's 9.4 MB U, and kron's 9 multiply-adds a position, one chain
+    # each, took 3-4x as long as the two passes: N1 28x28x128's U 0.147 ms on two cores).
     q = k9.shape[1]
     lanes = VECTOR_BYTES // k9.itemsize
+    m = 4 if kron.shape[0] == 36 else 2
+    a = m + 2
     kf = k9.reshape(-1)
     uf = u.reshape(-1)
-    for p0 in range(0, q, lanes):
-        p = min(p0, q - lanes)
-        g = _taps9(kf, q, p)
-        for xi in range(lo, hi):
-            vstore(uf, xi * q + p, _kron_row(g, kron, xi))
+    for r in range(lo // a, (hi - 1) // a + 1):  # a row of positions at a time (see below)
+        for p0 in range(0, q, lanes):
+            p = min(p0, q - lanes)
+            _u_row(_taps9(kf, q, p), m, r, lo, hi, uf, p, q)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -1096,14 +1090,21 @@ def winograd_kernel_panels(k9, kron, u, lo, hi):  # type: ignore[no-untyped-def]
     kf = k9.reshape(-1)
     uf = u.reshape(-1)
     pitch = panels * ci * width  # from one position to the next
-    for c in range(ci):  # the kernel read in order, U written in runs of 4 vectors
-        for panel in range(panels):
-            pc = min(panel * width, co - width)
-            for vec in range(4):
-                g = _taps9(kf, q, c * co + pc + vec * lanes)
-                at = (panel * ci + c) * width + vec * lanes
-                for xi in range(lo, hi):
-                    vstore(uf, xi * pitch + at, _kron_row(g, kron, xi))
+    m = 4 if kron.shape[0] == 36 else 2
+    a = m + 2
+    # A row of positions at a time, the kernel read in order for each: the positions lie a
+    # multiple of 4 KB apart where c_in and c_out are powers of two, and a vector's stores to
+    # all of them at once fell in one L1 cache set (18 of them a core under F(4x4) on two
+    # cores) and evicted each other (measured, one core: 128 -> 128 145 -> 85 ns a vector,
+    # 64 -> 64 146 -> 41).
+    for r in range(lo // a, (hi - 1) // a + 1):
+        for c in range(ci):  # U written in runs of 4 vectors
+            for panel in range(panels):
+                pc = min(panel * width, co - width)
+                for vec in range(4):
+                    g = _taps9(kf, q, c * co + pc + vec * lanes)
+                    at = (panel * ci + c) * width + vec * lanes
+                    _u_row(g, m, r, lo, hi, uf, at, pitch)
 
 
 @numba.njit(inline="always")
@@ -1943,6 +1944,55 @@ def _g4(g0, g1, g2):  # type: ignore[no-untyped-def]
     s = vmuls(vadd(g0, g2), 0.5)
     h = vmuls(g1, 0.5)
     return g0, vadd(s, h), vsub(s, h), g2
+
+
+@numba.njit(inline="always")
+def _g6_at(r, g0, g1, g2):  # type: ignore[no-untyped-def]
+    # Value r of _g6(g0, g1, g2), by the same operations.
+    if r == 0:
+        return g0
+    if r == 1:
+        return vmuls(vadd(vadd(g0, g2), g1), -1.0 / 3.0)
+    if r == 2:
+        return vmuls(vsub(vadd(g0, g2), g1), 1.0 / 3.0)
+    if r == 3:
+        return vmuls(vfmas(g2, 4.0, vfmas(g1, 2.0, g0)), 1.0 / 15.0)
+    if r == 4:
+        return vmuls(vfmas(g0, -16.0, vfmas(g1, 8.0, vmuls(g2, -4.0))), 1.0 / 15.0)
+    return g2
+
+
+@numba.njit(inline="always")
+def _g4_at(r, g0, g1, g2):  # type: ignore[no-untyped-def]
+    # Value r of _g4(g0, g1, g2), by the same operations.
+    if r == 0:
+        return g0
+    if r == 3:
+        return g2
+    s = vmuls(vadd(g0, g2), 0.5)
+    h = vmuls(g1, 0.5)
+    return vadd(s, h) if r == 1 else vsub(s, h)
+
+
+@numba.njit(inline="always")
+def _u_row(g, m, r, lo, hi, uf, ub, pitch):  # type: ignore[no-untyped-def]
+    # Row r of U = G g G^T (positions a*r : a*r + a) for one vector of pairs, g its 9 taps:
+    # position xi to uf[ub + xi * pitch] for xi in lo:hi. The same values as _u_vector.
+    if m == 4:
+        c0 = _g6_at(r, g[0], g[3], g[6])
+        c1 = _g6_at(r, g[1], g[4], g[7])
+        c2 = _g6_at(r, g[2], g[5], g[8])
+        row = _g6(c0, c1, c2)
+        for s in numba.literal_unroll((0, 1, 2, 3, 4, 5)):
+            if lo <= 6 * r + s < hi:
+                vstore(uf, ub + (6 * r + s) * pitch, row[s])
+    else:
+        row4 = _g4(
+            _g4_at(r, g[0], g[3], g[6]), _g4_at(r, g[1], g[4], g[7]), _g4_at(r, g[2], g[5], g[8])
+        )
+        for s in numba.literal_unroll((0, 1, 2, 3)):
+            if lo <= 4 * r + s < hi:
+                vstore(uf, ub + (4 * r + s) * pitch, row4[s])
 
 
 @numba.njit(inline="always")
