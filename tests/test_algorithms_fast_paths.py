@@ -690,6 +690,39 @@ def test_kernel_transform_in_panels_matches_the_matrix_form(
         winograd.kernel_transform(narrow, m, dt, panels=True)
 
 
+@pytest.mark.skipif(winograd.kernels() is None, reason="the column panels need numba")
+@pytest.mark.parametrize("m", [2, 4])
+def test_whole_kernel_transform_equals_the_streamed_ones_bit_for_bit(m: int) -> None:
+    """U made whole (kernel_transform, prepare) a row of positions at a time holds the values
+    the streamed schedules make a vector at a time (_simd._u_vector), bit for bit."""
+    import numba
+
+    from patchconv.algorithms import _simd
+
+    @numba.njit
+    def by_vectors(k9: Any, m: int, u: Any) -> None:  # pragma: no cover - numba
+        _, panels, ci, width = u.shape
+        q = k9.shape[1]
+        co = q // ci
+        lanes = width // 4
+        pitch = panels * ci * width
+        kf, uf = k9.reshape(-1), u.reshape(-1)
+        for c in range(ci):
+            for panel in range(panels):
+                pc = min(panel * width, co - width)
+                for vec in range(4):
+                    at = (panel * ci + c) * width + vec * lanes
+                    _simd._u_vector(kf, q, c * co + pc + vec * lanes, m, uf, at, pitch)
+
+    for c_in, c_out in [(3, 64), (128, 128), (5, 80)]:
+        kernel = np.random.default_rng(c_in).standard_normal((3, 3, c_in, c_out))
+        kernel = kernel.astype(np.float32)
+        whole = winograd.kernel_transform(kernel, m, np.dtype(np.float32), panels=True).copy()
+        streamed = np.zeros_like(whole)
+        by_vectors(np.ascontiguousarray(kernel.reshape(9, -1)), m, streamed)
+        np.testing.assert_array_equal(whole, streamed)
+
+
 @pytest.mark.skipif(winograd.kernels() is None, reason="the compiled flip needs numba")
 def test_compiled_kernel_flip_gives_the_same_input_gradient() -> None:
     """grad_x of a stride-1 layer as a forward pass with the flipped, channel-swapped kernel:
