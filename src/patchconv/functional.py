@@ -45,6 +45,20 @@ _PLANS: dict[tuple[Any, ...], tuple[ConvSpec, Plan]] = {}
 _PLANS_MAX = 512
 
 
+def conv_options(
+    strides: Any, padding: Any, dilation_rate: Any, groups: Any, data_format: Any, padding_mode: Any
+) -> dict[str, Any]:
+    """A convolution's options as :func:`~patchconv._spec.conv_spec` takes them."""
+    return {
+        "strides": strides,
+        "padding": padding,
+        "dilation_rate": dilation_rate,
+        "groups": groups,
+        "data_format": data_format,
+        "padding_mode": padding_mode,
+    }
+
+
 def _spec_and_plan(
     x_shape: tuple[int, ...],
     kernel_shape: tuple[int, ...],
@@ -320,14 +334,7 @@ def conv2d(
     bias_arr = None if bias is None else as_float_array(bias, func=func, name="bias")
     dtypes = [x.dtype, kernel.dtype] + ([] if bias_arr is None else [bias_arr.dtype])
     work, out_dtype = compute_dtype(*dtypes)
-    options = {
-        "strides": strides,
-        "padding": padding,
-        "dilation_rate": dilation_rate,
-        "groups": groups,
-        "data_format": data_format,
-        "padding_mode": padding_mode,
-    }
+    options = conv_options(strides, padding, dilation_rate, groups, data_format, padding_mode)
     bias_shape = None if bias_arr is None else bias_arr.shape
     args = (kernel.shape, bias_shape, options, algorithm, work.itemsize, func)
     spec, plan = _spec_and_plan(x.shape, *args, _plan_limit(workspace_limit))
@@ -481,18 +488,8 @@ def conv2d_backward(
     grad_out = as_float_array(grad_out, func=func, name="grad_out")
     x = as_float_array(x, func=func, name="x")
     kernel = as_float_array(kernel, func=func, name="kernel")
-    spec = conv_spec(
-        x.shape,
-        kernel.shape,
-        None,
-        strides=strides,
-        padding=padding,
-        dilation_rate=dilation_rate,
-        groups=groups,
-        data_format=data_format,
-        padding_mode=padding_mode,
-        func=func,
-    )
+    options = conv_options(strides, padding, dilation_rate, groups, data_format, padding_mode)
+    spec = conv_spec(x.shape, kernel.shape, None, func=func, **options)
     if tuple(grad_out.shape) != spec.out_shape:
         raise PatchconvError(
             f"{func}: grad_out must have the output shape {spec.out_shape}; got grad_out "
@@ -526,14 +523,6 @@ def conv2d_backward(
         )
     # A piece of the batch at a time: grad_x written into place, the kernel's and the bias'
     # gradients summed over the pieces in the compute dtype.
-    options = {
-        "strides": strides,
-        "padding": padding,
-        "dilation_rate": dilation_rate,
-        "groups": groups,
-        "data_format": data_format,
-        "padding_mode": padding_mode,
-    }
     grad_x_all = np.empty(x.shape, out_dtype) if need_grad_x else None
     kernel_sum = np.zeros(kernel.shape, work)
     bias_sum = np.zeros(spec.c_out, work)

@@ -18,7 +18,7 @@ from patchconv import algorithms
 from patchconv._config import get_workspace_limit
 from patchconv._spec import PatchconvError, as_float_array, check_workspace_limit, conv_spec
 from patchconv.algorithms import winograd
-from patchconv.functional import conv2d
+from patchconv.functional import conv2d, conv_options
 
 __all__ = ["PreparedConv", "prepare"]
 
@@ -152,12 +152,5 @@ def prepare(
     >>> layer(np.ones((1, 5, 5, 4), dtype=np.float32)).shape
     (1, 5, 5, 2)
     """
-    options = {
-        "strides": strides,
-        "padding": padding,
-        "dilation_rate": dilation_rate,
-        "groups": groups,
-        "data_format": data_format,
-        "padding_mode": padding_mode,
-    }
+    options = conv_options(strides, padding, dilation_rate, groups, data_format, padding_mode)
     return PreparedConv(kernel, input_shape, options, workspace_limit)
