@@ -334,3 +334,25 @@ def test_copies_that_fit_leave_the_algorithms_the_rest_of_the_limit() -> None:
     )
     assert_close(grads.grad_kernel, expected.grad_kernel, np.float32, grad=True)
     assert_close(grads.grad_x, expected.grad_x, np.float32, grad=True)
+
+
+def test_the_kernels_cast_counts_when_the_batch_is_one_piece() -> None:
+    """float16 with a 3x3 256 -> 256 kernel (2.25 MiB in float32): its cast and its gradient
+    come off the algorithms' limit where the batch's copies fit in one piece (forward N16
+    took 10.3 MiB under 8, backward N2 9.6)."""
+    rng = np.random.default_rng(0)
+    kernel = rng.standard_normal((3, 3, 256, 256)).astype(np.float16)
+    limit = 8 * MiB
+    for n in (2, 16):
+        x = rng.standard_normal((n, 8, 8, 256)).astype(np.float16)
+        patchconv.conv2d(x, kernel, padding="same", workspace_limit=limit)  # compiles
+        extra, out = peak_extra_bytes(x, kernel, padding="same", workspace_limit=limit)
+        assert extra <= limit, f"N{n} forward: peak extra {extra / MiB:.1f} MiB over 8 MiB"
+        x64, k64 = x.astype(np.float64), kernel.astype(np.float64)
+        assert_close(out, patchconv.conv2d(x64, k64, padding="same"), np.float16)
+        patchconv.conv2d_backward(x, x, kernel, padding="same", workspace_limit=limit)
+        extra, grads = peak_extra_backward(x, x, kernel, padding="same", workspace_limit=limit)
+        assert extra <= limit, f"N{n} backward: peak extra {extra / MiB:.1f} MiB over 8 MiB"
+        exact = patchconv.conv2d_backward(x64, x64, k64, padding="same")
+        assert_close(grads.grad_kernel, exact.grad_kernel, np.float16, grad=True)
+        assert_close(grads.grad_x, exact.grad_x, np.float16, grad=True)

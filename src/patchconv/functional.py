@@ -186,15 +186,18 @@ def _batch_pieces(
     (float16 runs in float32), in NHWC (channels_first) and padded (padding modes).
 
     Where the whole batch's copies fit in half the workspace limit, one piece, the algorithms
-    within what they leave; else pieces of equal size (to one image), each one's copies and
-    ``result`` (bytes an image of a piece's result, where the whole call's would have been
-    the output itself) within half the limit less ``fixed`` (bytes made once when in pieces:
-    the kernel's cast, its gradients; at most a quarter of the limit), and the algorithms
-    within the rest. Float16 forward N32 28x28 64 -> 64 under 8 MiB took 15 MiB. One image a
-    piece at the least: its copies may still pass the limit."""
+    within what they and ``fixed`` leave (bytes made once a call: the kernel's cast, its
+    gradients); else pieces of equal size (to one image), each one's copies and ``result``
+    (bytes an image of a piece's result, where the whole call's would have been the output
+    itself) within half the limit less ``fixed`` (at most a quarter of the limit), and the
+    algorithms within the rest, a quarter of the limit at the least. Float16 forward N32
+    28x28 64 -> 64 under 8 MiB took 15 MiB. One image a piece at the least: its copies may
+    still pass the limit."""
     half = limit // 2
+    if copied == 0:
+        return [(0, spec.n)], limit
     if spec.n * copied <= half:
-        return [(0, spec.n)], limit - spec.n * copied
+        return [(0, spec.n)], max(limit // 4, limit - fixed - spec.n * copied)
     each = copied + result
     budget = half - min(fixed, half // 2)  # the pieces' copies: at least a quarter
     count = -(-spec.n // max(1, budget // each))
