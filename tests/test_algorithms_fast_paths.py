@@ -904,19 +904,27 @@ def test_winograd_on_deep_layers_within_the_tolerance(
     """The rounding errors of Winograd's transformed products grow with the input channels:
     with 256 of them float32 stays within the tolerance table, on every schedule (F(4x4) with
     the interpolation points 0, +-1, +-2 missed it there, 1.2e-5 of the largest output)."""
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(shape)
-    kernel = rng.standard_normal((3, 3, shape[3], 256))
-    exact = patchconv.conv2d(x, kernel, padding="same", algorithm="gemm")
+    spec, out, exact = _deep_layer_by_name(5, shape, 256, m)
     if winograd.kernels() is not None:
-        spec = conv_spec(x.shape, kernel.shape, None, padding="same")
         f32 = np.dtype(np.float32)
         assert winograd.channel_products(spec, m, f32) == (path == "channels")
         assert winograd.panel_products(spec, m, f32) == (path == "panels")
-    out = patchconv.conv2d(
-        x.astype(np.float32), kernel.astype(np.float32), padding="same", algorithm=f"winograd_f{m}"
-    )
     assert_close(out, exact, np.float32)
+
+
+def _deep_layer_by_name(
+    seed: int, shape: tuple[int, int, int, int], c_out: int, m: int
+) -> tuple[ConvSpec, np.ndarray, np.ndarray]:
+    """A random 3x3 "same" layer: its spec, its float32 output by F(m x m) by name, and the
+    exact output (float64, gemm)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    kernel = rng.standard_normal((3, 3, shape[3], c_out))
+    exact = patchconv.conv2d(x, kernel, padding="same", algorithm="gemm")
+    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    x32, k32 = x.astype(np.float32), kernel.astype(np.float32)
+    out = patchconv.conv2d(x32, k32, padding="same", algorithm=f"winograd_f{m}")
+    return spec, out, exact
 
 
 @pytest.mark.parametrize(
@@ -934,16 +942,10 @@ def test_f4_by_name_on_thousands_of_input_channels_within_the_tolerance(
     tolerance table on these layers."""
     if winograd.kernels() is None:
         pytest.skip("the split schedules need numba")
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal(shape)
-    kernel = rng.standard_normal((3, 3, shape[3], c_out))
-    exact = patchconv.conv2d(x, kernel, padding="same", algorithm="gemm")
-    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    spec, out, exact = _deep_layer_by_name(3, shape, c_out, 4)
     f32 = np.dtype(np.float32)
     assert winograd.channel_products(spec, 4, f32) == (path == "channels")
     assert winograd.panel_products(spec, 4, f32) == (path == "panels")
-    x32, k32 = x.astype(np.float32), kernel.astype(np.float32)
-    out = patchconv.conv2d(x32, k32, padding="same", algorithm="winograd_f4")
     assert_close(out, exact, np.float32)
 
 
@@ -960,17 +962,11 @@ def test_f4_by_name_past_512_input_channels_on_the_other_products_within_the_tol
     """The same on the products outside the split schedules: BLAS (fewer than 4 vectors of
     output channels, and every layer without numba) and our blocks' products
     (``_simd.batched_matmul``) sum each 512 input channels apart too."""
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal(shape)
-    kernel = rng.standard_normal((3, 3, shape[3], c_out))
-    exact = patchconv.conv2d(x, kernel, padding="same", algorithm="gemm")
-    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    spec, out, exact = _deep_layer_by_name(4, shape, c_out, 4)
     f32 = np.dtype(np.float32)
     if winograd.kernels() is not None:  # not the split schedules: whole U, tiles in blocks
         assert not winograd.u_streamed(spec, 4, f32, patchconv.get_workspace_limit())
         assert winograd.blas_free(spec, f32, patchconv.get_workspace_limit()) == (path == "blocks")
-    x32, k32 = x.astype(np.float32), kernel.astype(np.float32)
-    out = patchconv.conv2d(x32, k32, padding="same", algorithm="winograd_f4")
     assert_close(out, exact, np.float32)
 
 

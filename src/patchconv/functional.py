@@ -26,7 +26,6 @@ from patchconv._spec import (
     conv_spec,
 )
 from patchconv.algorithms import Plan
-from patchconv.algorithms._runtime import release_this_call
 
 __all__ = [
     "ConvGrads",
@@ -369,7 +368,7 @@ def conv2d(
         plans.append(ran)
         del out  # before the next piece makes its own, and its work buffers too
         if len(pieces) > 1:
-            release_this_call()
+            algorithms.release_this_call()
     return (result, plans[0]) if return_plan else result
 
 
@@ -541,7 +540,7 @@ def conv2d_backward(
         if grad_x_all is not None and grad_x is not None:
             grad_x_all[b0:b1] = grad_x.transpose(0, 3, 1, 2) if cf else grad_x
         del go, grad_x, grad_kernel  # before the next piece makes its own, and its buffers too
-        release_this_call()
+        algorithms.release_this_call()
     grad_bias = bias_sum.astype(out_dtype, copy=False) if use_bias else None
     return ConvGrads(grad_x_all, kernel_sum.astype(out_dtype, copy=False), grad_bias)
 

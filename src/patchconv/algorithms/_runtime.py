@@ -378,9 +378,9 @@ def scratch(role: str, size: int, dtype: np.dtype | type, *, limit: int) -> np.n
 # A kernel that works on vectors of channels needs at least this many bytes of them.
 VECTOR_BYTES = 64
 
-# Past this many input channels in one sum, the Winograd products by panels and by input
-# channels sum each chunk of them apart, from zero, before adding it to the total
-# (``_simd._panel_rows_apart``).
+# Past this many input channels in one sum, Winograd's products sum each chunk of them apart,
+# from zero, before adding it to the total (``_simd._panel_rows_apart``, ``batched_matmul``,
+# ``winograd._products``).
 APART_CHANNELS = 512
 
 

@@ -1933,22 +1933,25 @@ def winograd_position_products(k9, kron, u, v, mm, lo, hi):  # type: ignore[no-u
 # positions, where kron(G, G) @ g takes 9 multiply-adds per position (324 or 144).
 @numba.njit(inline="always")
 def _g6(g0, g1, g2):  # type: ignore[no-untyped-def]
-    s = vadd(g0, g2)
-    r3 = vmuls(vfmas(g2, 4.0, vfmas(g1, 2.0, g0)), 1.0 / 15.0)
-    r4 = vmuls(vfmas(g0, -16.0, vfmas(g1, 8.0, vmuls(g2, -4.0))), 1.0 / 15.0)
-    return g0, vmuls(vadd(s, g1), -1.0 / 3.0), vmuls(vsub(s, g1), 1.0 / 3.0), r3, r4, g2
+    return (
+        _g6_at(0, g0, g1, g2), _g6_at(1, g0, g1, g2), _g6_at(2, g0, g1, g2),
+        _g6_at(3, g0, g1, g2), _g6_at(4, g0, g1, g2), _g6_at(5, g0, g1, g2),
+    )  # fmt: skip
 
 
 @numba.njit(inline="always")
 def _g4(g0, g1, g2):  # type: ignore[no-untyped-def]
-    s = vmuls(vadd(g0, g2), 0.5)
-    h = vmuls(g1, 0.5)
-    return g0, vadd(s, h), vsub(s, h), g2
+    return (
+        _g4_at(0, g0, g1, g2),
+        _g4_at(1, g0, g1, g2),
+        _g4_at(2, g0, g1, g2),
+        _g4_at(3, g0, g1, g2),
+    )
 
 
 @numba.njit(inline="always")
 def _g6_at(r, g0, g1, g2):  # type: ignore[no-untyped-def]
-    # Value r of _g6(g0, g1, g2), by the same operations.
+    # Value r of G (F(4x4)'s, 6 x 3) times (g0, g1, g2): _g6 is all six.
     if r == 0:
         return g0
     if r == 1:
@@ -1964,7 +1967,7 @@ def _g6_at(r, g0, g1, g2):  # type: ignore[no-untyped-def]
 
 @numba.njit(inline="always")
 def _g4_at(r, g0, g1, g2):  # type: ignore[no-untyped-def]
-    # Value r of _g4(g0, g1, g2), by the same operations.
+    # Value r of G (F(2x2)'s, 4 x 3) times (g0, g1, g2): _g4 is all four.
     if r == 0:
         return g0
     if r == 3:

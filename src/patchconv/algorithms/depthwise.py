@@ -20,8 +20,8 @@ through memory once per tap and ran at a third of its speed (N8 112x112x32 3x3: 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -290,7 +290,7 @@ def forward(
     per_position = spec.c_out * x.dtype.itemsize
     # (less what NumPy's buffered in-place adds take a thread: two buffers of getbufsize())
     each = 3 * workspace_limit // 4 // n_workers() - 2 * np.getbufsize() * x.dtype.itemsize
-    image = dataclasses.replace(spec, n=1)  # each thread's images, tile by tile
+    image = replace(spec, n=1)  # each thread's images, tile by tile
 
     def images(lo: int, hi: int) -> None:
         for b in range(lo, hi):
