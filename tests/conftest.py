@@ -64,3 +64,9 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+def shown_index(text: str) -> tuple[int | slice, ...]:
+    """The index inside the first ``output[...]`` of ``text``, as NumPy takes it."""
+    inside = text.split("output[", 1)[1].split("]", 1)[0]
+    return tuple(slice(None) if p.strip() == ":" else int(p) for p in inside.split(","))

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import patchconv
-from conftest import assert_close
+from conftest import assert_close, shown_index
 from patchconv.cli import main
 from patchconv.explain_json import to_dict
 from patchconv.explain_text import render_text
@@ -65,7 +65,7 @@ def test_no_arguments_prints_the_seed_sequence_in_order(capsys: pytest.CaptureFi
         "shape (1, 27)",
         "reshaped to (27, 2): column f = filter f",
         "patch @ kernel + bias",
-        "The full convolution's output at (0, 0, 0)",
+        "The full convolution's output[0, 0, 0]",
         "max |difference|",
         "[4, 27] @ [27, 2]",
         "reshaped to (1, 2, 2, 2)",
@@ -328,6 +328,24 @@ def test_defaults_grow_to_fit_the_options() -> None:
     assert wt.input_shape == (1, 4, 4, 4) and wt.kernel_shape == (3, 3, 2, 2)
     wt = patchconv.explain(seed=0, data_format="channels_first")
     assert wt.input_shape == (1, 3, 4, 4) and wt.output_shape == (1, 2, 2, 2)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_the_text_indexes_the_output_in_its_data_format(data_format: str) -> None:
+    shape = (2, 5, 6, 5)
+    wt = patchconv.explain(
+        seed=2,
+        input_shape=shape,
+        filters=3,
+        data_format=data_format,
+        position=(1, 0),
+        batch_index=1,
+    )
+    text = render_text(wt)
+    step8 = text.split("8. The full convolution's ", 1)[1]
+    last = text.split("patch @ kernel + bias equals ", 1)[1]
+    for shown in (step8, last):
+        np.testing.assert_array_equal(wt.output[shown_index(shown)], wt.conv_output_at_position)
 
 
 def test_same_seed_same_numbers() -> None:

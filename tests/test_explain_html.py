@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import patchconv
+from conftest import shown_index
 from patchconv.cli import main
 from patchconv.explain import Walkthrough
 from patchconv.explain_html import save_html
@@ -82,6 +83,11 @@ def _check_pixel(page: Any, wt: Walkthrough, i: int, j: int) -> None:
         assert float(page.get_attribute(f"#conv-{f}", "data-value")) == float(
             wt.conv_output_at_position[f]
         )
+        # ... and the index it names is that value's in the caller's data_format.
+        label = page.evaluate(f"document.getElementById('conv-{f}').parentElement.textContent")
+        title = page.get_attribute(f'#out-{f} td[data-i="{i}"][data-j="{j}"]', "title")
+        for shown in (label, title):
+            assert wt.output[shown_index(shown)] == wt.conv_output_at_position[f]
     assert page.get_attribute("#selected", "data-i") == str(i)
     assert page.get_attribute("#selected", "data-j") == str(j)
 

@@ -110,6 +110,14 @@ class Walkthrough:
             return np.moveaxis(self.output, 1, -1)
         return self.output
 
+    def output_index(self, i: int, j: int, f: int | None = None) -> str:
+        """The index of output pixel ``(i, j)`` (filter ``f``, or all of them) of image
+        ``batch_index`` in ``output``, in its data_format: ``"0, 1, 0"`` or ``"0, :, 1, 0"``."""
+        n = self.batch_index
+        if self.spec.data_format == "channels_first":
+            return f"{n}, {':' if f is None else f}, {i}, {j}"
+        return f"{n}, {i}, {j}" if f is None else f"{n}, {i}, {j}, {f}"
+
     @property
     def kernel_matrix(self) -> np.ndarray:
         """The flat kernel as the seed shows it: ``(K, c_out)`` for one group, else per group."""

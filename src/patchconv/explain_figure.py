@@ -280,7 +280,7 @@ def draw_figure(wt: Walkthrough) -> Any:
         lines.append(f"  ... {c_out - 4} more filters")
     vals = ", ".join(f"{v:.4f}" for v in wt.conv_output_at_position[:4])
     lines += [
-        f"conv2d output[{n}, {i}, {j}] = [{vals}{', ...' if c_out > 4 else ''}]",
+        f"conv2d output[{wt.output_index(i, j)}] = [{vals}{', ...' if c_out > 4 else ''}]",
         f"max |difference| = {wt.max_abs_diff:.3g}",
         "",
         f"all patches at once: {list(wt.all_patches.shape)} @ "

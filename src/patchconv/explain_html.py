@@ -50,6 +50,7 @@ def page_data(wt: Walkthrough) -> dict[str, Any]:
             "cog": spec.c_out_group,
             "k_group": int(wt.flat_kernel.shape[1]),
             "batch_index": b,
+            "channels_first": spec.data_format == "channels_first",
             "first_row": b * per_image,
         },
         "position": list(wt.position),
@@ -102,6 +103,9 @@ _JS = r"""
   "use strict";
   const D = JSON.parse(document.getElementById("walkthrough-data").textContent);
   const S = D.spec;
+  // output's index in the caller's data_format (the arrays here are all NHWC)
+  const outIndex = (i, j, f) => S.channels_first
+    ? `${S.batch_index}, ${f}, ${i}, ${j}` : `${S.batch_index}, ${i}, ${j}, ${f}`;
   const fmt = (v) => (Math.abs(v) >= 1000 || (v !== 0 && Math.abs(v) < 1e-3))
     ? v.toExponential(2) : v.toFixed(3);
   const el = (tag, attrs, text) => {
@@ -166,7 +170,7 @@ _JS = r"""
       for (let j = 0; j < S.ow; j++) {
         const v = D.conv[i][j][f];
         const td = el("td", {class: "out-cell", "data-f": f, "data-i": i, "data-j": j,
-          "data-value": String(v), title: `output[${S.batch_index}, ${i}, ${j}, ${f}]`},
+          "data-value": String(v), title: `output[${outIndex(i, j, f)}]`},
           v.toFixed(2));
         td.style.background = tint(265, 45, v, olo, ohi);
         td.style.color = textOn(v, olo, ohi);
@@ -258,8 +262,7 @@ _JS = r"""
         "data-value": String(byHand)}, byHand.toPrecision(7)));
       div.appendChild(terms);
       const check = el("div", {});
-      const where = `${S.batch_index}, ${i}, ${j}, ${f}`;
-      check.appendChild(document.createTextNode(`conv2d's output[${where}] = `));
+      check.appendChild(document.createTextNode(`conv2d's output[${outIndex(i, j, f)}] = `));
       check.appendChild(el("span", {id: `conv-${f}`, "data-value": String(conv)},
         conv.toPrecision(7)));
       check.appendChild(document.createTextNode(" \u00b7 difference "));

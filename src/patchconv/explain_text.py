@@ -281,7 +281,7 @@ def render_text(wt: Walkthrough) -> str:
     lines += [
         _fmt(wt.output_for_patch),
         "",
-        _heading(8, f"The full convolution's output at ({n}, {i}, {j}):"),
+        _heading(8, f"The full convolution's output[{wt.output_index(i, j)}]:"),
         _fmt(wt.conv_output_at_position),
         f"   max |difference| = {wt.max_abs_diff:.3g}",
         "",
@@ -321,11 +321,11 @@ def render_text(wt: Walkthrough) -> str:
                 "apart."
             )
         )
-    ok = wt.matches
+    ok, where = wt.matches, wt.output_index(i, j)
     lines += [
         "",
         _para(
-            f"patch @ kernel + bias {'equals' if ok else 'DIFFERS from'} output[{n}, {i}, {j}], "
+            f"patch @ kernel + bias {'equals' if ok else 'DIFFERS from'} output[{where}], "
             f"and all patches at once {'equal' if ok else 'DIFFER from'} the whole output "
             f"(tolerance {wt.tolerance:.3g}).",
             indent=0,
