@@ -139,6 +139,14 @@ def test_grey_16_bit_input_and_list_filters(
         (["-w", "junk.npz"], r"load_kernel: '.*junk.npz' is not a .npy or .npz array file"),
         (["-w", "text.npy"], r"is not a .npy or .npz array file \(ValueError; pickled objects"),
         (["-w", "nan.npy"], r"load_kernel: kernel in '.*nan.npy' holds NaN or Inf values"),
+        (["-o", "a.png"], r"--out must be a folder we can write to or make; got 'a.png', where"),
+        (["-o", "a.png/sub"], r"got 'a.png/sub', where '.*a.png' is a file"),
+        (
+            ["-f", "sobel_x", "--scale", "none"],
+            r"--scale none keeps raw float32 .* without --chunks",
+        ),
+        (["folder.zarr"], r"IMAGE must be an image file; got the folder 'folder.zarr' .* --chunks"),
+        (["--size", "10000000"], r"load_image: an image resized to size 10000000 x 10000000 needs"),
         (
             ["-f", "luma_edges", "--channels", "1"],
             r"filter_kernel: filter 'luma_edges' mixes the three RGB channels, so c_in must be 3; got 1",
@@ -160,7 +168,8 @@ def test_errors_are_one_line_and_leave_no_output(
     np.save("nan.npy", np.full((3, 3), np.nan))
     Path("junk.npz").write_bytes(b"PK\x03\x04junk")
     Path("text.npy").write_text("1 2 3")
-    full = ["apply", *(argv if argv[0] == "missing.png" else ["a.png", *argv])]
+    Path("folder.zarr").mkdir()
+    full = ["apply", *(argv if argv[0] in ("missing.png", "folder.zarr") else ["a.png", *argv])]
     assert main(full) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -284,3 +293,31 @@ def test_streaming_drops_alpha_too(tmp_path: Path) -> None:
     argv = ["apply", str(tmp_path / "a.tif"), "--chunks", "16", "-f", "sobel_x"]
     assert main([*argv, "-o", str(tmp_path / "o")]) == 0
     assert zarr.open_array(tmp_path / "o" / "a_sobel_x.zarr", mode="r").shape == (32, 32, 3)
+
+
+def test_default_filters_fit_the_channels_asked_for(tmp_path: Path) -> None:
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "o"
+    assert (
+        main(["apply", str(tmp_path / "a.png"), "--channels", "1", "--no-sheet", "-o", str(out)])
+        == 0
+    )
+    written = sorted(p.name for p in out.iterdir())
+    expected = [f"a_{k}.png" for k in images.DEFAULT_FILTERS if images.FILTERS[k].mixing is None]
+    assert written == sorted(expected) and len(expected) == len(images.DEFAULT_FILTERS) - 1
+
+
+def test_maps_past_the_memory_are_refused_before_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from patchconv import _config
+
+    image = np.zeros((64, 64, 3), np.float32)  # 48 KiB; with its six maps and a raw output 260
+    monkeypatch.setattr(_config, "physical_memory", lambda: 5 * image.nbytes)
+    with pytest.raises(ValueError, match=r"apply: 1 image\(s\) through 6 filter\(s\).* needs"):
+        images.run_apply([("a", image)], list(images.DEFAULT_FILTERS), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(_config, "physical_memory", lambda: 6 * image.nbytes)
+    assert (
+        len(images.run_apply([("a", image)], list(images.DEFAULT_FILTERS), tmp_path / "o")) == 8
+    )  # 7 maps, 1 sheet

@@ -348,6 +348,26 @@ def test_the_text_indexes_the_output_in_its_data_format(data_format: str) -> Non
         np.testing.assert_array_equal(wt.output[shown_index(shown)], wt.conv_output_at_position)
 
 
+def test_a_walkthrough_past_the_memory_is_refused_before_the_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from patchconv import _config
+
+    # (1, 64, 64, 3) 3x3 valid: patch matrix [3844, 27] in float32, 574 KiB with the outputs.
+    monkeypatch.setattr(_config, "physical_memory", lambda: 420 * 2**10)
+    with pytest.raises(
+        ValueError,
+        match=r"explain: the walkthrough of x \(1, 64, 64, 3\) \(patch matrix \[3844, 27\]",
+    ):
+        patchconv.explain(seed=0, input_shape=(1, 64, 64, 3))
+    with pytest.raises(
+        ValueError, match=r"explain: a random input of input_shape \(1, 110, 110, 3\)"
+    ):
+        patchconv.explain(seed=0, input_shape=(1, 110, 110, 3))  # 12 bytes a value: 425 KiB
+    monkeypatch.setattr(_config, "physical_memory", lambda: 600 * 2**10)
+    assert patchconv.explain(seed=0, input_shape=(1, 64, 64, 3)).matches
+
+
 def test_same_seed_same_numbers() -> None:
     a, b = patchconv.explain(seed=7), patchconv.explain(seed=7)
     np.testing.assert_array_equal(a.x, b.x)

@@ -82,3 +82,15 @@ def test_deep_tiffs_keep_their_values_as_open_image_streams_them(tmp_path: Path)
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     with pytest.raises(PatchconvError, match=r"must hold one image, .* got shape \(5, 4, 6\)"):
         load_image(tmp_path / "stack.tif")
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[0, 0] = 255  # top left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show it"
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    shown = load_image(tmp_path / "phone.png")
+    np.testing.assert_array_equal(shown, np.rot90(stored, k=-1) / 255.0)  # (6, 4, 3)
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "plain.png"), stored / 255.0)

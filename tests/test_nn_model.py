@@ -344,6 +344,14 @@ def test_load_weights_refuses_a_mismatched_file(tmp_path: Path) -> None:
         PatchconvError, match=r"is not a patchconv weights file \(no 'format' key\)"
     ):
         model.load_weights(tmp_path / "plain.npz")
+    with np.load(path, allow_pickle=False) as data:
+        stored = dict(data)
+    np.savez(tmp_path / "v9.npz", **{**stored, "format": np.array("patchconv weights v9")})
+    with pytest.raises(
+        PatchconvError,
+        match=r"'format' must be 'patchconv.nn.Sequential weights v1'; got 'patchconv weights v9'",
+    ):
+        model.load_weights(tmp_path / "v9.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(PatchconvError, match=r"is not an \.npz weights file"):
         model.load_weights(tmp_path / "junk.npz")

@@ -141,7 +141,7 @@ def test_save_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_text_output_reports_accuracy_and_contrast(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--task", "colors", "--epochs", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "test accuracy" in out and "after 1 epochs" in out
+    assert "test accuracy" in out and "after 1 epoch;" in out
     assert "first-layer channel contrast" in out
 
 
@@ -154,6 +154,9 @@ def test_text_output_reports_accuracy_and_contrast(capsys: pytest.CaptureFixture
         (["--save", "/no/such/folder/w.npz"], "--save: folder '/no/such/folder' does not exist"),
         (["--plot", "/no/such/folder/k.png"], "--plot: folder '/no/such/folder' does not exist"),
         (["--plot", "k.gif"], "--plot must end in .png, .svg, .svgz, .pdf, .jpg"),
+        (["--save", "k.png"], "--save: the weights file must end in .npz; got 'k.png'"),
+        (["--save", "/tmp"], "--save: the weights file must end in .npz; got '/tmp'"),
+        (["--save", "/"], "--save: the weights file must end in .npz"),
     ],
 )
 def test_bad_options_print_one_line(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from patchconv._spec import check_workspace_limit
+import os
+
+from patchconv._spec import PatchconvError, check_workspace_limit
 
 __all__ = ["get_workspace_limit", "set_workspace_limit"]
 
@@ -22,3 +24,26 @@ def set_workspace_limit(limit_bytes: int) -> int:
     check_workspace_limit(limit_bytes, func="set_workspace_limit")
     previous, _workspace_limit = _workspace_limit, int(limit_bytes)
     return previous
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux or macOS
+        return None
+
+
+def check_memory(need: int, *, func: str, what: str, hint: str = "") -> None:
+    """Refuse, before any work, what needs more than the machine's memory: a clear error where
+    the work would otherwise end in a MemoryError or the kernel's out-of-memory kill."""
+    have = physical_memory()
+    if have is not None and need > have:
+        raise PatchconvError(
+            f"{func}: {what} needs about {_bytes(need)}, more than this machine's "
+            f"{_bytes(have)} of memory{'; ' + hint if hint else ''}"
+        )
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

@@ -71,6 +71,8 @@ def _apply_progress(total: int, desc: str) -> object:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    import os
+
     from patchconv import PatchconvError, images
 
     if args.list_filters:
@@ -90,6 +92,27 @@ def _apply(args: argparse.Namespace) -> int:
     if not streaming and (args.output_format != "zarr" or args.cluster):
         given = "--output-format" if args.output_format != "zarr" else "--cluster"
         raise PatchconvError(f"apply: {given} is for streaming; it needs --chunks")
+    if not streaming and args.scale == "none":
+        raise PatchconvError(
+            "apply: --scale none keeps raw float32 values, which only --chunks' Zarr or TIFF "
+            "output can hold (a PNG would clip them to [0, 1]); got --scale none without --chunks"
+        )
+    for path in [] if streaming else args.image:
+        if os.path.isdir(path):
+            raise PatchconvError(
+                f"apply: IMAGE must be an image file; got the folder {path!r} (a Zarr store is "
+                "read in blocks: give --chunks N)"
+            )
+    # Checked before minutes of filtering, made only once every map is ready.
+    folder = os.path.abspath(args.out)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        what = "a file" if not os.path.isdir(folder) else "a folder we cannot write to"
+        raise PatchconvError(
+            f"--out must be a folder we can write to or make; got {args.out!r}, where "
+            f"{folder!r} is {what}"
+        )
     seen: dict[str, str] = {} if args.no_sheet or streaming else {"sheet": "the contact sheet"}
     sources = [*(f"-f {n}" for n in names), *(f"-w {w}" for w in args.weights)]
     for k, source in zip(kernels, sources, strict=True):
@@ -106,7 +129,12 @@ def _apply(args: argparse.Namespace) -> int:
                 "apply: --chunks needs --filter NAME or --weights FILE (each is one pass over "
                 "the image); got neither"
             )
-        kernels = list(images.DEFAULT_FILTERS)
+        # The colour-mixing defaults need RGB: left out where --channels asks for 1 or 4.
+        kernels = [
+            k
+            for k in images.DEFAULT_FILTERS
+            if args.channels in (None, 3) or images.FILTERS[k].mixing is None
+        ]
     options = {
         "strides": _apply_pair(args.strides, "--strides"),
         "padding": _apply_padding(args.padding),
@@ -247,9 +275,15 @@ def _output_folders(*options: tuple[str, str | None]) -> None:
     from patchconv._spec import PatchconvError
 
     for option, path in options:
-        folder = os.path.dirname(os.path.abspath(path)) if path else ""
-        if path and not os.path.isdir(folder):
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise PatchconvError(f"{option}: must name a file; got the folder {path!r}")
+        if not os.path.isdir(folder):
             raise PatchconvError(f"{option}: folder {folder!r} does not exist; got {path!r}")
+        if not os.access(folder, os.W_OK):
+            raise PatchconvError(f"{option}: folder {folder!r} is not writable; got {path!r}")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -322,6 +356,9 @@ def _train(args: argparse.Namespace) -> int:
         from patchconv.explain_cli import FIGURE_SUFFIXES, picture_path
 
         args.plot = picture_path(args.plot, option="--plot", suffixes=FIGURE_SUFFIXES)  # + folder
+    if args.save:
+        if not args.save.lower().endswith(".npz"):
+            raise PatchconvError(f"--save: the weights file must end in .npz; got {args.save!r}")
     _output_folders(("--save", args.save))
     needed = ["sklearn", "tqdm"] if args.task == "digits" else ["tqdm"]
     if args.plot:
@@ -378,7 +415,8 @@ def _train(args: argparse.Namespace) -> int:
     right = round(result.test_accuracy * result.test_samples)
     print(
         f"test accuracy {result.test_accuracy:.4f} ({right}/{result.test_samples}) after "
-        f"{result.epochs} epochs; training took {result.seconds:.1f} s "
+        f"{result.epochs} epoch{'s' if result.epochs != 1 else ''}; training took "
+        f"{result.seconds:.1f} s "
         f"({result.train_samples} training images, batch size {result.batch_size})"
     )
     if "channel_contrast" in result.extra:
@@ -594,6 +632,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Input errors are the user's to fix: one clear line, no traceback.
         print(f"patchconv {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # past what the checks before the work foresaw
+        print(
+            f"patchconv {args.command}: error: out of memory ({exc or 'MemoryError'}); give a "
+            "smaller input (--size, --input-shape) or stream a large image (apply --chunks)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from patchconv._config import check_memory
 from patchconv._spec import ConvSpec, PatchconvError, as_float_array, conv_spec, normalize_pair
 from patchconv.algorithms.gemm import kernel_matrices
 from patchconv.functional import conv2d, im2col
@@ -375,6 +376,13 @@ def explain(
             if min(input_shape) < 1:
                 raise PatchconvError(f"{func}: input_shape must be >= 1; got {input_shape!r}")
             shape = tuple(int(v) for v in input_shape)  # type: ignore[assignment]
+        # float64 draws, then their float32 copy: 12 bytes a value for a moment.
+        check_memory(
+            12 * math.prod(shape),
+            func=func,
+            what=f"a random input of input_shape {shape}",
+            hint="give a smaller input_shape",
+        )
         arr = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
         notes["x"] = f"random, uniform in [0, 1), {seed_text}"
     if arr.ndim != 4:
@@ -423,6 +431,13 @@ def explain(
             f"{func}: position must lie inside the output (oh, ow) = ({spec.oh}, {spec.ow}); "
             f"got {tuple(position)}"
         )
+    n_rows, n_cols = spec.n * spec.oh * spec.ow, spec.kh * spec.kw * spec.c_in
+    check_memory(
+        max(arr.itemsize, 4) * (n_rows * n_cols + 4 * n_rows * spec.c_out) + arr.nbytes,
+        func=func,
+        what=f"the walkthrough of x {arr.shape} (patch matrix [{n_rows}, {n_cols}], outputs)",
+        hint="give a smaller input (input_shape, x or an image's size)",
+    )
     output = conv2d(arr, kern, bias_arr, **options)
     x_nhwc = np.moveaxis(arr, 1, -1) if channels_first else arr
     out_nhwc = np.moveaxis(output, 1, -1) if channels_first else output

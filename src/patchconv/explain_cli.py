@@ -170,7 +170,8 @@ def _load_input(
                     "(1, 3 or 4 channels); got kernel "
                     f"{kernel.shape} with --groups {groups}"
                 )
-        img = load_image(args.image, size=size, channels=channels)  # (size, size, c)
+        # An alpha channel is dropped unless the kernel reads 4 channels, as `apply` does.
+        img = load_image(args.image, size=size, channels=channels, alpha=False)  # (size, size, c)
         x = img[None]  # (1, size, size, c)
         return (np.ascontiguousarray(np.moveaxis(x, -1, 1)) if channels_first else x), None
     if args.size is not None:

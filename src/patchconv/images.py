@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import math
 import os
 import uuid
 import zipfile
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from patchconv._config import check_memory
 from patchconv._spec import PatchconvError
 from patchconv.functional import conv2d
 
@@ -53,6 +55,24 @@ def _pillow() -> Any:
     except ImportError as exc:  # pragma: no cover - the images extra is installed in CI
         raise ImportError("patchconv images need Pillow: pip install 'patchconv[images]'") from exc
     return Image
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def _target_size(size: int | tuple[int, int], bands: int, func: str) -> tuple[int, int]:
+    """``size`` as (height, width), checked: at least 1, and its image within memory."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if min(h, w) < 1:
+        raise PatchconvError(f"{func}: size must be >= 1; got {size!r}")
+    # The resized image, its float32 copy and the clipped result.
+    check_memory(
+        int(h) * int(w) * bands * 12,
+        func=func,
+        what=f"an image resized to size {h} x {w}",
+        hint="give a smaller size",
+    )
+    return int(h), int(w)
 
 
 def load_image(
@@ -92,6 +112,10 @@ def load_image(
         if tiff:
             return _load_tiff(path, size, channels, alpha, exc)
         raise PatchconvError(f"{func}: cannot read {os.fspath(path)!r} as an image: {exc}") from exc
+    if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # a phone photo: upright, as viewers show it
+        from PIL import ImageOps
+
+        img = ImageOps.exif_transpose(img)
     if channels is not None:
         img = img.convert({1: "L", 3: "RGB", 4: "RGBA"}[channels])
     elif img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "1"):
@@ -104,9 +128,7 @@ def load_image(
         img = img.convert("RGB")
     sixteen = img.mode in ("I;16", "I;16B", "I;16L")  # kept through a resize below
     if size is not None:
-        h, w = (size, size) if isinstance(size, int) else size
-        if min(h, w) < 1:
-            raise PatchconvError(f"{func}: size must be >= 1; got {size!r}")
+        h, w = _target_size(size, len(img.getbands()), func)
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             img = img.convert("F")
         img = img.resize((int(w), int(h)), Image.Resampling.LANCZOS)
@@ -200,9 +222,7 @@ def _load_tiff(
     elif not alpha and image.shape[2] == 4:
         image = image[:, :, :3]
     if size is not None:
-        h, w = (size, size) if isinstance(size, int) else size
-        if min(h, w) < 1:
-            raise PatchconvError(f"{func}: size must be >= 1; got {size!r}")
+        h, w = _target_size(size, image.shape[2], func)
         Image = _pillow()
         planes = [
             np.asarray(
@@ -700,18 +720,30 @@ def run_apply(
     if scaling is not None and scaling not in SCALINGS:
         raise PatchconvError(f"{func}: scaling must be one of {SCALINGS}; got {scaling!r}")
     plans: list[tuple[str, np.ndarray, list[Kernel]]] = []
+    kept = largest = 0  # bytes: every picture (uint8) until the end, one raw output at a time
     for label, image in images:
         resolved = [resolve_kernel(k, image.shape[2], label=label) for k in kernels]
         for k in resolved:
-            conv_output_shape(
-                (1, *image.shape),
-                k.kernel.shape,
-                strides=strides,
-                padding=padding,
-                dilation_rate=dilation_rate,
-                groups=k.groups,
+            values = math.prod(
+                conv_output_shape(
+                    (1, *image.shape),
+                    k.kernel.shape,
+                    strides=strides,
+                    padding=padding,
+                    dilation_rate=dilation_rate,
+                    groups=k.groups,
+                )
             )
+            kept += values
+            largest = max(largest, 12 * values)  # float32 output, scaled, clipped
         plans.append((label, image, resolved))
+    check_memory(
+        sum(image.nbytes for _, image in images) + kept + largest,
+        func=func,
+        what=f"{len(plans)} image(s) through {len(kernels)} filter(s), every map kept until "
+        "all are written,",
+        hint="give a smaller --size, or stream a large image with --chunks",
+    )
     out = Path(out_dir)
     files: list[tuple[Path, np.ndarray]] = []
     used: set[str] = set()
@@ -737,6 +769,11 @@ def run_apply(
                 progress(1)
         if sheet:
             files.append((out / f"{stem}_sheet.png", contact_sheet(sheet_items)))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PatchconvError(
+            f"{func}: cannot make the output folder {os.fspath(out_dir)!r} ({exc.strerror})"
+        ) from exc
     _write_atomic(files)
     return [path for path, _ in files]

@@ -450,6 +450,11 @@ class Sequential:
                 f"{func}: {path} is not a patchconv weights file (no {_FORMAT_KEY!r} key); it "
                 f"holds {sorted(stored)[:8]}"
             )
+        if stored[_FORMAT_KEY].shape != () or str(stored[_FORMAT_KEY]) != FORMAT:
+            raise PatchconvError(
+                f"{func}: {path}'s {_FORMAT_KEY!r} must be {FORMAT!r}; got "
+                f"{str(stored[_FORMAT_KEY])[:80]!r}"
+            )
         expected = self.weights_dict()
         found = {k: v for k, v in stored.items() if k.startswith("layers.")}
         missing = [k for k in expected if k not in found]
