@@ -105,8 +105,8 @@ def plot_training(result: TrainResult, path: str | PathLike[str]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(
-        f"{result.task}: test accuracy {result.test_accuracy:.4f} after {result.epochs} epochs "
-        f"({result.seconds:.1f} s)",
+        f"{result.task}: test accuracy {result.test_accuracy:.4f} after {result.epochs} "
+        f"epoch{'s' if result.epochs != 1 else ''} ({result.seconds:.1f} s)",
         fontsize=10,
     )
     ax = fig.add_subplot(curves[1])
@@ -115,8 +115,11 @@ def plot_training(result: TrainResult, path: str | PathLike[str]) -> None:
     if "val_accuracy" in result.history:
         ax.plot(epochs, result.history["val_accuracy"], marker="o", ms=3, label="test")
     ax.set_xlabel("epoch")
-    for axis in fig.axes[-2:]:
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axis in fig.axes[-2:]:  # whole epochs only (one epoch alone got ticks 0.95 .. 1.05)
+        if len(epochs) <= 12:
+            axis.set_xticks(epochs)
+        else:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
