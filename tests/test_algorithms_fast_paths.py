@@ -992,3 +992,51 @@ def test_auto_leaves_f4_out_of_float32_layers_past_512_input_channels() -> None:
     assert "winograd_f4" in dict(algorithms.choose(spec, itemsize=8).estimates)
     shallow = conv_spec((4, 8, 8, 512), (3, 3, 512, 64), None, padding="same")
     assert "winograd_f4" in dict(algorithms.choose(shallow, itemsize=4).estimates)
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    view = arr.view()
+    view.flags.writeable = False
+    return view
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "k_shape", "padding", "groups"),
+    [
+        ((1, 16, 16, 8), (3, 3, 8, 16), "valid", 1),  # implicit GEMM reading x itself
+        ((1, 16, 16, 8), (3, 3, 8, 16), "same", 1),  # ... through its ring of padded rows
+        ((2, 20, 20, 3), (3, 3, 3, 32), "valid", 1),  # narrow implicit GEMM
+        ((1, 40, 40, 16), (11, 11, 16, 16), "valid", 1),  # row pairs
+        ((2, 14, 14, 64), (3, 3, 64, 64), "same", 1),  # Winograd
+        ((2, 12, 12, 32), (3, 3, 1, 32), "same", 32),  # depthwise
+        ((1, 10, 10, 3), (3, 3, 3, 3), "same", 1),  # direct (numba), else gemm
+    ],
+)
+def test_read_only_arrays_give_the_same_results(
+    x_shape: tuple[int, ...],
+    k_shape: tuple[int, ...],
+    padding: str,
+    groups: int,
+    tmp_path: Any,
+    rng: np.random.Generator,
+) -> None:
+    # A memory-mapped or frozen input failed to compile in the implicit GEMM (it wrote to x's
+    # type in a branch that never ran): numba's TypingError instead of a result.
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    kernel = rng.standard_normal(k_shape).astype(np.float32)
+    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    options: dict[str, Any] = {"padding": padding, "groups": groups}
+    expected = patchconv.conv2d(x, kernel, bias, **options)
+    for arr in (mapped, _frozen(x)):
+        got = patchconv.conv2d(arr, _frozen(kernel), _frozen(bias), **options)
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(
+        patchconv.prepare(_frozen(kernel), x.shape, **options)(mapped, bias), expected
+    )
+    grad_out = rng.standard_normal(expected.shape).astype(np.float32)
+    want = patchconv.conv2d_backward(grad_out, x, kernel, **options)
+    got = patchconv.conv2d_backward(_frozen(grad_out), mapped, _frozen(kernel), **options)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1300,11 +1300,11 @@ def _store_6x4(arr, at, pitch, a):  # type: ignore[no-untyped-def]
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def _ring(x, out, nslots, kw, sw, dw, pl):  # type: ignore[no-untyped-def]
-    # conv_rows' row source: x itself where no tap reaches the left or right padding (the patch
-    # values are scalar broadcasts, so its alignment does not matter), else an aligned ring of
-    # zero-padded row copies (nslots rows); its row length and the padded width the taps reach;
-    # and _row_taps' bookkeeping: which (image, row) each slot holds (none yet), and room for
-    # up to nslots kernel rows and where their input rows start.
+    # conv_rows' row source src: x itself where no tap reaches the left or right padding (the
+    # patch values are scalar broadcasts, so its alignment does not matter), else an aligned
+    # ring of zero-padded row copies (nslots rows); its row length and the padded width the taps
+    # reach; and _row_taps' bookkeeping: which (image, row) each slot holds (none yet), and room
+    # for up to nslots kernel rows and where their input rows start.
     _, _, w, ci = x.shape
     ow = out.shape[2]
     lanes = VECTOR_BYTES // x.itemsize
@@ -1313,9 +1313,13 @@ def _ring(x, out, nslots, kw, sw, dw, pl):  # type: ignore[no-untyped-def]
     direct = pl == 0 and wp <= w
     raw = np.zeros(0 if direct else nslots * rowlen + lanes, x.dtype)
     a0 = 0 if direct else ((-raw.ctypes.data) % VECTOR_BYTES) // x.itemsize
-    ring = x.reshape(-1) if direct else raw[a0 : a0 + nslots * rowlen]
+    ring = raw[a0 : a0 + nslots * rowlen]  # written by _row_taps (empty where direct)
+    # What the products read: x or the ring. Only the ring is written, so a read-only x (a
+    # memory map, a frozen array) types as read-only here and compiles.
+    src = x.reshape(-1) if direct else ring
     held = np.full(nslots, -1, np.int64)
-    return direct, ring, rowlen, wp, held, np.empty(nslots, np.int64), np.empty(nslots, np.int64)
+    taps, bases = np.empty(nslots, np.int64), np.empty(nslots, np.int64)
+    return direct, src, ring, rowlen, wp, held, taps, bases
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -1369,7 +1373,7 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
     ci = x.shape[3]
     oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
     lanes = VECTOR_BYTES // x.itemsize
-    direct, ring, rowlen, wp, held, taps, bases = _ring(x, out, kh * dh, kw, sw, dw, pl)
+    direct, src, ring, rowlen, wp, held, taps, bases = _ring(x, out, kh * dh, kw, sw, dw, pl)
     kf = kmat.reshape(-1)
     of = out.reshape(-1)
     step = sw * ci
@@ -1402,12 +1406,12 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
                                 vload(kf, kb + lanes),
                                 vload(kf, kb + 2 * lanes),
                                 vload(kf, kb + 3 * lanes),
-                                sload(ring, a + c),
-                                sload(ring, a + step + c),
-                                sload(ring, a + 2 * step + c),
-                                sload(ring, a + 3 * step + c),
-                                sload(ring, a + 4 * step + c),
-                                sload(ring, a + 5 * step + c),
+                                sload(src, a + c),
+                                sload(src, a + step + c),
+                                sload(src, a + 2 * step + c),
+                                sload(src, a + 3 * step + c),
+                                sload(src, a + 4 * step + c),
+                                sload(src, a + 5 * step + c),
                                 acc,
                             )
                             kb += width
@@ -1425,10 +1429,10 @@ def conv_rows(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi):  # ty
                                 vload(kf, kb + lanes),
                                 vload(kf, kb + 2 * lanes),
                                 vload(kf, kb + 3 * lanes),
-                                sload(ring, a + c),
-                                sload(ring, a + step + c),
-                                sload(ring, a + 2 * step + c),
-                                sload(ring, a + 3 * step + c),
+                                sload(src, a + c),
+                                sload(src, a + step + c),
+                                sload(src, a + 2 * step + c),
+                                sload(src, a + 3 * step + c),
                                 acc4,
                             )
                             kb += width
@@ -1482,7 +1486,7 @@ def conv_rows_narrow(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi)
     ci = x.shape[3]
     oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
     lanes = VECTOR_BYTES // x.itemsize
-    direct, ring, rowlen, wp, held, taps, bases = _ring(x, out, kh * dh, kw, sw, dw, pl)
+    direct, src, ring, rowlen, wp, held, taps, bases = _ring(x, out, kh * dh, kw, sw, dw, pl)
     kf = kmat.reshape(-1)
     of = out.reshape(-1)
     step = sw * ci
@@ -1502,7 +1506,7 @@ def conv_rows_narrow(x, kmat, bias, out, kh, kw, sh, sw, dh, dw, pt, pl, lo, hi)
                         a = bases[t] + (j * sw + dj * dw) * ci
                         kb = (taps[t] * kw + dj) * ci * co + pc
                         for c in range(ci):
-                            acc = _fma_12x1(vload(kf, kb), _row12(ring, a, step, c), acc)
+                            acc = _fma_12x1(vload(kf, kb), _row12(src, a, step, c), acc)
                             kb += co
                 _store_12x1(of, obase + j * co + pc, co, acc)
 
@@ -1631,7 +1635,7 @@ def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi): 
     oh, ow, co = out.shape[1], out.shape[2], out.shape[3]
     lanes = VECTOR_BYTES // x.itemsize
     # The kh + 1 input rows of a pair, each in a slot of its own.
-    direct, ring, rowlen, wp, held, rows, bases = _ring(x, out, kh + 1, kw, sw, dw, pl)
+    direct, src, ring, rowlen, wp, held, rows, bases = _ring(x, out, kh + 1, kw, sw, dw, pl)
     kf = kmat.reshape(-1)
     of = out.reshape(-1)
     step = sw * ci
@@ -1654,7 +1658,7 @@ def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi): 
                 j = min(blk * 12, ow - 12)
                 a0 = (e, e, e, e, e, e, e, e, e, e, e, e)
                 a0, a1 = _pair_taps_12(
-                    kf, ring, rows, bases, nr, kh, kw, ci, co, step, j * step, dw, pc, a0, a0
+                    kf, src, rows, bases, nr, kh, kw, ci, co, step, j * step, dw, pc, a0, a0
                 )
                 at = obase + j * co + pc
                 if first:
@@ -1663,7 +1667,7 @@ def conv_rows_narrow_pairs(x, kmat, bias, out, kh, kw, sw, dw, pt, pl, lo, hi): 
             for j in range(ow - tail, ow, 4):
                 c0 = (e, e, e, e)
                 c0, c1 = _pair_taps_4(
-                    kf, ring, rows, bases, nr, kh, kw, ci, co, step, j * step, dw, pc, c0, c0
+                    kf, src, rows, bases, nr, kh, kw, ci, co, step, j * step, dw, pc, c0, c0
                 )
                 at = obase + j * co + pc
                 if first:
