@@ -356,3 +356,46 @@ def test_the_kernels_cast_counts_when_the_batch_is_one_piece() -> None:
         exact = patchconv.conv2d_backward(x64, x64, k64, padding="same")
         assert_close(grads.grad_kernel, exact.grad_kernel, np.float16, grad=True)
         assert_close(grads.grad_x, exact.grad_x, np.float16, grad=True)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "k_shape", "limit"),
+    [
+        ((2, 64, 64, 64), (31, 31, 64, 128), 256 * MiB),  # all spectra 616 MB: 4 blocks
+        ((4, 40, 40, 32), (9, 9, 32, 64), 4 * MiB),  # blocks of 8 channels
+    ],
+)
+def test_fft_takes_its_output_channels_in_blocks_under_the_limit(
+    x_shape: tuple[int, ...], k_shape: tuple[int, ...], limit: int
+) -> None:
+    """FFT made every output channel's kernel spectrum at once beside the limit (872 and 54
+    MiB here); it now goes by blocks of channels, and auto still takes it where it is the
+    cheapest."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    kernel = rng.standard_normal(k_shape).astype(np.float32)
+    exact = patchconv.conv2d(x.astype(np.float64), kernel.astype(np.float64), padding="same")
+    patchconv.conv2d(x, kernel, padding="same", algorithm="fft", workspace_limit=limit)
+    extra, out = peak_extra_bytes(x, kernel, padding="same", algorithm="fft", workspace_limit=limit)
+    assert extra <= limit, f"peak extra {extra / MiB:.1f} MiB over a {limit / MiB:.0f} MiB limit"
+    assert_close(out, exact, np.float32)
+
+
+def test_auto_leaves_out_fft_where_one_channel_passes_the_limit() -> None:
+    from patchconv.algorithms import fft
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 32, 32, 128)).astype(np.float32)
+    kernel = rng.standard_normal((15, 15, 128, 16)).astype(np.float32)
+    limit = MiB
+    _, roomy = patchconv.conv2d(x, kernel, padding="same", return_plan=True)
+    assert roomy.algorithm == "fft"  # the cheapest under the default limit
+    out, plan = patchconv.conv2d(x, kernel, padding="same", workspace_limit=limit, return_plan=True)
+    assert plan.algorithm != "fft"
+    assert "past the workspace limit (1.0 MiB)" in dict(plan.skipped)["fft"]
+    spec = conv_spec(x.shape, kernel.shape, None, padding="same")
+    assert fft.past_limit(spec, 4, limit) > limit and fft.past_limit(spec, 4, 256 * MiB) == 0
+    extra, _ = peak_extra_bytes(x, kernel, padding="same", workspace_limit=limit)
+    assert extra <= limit
+    exact = patchconv.conv2d(x.astype(np.float64), kernel.astype(np.float64), padding="same")
+    assert_close(out, exact, np.float32)

@@ -301,15 +301,18 @@ def _direct_cost(spec: ConvSpec, itemsize: int) -> float:
     return flops / _DIRECT_FLOPS + (planes + pixels * spec.c_out) / _DIRECT_VALUES
 
 
-def _fft_cost(spec: ConvSpec, itemsize: int) -> float:
+def _fft_cost(spec: ConvSpec, itemsize: int, workspace_limit: int) -> float:
     _, _, fh, fw = fft.sizes(spec)
     size = fh * fw
-    transforms = (spec.n * (spec.c_in + spec.c_out) + spec.c_in * spec.c_out) * 2.5 * size
+    workers, cb = fft.layout(spec, itemsize, workspace_limit)
+    blocks = -(-spec.c_out // cb)  # each block of output channels transforms the images again
+    transforms = (spec.n * (blocks * spec.c_in + spec.c_out) + spec.c_in * spec.c_out) * 2.5 * size
     transforms *= math.log2(max(2, size))
     freqs = fh * (fw // 2 + 1)
     products = 8 * freqs * spec.n * spec.c_in * spec.c_out
     rate = _blas_rate(spec.n, spec.c_in, spec.c_out, itemsize) / 2
-    return transforms / _FFT_FLOPS + products / rate + freqs * _CALL_SECONDS / 4
+    slower = min(2, spec.n) / workers  # images one at a time where two do not fit
+    return slower * (transforms / _FFT_FLOPS + products / rate) + freqs * _CALL_SECONDS / 4
 
 
 # F(4x4)'s float32 rounding error grows with the input channels (the transformed products are
@@ -342,8 +345,16 @@ def accuracy_limits(spec: ConvSpec, itemsize: int) -> dict[str, str]:
 def memory_limits(spec: ConvSpec, itemsize: int, workspace_limit: int) -> dict[str, str]:
     """The algorithms auto leaves out of ``spec`` as they would pass the workspace limit, with
     the reason: a Winograd form whose transformed kernel is made whole (see
-    :func:`winograd.whole_u_past_limit`)."""
+    :func:`winograd.whole_u_past_limit`), and FFT where even one output channel's kernel
+    spectrum and one image's transforms pass it (:func:`fft.past_limit`)."""
     out: dict[str, str] = {}
+    need = fft.past_limit(spec, itemsize, workspace_limit) if fft.applies(spec) is None else 0
+    if need:
+        out["fft"] = (
+            f"fft's kernel spectrum for one output channel and one image's transforms take "
+            f"{need / 2**20:.1f} MiB here, past the workspace limit "
+            f"({workspace_limit / 2**20:.1f} MiB)"
+        )
     if winograd.applies(spec) is not None:
         return out
     for m in (4, 2):
@@ -378,7 +389,7 @@ def estimates(
         elif name == "winograd_f2":
             out[name] = _winograd_cost(spec, itemsize, 2, limit)
         elif name == "fft":
-            out[name] = _fft_cost(spec, itemsize)
+            out[name] = _fft_cost(spec, itemsize, limit)
         elif name == "direct":
             out[name] = _direct_cost(spec, itemsize)
         out[name] += _FIXED_SECONDS[name]

@@ -25,7 +25,7 @@ import numpy as np
 from patchconv._spec import ConvSpec
 from patchconv.algorithms._runtime import n_workers, parallel_for
 
-__all__ = ["applies", "fast_length", "forward"]
+__all__ = ["applies", "fast_length", "forward", "layout", "past_limit"]
 
 
 def applies(spec: ConvSpec) -> str | None:
@@ -70,6 +70,36 @@ def sizes(spec: ConvSpec) -> tuple[int, int, int, int]:
     return hp, wp, fast_length(hp), fast_length(wp)
 
 
+def _bytes(spec: ConvSpec, itemsize: int, cb: int) -> tuple[int, int]:
+    """(the kernel spectra of ``cb`` output channels, one image's transforms) in bytes."""
+    _, _, fh, fw = sizes(spec)
+    spectra = 2 * spec.c_in * cb * fh * (fw // 2 + 1) * 2 * itemsize  # the spectrum, as wmat
+    return spectra, (spec.c_in + 2 * cb) * fh * fw * 2 * itemsize
+
+
+def layout(spec: ConvSpec, itemsize: int, workspace_limit: int) -> tuple[int, int]:
+    """(cores taking images, output channels a block) whose kernel spectra and images'
+    transforms fit ``workspace_limit``: every channel and both cores where they fit, else
+    halved blocks of channels (each block transforms the images again), then fewer cores;
+    (1, 1) may still pass a limit smaller than one channel and one image."""
+    workers, cb = min(n_workers(), spec.n), spec.c_out
+
+    def fits(cb: int, workers: int) -> bool:
+        spectra, image = _bytes(spec, itemsize, cb)
+        return spectra + workers * image <= workspace_limit
+
+    while not fits(cb, workers) and (cb > 1 or workers > 1):
+        workers, cb = (workers, (cb + 1) // 2) if cb > 1 else (workers - 1, cb)
+    return workers, cb
+
+
+def past_limit(spec: ConvSpec, itemsize: int, workspace_limit: int) -> int:
+    """The bytes of FFT's smallest layout (one output channel, one image) where even that
+    passes ``workspace_limit``, else 0."""
+    spectra, image = _bytes(spec, itemsize, 1)
+    return spectra + image if spectra + image > workspace_limit else 0
+
+
 def forward(
     x: np.ndarray,
     kernel: np.ndarray,
@@ -77,53 +107,59 @@ def forward(
     spec: ConvSpec,
     workspace_limit: int,
 ) -> np.ndarray:
-    """NHWC ``x``, HWIO ``kernel`` -> NHWC output, stride 1 (any padding and dilation)."""
+    """NHWC ``x``, HWIO ``kernel`` -> NHWC output, stride 1 (any padding and dilation), its
+    kernel spectra and the images' transforms under ``workspace_limit`` (see :func:`layout`)."""
     rfft2, irfft2, opts = _fft_funcs()
     dtype = x.dtype
     cdtype = np.result_type(dtype, np.complex64)
     hp, wp, fh, fw = sizes(spec)
     dh, dw = spec.dilation
     (pt, _), (pl, _) = spec.pads
-    # Kernel spectrum, conjugated for a correlation: (c_in, c_out, fh, fw//2 + 1) -> per freq.
-    kpad = np.zeros((spec.c_in, spec.c_out, fh, fw), dtype=dtype)
-    kpad[:, :, : (spec.kh - 1) * dh + 1 : dh, : (spec.kw - 1) * dw + 1 : dw] = kernel.transpose(
-        2, 3, 0, 1
-    )
-    wspec = np.conj(rfft2(kpad, axes=(2, 3), **opts))  # (c_in, c_out, fh, fr)
     fr = fw // 2 + 1
     nf = fh * fr
-    wmat = np.ascontiguousarray(wspec.reshape(spec.c_in, spec.c_out, nf).transpose(2, 0, 1))
-    del kpad, wspec  # wmat: (F, c_in, c_out)
+    workers, cb = layout(spec, np.dtype(dtype).itemsize, workspace_limit)
+    spectra, per_image = _bytes(spec, np.dtype(dtype).itemsize, cb)
+    room = max(0, workspace_limit - spectra)
+    step = max(1, min(-(-spec.n // workers), room // workers // max(1, per_image)))
     out = np.empty((spec.n, spec.oh, spec.ow, spec.c_out), dtype=dtype)
-    per_image = (spec.c_in + 2 * spec.c_out) * fh * fw * 2 * np.dtype(dtype).itemsize
-    workers = min(n_workers(), spec.n)
-    step = max(1, min(-(-spec.n // workers), workspace_limit // workers // max(1, per_image)))
     rows = min(spec.h, hp - pt)
     cols = min(spec.w, wp - pl)
-
     if workers > 1 and "workers" in opts:
         opts = {**opts, "workers": 1}  # the cores take images, not transform threads
 
-    def chunk(b0: int, b1: int) -> None:
-        nb = b1 - b0
-        xp = np.zeros((nb, spec.c_in, fh, fw), dtype=dtype)  # NCHW, zero padded
-        xp[:, :, pt : pt + rows, pl : pl + cols] = x[b0:b1, :rows, :cols].transpose(0, 3, 1, 2)
-        xs = rfft2(xp, axes=(2, 3), **opts).reshape(nb, spec.c_in, nf)  # (nb, c_in, F)
-        del xp
-        xf = np.ascontiguousarray(xs.transpose(2, 0, 1))  # (F, nb, c_in)
-        del xs
-        yf = np.matmul(xf, wmat).astype(cdtype, copy=False)  # (F, nb, c_out)
-        del xf
-        ys = np.ascontiguousarray(yf.transpose(1, 2, 0)).reshape(nb, spec.c_out, fh, fr)
-        del yf
-        y = irfft2(ys, s=(fh, fw), axes=(2, 3), **opts)  # (nb, c_out, fh, fw)
-        out[b0:b1] = y[:, :, : spec.oh, : spec.ow].transpose(0, 2, 3, 1)
+    for c0 in range(0, spec.c_out, cb):
+        c1 = min(spec.c_out, c0 + cb)
+        # Kernel spectrum, conjugated for a correlation: (c_in, cb, fh, fr) -> per frequency.
+        kpad = np.zeros((spec.c_in, c1 - c0, fh, fw), dtype=dtype)
+        taps = kernel[..., c0:c1].transpose(2, 3, 0, 1)
+        kpad[:, :, : (spec.kh - 1) * dh + 1 : dh, : (spec.kw - 1) * dw + 1 : dw] = taps
+        wspec = rfft2(kpad, axes=(2, 3), **opts)  # (c_in, cb, fh, fr)
+        del kpad
+        np.conjugate(wspec, out=wspec)
+        wmat = np.ascontiguousarray(wspec.reshape(spec.c_in, c1 - c0, nf).transpose(2, 0, 1))
+        del wspec  # wmat: (F, c_in, cb)
 
-    def images(lo: int, hi: int) -> None:
-        for b0 in range(lo, hi, step):
-            chunk(b0, min(hi, b0 + step))
+        def chunk(b0: int, b1: int, wmat: np.ndarray = wmat, c0: int = c0, c1: int = c1) -> None:
+            nb = b1 - b0
+            xp = np.zeros((nb, spec.c_in, fh, fw), dtype=dtype)  # NCHW, zero padded
+            xp[:, :, pt : pt + rows, pl : pl + cols] = x[b0:b1, :rows, :cols].transpose(0, 3, 1, 2)
+            xs = rfft2(xp, axes=(2, 3), **opts).reshape(nb, spec.c_in, nf)  # (nb, c_in, F)
+            del xp
+            xf = np.ascontiguousarray(xs.transpose(2, 0, 1))  # (F, nb, c_in)
+            del xs
+            yf = np.matmul(xf, wmat).astype(cdtype, copy=False)  # (F, nb, cb)
+            del xf
+            ys = np.ascontiguousarray(yf.transpose(1, 2, 0)).reshape(nb, c1 - c0, fh, fr)
+            del yf
+            y = irfft2(ys, s=(fh, fw), axes=(2, 3), **opts)  # (nb, cb, fh, fw)
+            out[b0:b1, :, :, c0:c1] = y[:, :, : spec.oh, : spec.ow].transpose(0, 2, 3, 1)
 
-    parallel_for(images, spec.n, workers=workers, pieces_per_worker=1)
+        def images(lo: int, hi: int, chunk: Callable[[int, int], None] = chunk) -> None:
+            for b0 in range(lo, hi, step):
+                chunk(b0, min(hi, b0 + step))
+
+        parallel_for(images, spec.n, workers=workers, pieces_per_worker=1)
+        del wmat
     if bias is not None:
         out += bias
     return out
