@@ -128,6 +128,20 @@ def test_integer_and_bool_inputs_compute_as_float32(dtype: type) -> None:
     assert_close(out, conv2d_reference(x.astype(np.float64), kernel), np.float32)
 
 
+@pytest.mark.parametrize("dtype", [">f2", ">f4", ">f8"])
+def test_big_endian_floats_compute_in_their_precision(dtype: str) -> None:
+    # They were refused as "must have a real float ... dtype; got dtype >f4".
+    rng = np.random.default_rng(8)
+    x, kernel, bias = rng.random((1, 6, 6, 3)), rng.random((3, 3, 3, 2)), rng.random(2)
+    out = patchconv.conv2d(x.astype(dtype), kernel.astype(dtype), bias.astype(dtype))
+    native = np.dtype(dtype).newbyteorder("=")
+    assert out.dtype == native
+    expected = conv2d_reference(x.astype(native), kernel.astype(native), bias.astype(native))
+    assert_close(out, expected, native)
+    grads = patchconv.conv2d_backward(np.ones_like(out), x.astype(dtype), kernel.astype(dtype))
+    assert all(g.dtype == native for g in grads if g is not None)
+
+
 def test_array_likes_views_and_fortran_order_are_accepted_and_left_untouched() -> None:
     rng = np.random.default_rng(7)
     base = rng.standard_normal((3, 9, 11, 4))

@@ -273,8 +273,9 @@ def check_workspace_limit(limit_bytes: object, *, func: str) -> int:
 def as_float_array(value: Any, *, func: str, name: str) -> np.ndarray:
     """Any array-like -> an ndarray of a float dtype (never a copy unless needed).
 
-    float16/32/64 are kept; integer and bool arrays (e.g. uint8 images) become float32; complex,
-    object, string and other dtypes raise TypeError.
+    float16/32/64 are kept (in native byte order: big-endian ones are copied); integer and bool
+    arrays (e.g. uint8 images) become float32; complex, object, string and other dtypes raise
+    TypeError.
     """
     if isinstance(value, np.ndarray):
         arr = value
@@ -286,6 +287,8 @@ def as_float_array(value: Any, *, func: str, name: str) -> np.ndarray:
                 f"{func}: {name} must be array-like; got {type(value).__name__}"
             ) from exc
     kind = arr.dtype.kind
+    if kind == "f" and not arr.dtype.isnative:  # big-endian data (FITS, network order)
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if kind == "f" and arr.dtype in (np.float16, np.float32, np.float64):
         return arr
     if kind in "iub":
