@@ -234,3 +234,29 @@ def test_write_blocks_names_a_wrong_array_or_tile(tmp_path: Any) -> None:
         ):
             write_blocks(image[0], target, tile=16, transform=lambda b: b[:, :, :1])
         assert not target.exists() and not list(tmp_path.glob(".gray*"))  # nothing left
+
+
+@pytest.mark.skipif(
+    patchconv.algorithms.direct.applies(
+        patchconv._spec.conv_spec((1, 40, 40, 3), (3, 3, 3, 4), None)
+    )
+    is not None,
+    reason="direct needs numba",
+)
+def test_a_named_algorithm_is_checked_on_every_block_before_compute(
+    rng: np.random.Generator,
+) -> None:
+    # direct applied to the 40 x 40 image, but not to the 6 x 6 blocks of 8 x 8 chunks: the
+    # error came out of .compute().
+    x = rng.standard_normal((1, 40, 40, 3)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    with pytest.raises(
+        PatchconvError,
+        match=r"scale.conv2d: algorithm 'direct' does not apply: direct needs 64 output pixels"
+        r".* in an output block of 6 x 6 that these chunks give: give larger chunks",
+    ):
+        conv2d(da.from_array(x, chunks=(1, 8, 8, 3)), kernel, algorithm="direct")
+    y = conv2d(da.from_array(x, chunks=(1, 20, 20, 3)), kernel, padding="same", algorithm="direct")
+    assert_close(
+        y.compute(), conv2d_reference(x.astype(np.float64), kernel, padding="same"), np.float32
+    )

@@ -157,6 +157,42 @@ def _conv_block(
     return _conv2d(block, kernel, bias, **options)
 
 
+def _check_blocks(
+    spec: Any,
+    kernel_shape: tuple[int, ...],
+    rows: list[AxisBlock],
+    cols: list[AxisBlock],
+    options: dict[str, Any],
+) -> None:
+    """Refuse now, not inside ``.compute()``, a named algorithm that does not apply to some
+    block (``direct`` needs 64 output pixels an image, which a small block may not have)."""
+    spans = {(r.b - r.a, r.pad_lo, r.pad_hi) for r in rows if not r.empty}
+    widths = {(c.b - c.a, c.pad_lo, c.pad_hi) for c in cols if not c.empty}
+    for h, top, bottom in sorted(spans):
+        for w, left, right in sorted(widths):
+            shape = (1, spec.c_in, h, w) if spec.data_format == "channels_first" else (
+                1, h, w, spec.c_in
+            )  # fmt: skip
+            block = conv_spec(
+                shape,
+                kernel_shape,
+                None,
+                strides=options["strides"],
+                padding=((top, bottom), (left, right)),
+                dilation_rate=options["dilation_rate"],
+                groups=options["groups"],
+                data_format=options["data_format"],
+                func=_FUNC,
+            )
+            try:
+                algorithms.choose(block, options["algorithm"], func=_FUNC)
+            except PatchconvError as exc:
+                raise PatchconvError(
+                    f"{exc}, in an output block of {block.oh} x {block.ow} that these chunks "
+                    "give: give larger chunks (or out_chunks), or algorithm='auto'"
+                ) from exc
+
+
 def conv2d(
     x: Any,
     kernel: Any,
@@ -318,6 +354,8 @@ def conv2d(
         "algorithm": algorithm,
         "workspace_limit": workspace_limit,
     }
+    if algorithm not in ("auto", "measure"):  # a named one must apply to every block's shape
+        _check_blocks(spec, kernel.shape, rows, cols, options)
     batch_chunks = x.chunks[0]
 
     def out_chunks_of(r: AxisBlock, c: AxisBlock) -> tuple[tuple[int, ...], ...]:
