@@ -321,3 +321,19 @@ def test_maps_past_the_memory_are_refused_before_the_work(
     assert (
         len(images.run_apply([("a", image)], list(images.DEFAULT_FILTERS), tmp_path / "o")) == 8
     )  # 7 maps, 1 sheet
+
+
+def test_a_containers_memory_limit_counts_where_smaller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from patchconv import _config
+
+    whole = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    (tmp_path / "v2").write_text("max\n")  # no limit
+    (tmp_path / "v1").write_text(f"{2**20}\n")
+    monkeypatch.setattr(_config, "_CGROUP_LIMITS", (str(tmp_path / "v2"), str(tmp_path / "none")))
+    assert _config.physical_memory() == whole
+    monkeypatch.setattr(_config, "_CGROUP_LIMITS", (str(tmp_path / "v2"), str(tmp_path / "v1")))
+    assert _config.physical_memory() == 2**20

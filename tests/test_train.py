@@ -160,8 +160,13 @@ def test_text_output_reports_accuracy_and_contrast(capsys: pytest.CaptureFixture
     ],
 )
 def test_bad_options_print_one_line(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    args: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # a check that fails to fire writes nothing into the checkout
     assert main(["train", "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

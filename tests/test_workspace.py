@@ -363,14 +363,15 @@ def test_the_kernels_cast_counts_when_the_batch_is_one_piece() -> None:
     [
         ((2, 64, 64, 64), (31, 31, 64, 128), 256 * MiB),  # all spectra 616 MB: 4 blocks
         ((4, 40, 40, 32), (9, 9, 32, 64), 4 * MiB),  # blocks of 8 channels
+        ((1, 32, 32, 64), (15, 15, 64, 64), 40 * MiB),  # 2 blocks, the spectra most of it
     ],
 )
 def test_fft_takes_its_output_channels_in_blocks_under_the_limit(
     x_shape: tuple[int, ...], k_shape: tuple[int, ...], limit: int
 ) -> None:
     """FFT made every output channel's kernel spectrum at once beside the limit (872 and 54
-    MiB here); it now goes by blocks of channels, and auto still takes it where it is the
-    cheapest."""
+    MiB here; the third, 75 MiB with all its channels, kept a block's spectrum past the next
+    one: 56 MiB); it now goes by blocks of channels."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal(x_shape).astype(np.float32)
     kernel = rng.standard_normal(k_shape).astype(np.float32)

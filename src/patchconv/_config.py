@@ -26,12 +26,25 @@ def set_workspace_limit(limit_bytes: int) -> int:
     return previous
 
 
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def physical_memory() -> int | None:
-    """This machine's memory in bytes (None where the OS does not say)."""
+    """This machine's memory in bytes, or a container's limit where smaller (cgroup v2 or v1);
+    None where the OS does not say."""
     try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+        total = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux or macOS
         return None
+    for path in _CGROUP_LIMITS:
+        try:
+            with open(path, encoding="ascii") as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" where there is no limit
+            total = min(total, int(text))
+    return total
 
 
 def check_memory(need: int, *, func: str, what: str, hint: str = "") -> None:

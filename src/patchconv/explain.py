@@ -169,7 +169,7 @@ class Walkthrough:
     @property
     def steps(self) -> tuple[Step, ...]:
         """The walkthrough in the seed's order, each step with the arrays it shows."""
-        n, i, j = self.batch_index, *self.position
+        i, j = self.position
         return (
             Step("input", "the input", {"x": self.x}),
             Step(
@@ -188,7 +188,7 @@ class Walkthrough:
             ),
             Step(
                 "compare",
-                f"the full convolution at ({n}, {i}, {j})",
+                f"the full convolution's output[{self.output_index(i, j)}]",
                 {"conv_output_at_position": self.conv_output_at_position},
             ),
             Step(

@@ -311,7 +311,7 @@ def _fft_cost(spec: ConvSpec, itemsize: int, workspace_limit: int) -> float:
     freqs = fh * (fw // 2 + 1)
     products = 8 * freqs * spec.n * spec.c_in * spec.c_out
     rate = _blas_rate(spec.n, spec.c_in, spec.c_out, itemsize) / 2
-    slower = min(2, spec.n) / workers  # images one at a time where two do not fit
+    slower = min(n_workers(), spec.n) / workers  # fewer cores where their images do not fit
     return slower * (transforms / _FFT_FLOPS + products / rate) + freqs * _CALL_SECONDS / 4
 
 

@@ -79,7 +79,7 @@ def _bytes(spec: ConvSpec, itemsize: int, cb: int) -> tuple[int, int]:
 
 def layout(spec: ConvSpec, itemsize: int, workspace_limit: int) -> tuple[int, int]:
     """(cores taking images, output channels a block) whose kernel spectra and images'
-    transforms fit ``workspace_limit``: every channel and both cores where they fit, else
+    transforms fit ``workspace_limit``: every channel and every core where they fit, else
     halved blocks of channels (each block transforms the images again), then fewer cores;
     (1, 1) may still pass a limit smaller than one channel and one image."""
     workers, cb = min(n_workers(), spec.n), spec.c_out
@@ -159,7 +159,7 @@ def forward(
                 chunk(b0, min(hi, b0 + step))
 
         parallel_for(images, spec.n, workers=workers, pieces_per_worker=1)
-        del wmat
+        del wmat, chunk, images  # chunk holds this block's wmat: freed before the next one
     if bias is not None:
         out += bias
     return out
