@@ -94,3 +94,32 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     np.testing.assert_array_equal(shown, np.rot90(stored, k=-1) / 255.0)  # (6, 4, 3)
     Image.fromarray(stored).save(tmp_path / "plain.png")
     np.testing.assert_array_equal(load_image(tmp_path / "plain.png"), stored / 255.0)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_orientation_reads_as_viewers_show_it(tmp_path: Path, orientation: int) -> None:
+    import tifffile
+    from PIL import ImageOps
+
+    from patchconv import scale
+    from patchconv.images import upright
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "a.png", exif=exif)
+    # Pillow's own transpose is the reference for the 8 cases.
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "a.png"))) / 255.0
+    np.testing.assert_array_equal(upright(stored, orientation) / 255.0, shown)
+    np.testing.assert_allclose(load_image(tmp_path / "a.png"), shown, atol=1e-7)
+    tag = [(274, "H", 1, orientation, True)]
+    # 8-bit through Pillow; float32 through tifffile (Pillow reads no float RGB); tiled, streamed.
+    tifffile.imwrite(tmp_path / "b.tif", stored, photometric="rgb", extratags=tag)
+    tifffile.imwrite(
+        tmp_path / "c.tif", stored.astype(np.float32) / 255, photometric="rgb", extratags=tag
+    )
+    tifffile.imwrite(tmp_path / "d.tif", stored, photometric="rgb", tile=(16, 16), extratags=tag)
+    for name in ("b.tif", "c.tif"):
+        np.testing.assert_allclose(load_image(tmp_path / name), shown, atol=1e-7)
+    streamed = scale.open_image(tmp_path / "d.tif").compute()[0]
+    np.testing.assert_allclose(streamed, shown, atol=1e-7)

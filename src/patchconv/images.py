@@ -57,7 +57,31 @@ def _pillow() -> Any:
     return Image
 
 
-_EXIF_ORIENTATION = 0x0112
+_EXIF_ORIENTATION = 0x0112  # TIFF's Orientation tag (274) too
+
+
+def upright(image: Any, orientation: int) -> Any:
+    """An ``(h, w, c)`` NumPy or Dask array as viewers show it under an EXIF / TIFF
+    orientation (1-8; others as 1), by views: flips and a transpose, no copy."""
+    flip_rows, flip_cols, swap = {
+        2: (False, True, False),  # mirrored left-right
+        3: (True, True, False),  # rotated 180
+        4: (True, False, False),  # mirrored top-bottom
+        5: (False, False, True),  # transposed
+        6: (True, False, True),  # shown rotated 90 clockwise
+        7: (True, True, True),  # transversed
+        8: (False, True, True),  # shown rotated 90 counter-clockwise
+    }.get(orientation, (False, False, False))
+    if swap:
+        image = image.transpose(1, 0, 2)
+        flip_rows, flip_cols = flip_cols, flip_rows
+    return image[:: -1 if flip_rows else 1, :: -1 if flip_cols else 1]
+
+
+def tiff_orientation(tif: Any) -> int:
+    """The Orientation tag of a tifffile ``TiffFile``'s first page (1 where absent)."""
+    tag = tif.pages[0].tags.get(_EXIF_ORIENTATION)
+    return 1 if tag is None else int(tag.value)
 
 
 def _target_size(size: int | tuple[int, int], bands: int, func: str) -> tuple[int, int]:
@@ -205,6 +229,7 @@ def _load_tiff(
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, arr = series.axes, series.asarray()
+            orientation = tiff_orientation(tif)
     except Exception as exc:  # tifffile raises several types for unreadable files
         raise PatchconvError(f"{func}: cannot read {name!r} as a TIFF: {exc}") from exc
     samples = 1 if axes == "YX" else arr.shape[0] if axes == "SYX" else arr.shape[-1]
@@ -214,7 +239,7 @@ def _load_tiff(
             f"shape {series.shape} (axes {axes})"
         )
     arr = arr[:, :, None] if axes == "YX" else arr.transpose(1, 2, 0) if axes == "SYX" else arr
-    image = np.clip(samples_to_unit(arr), 0.0, 1.0)
+    image = np.clip(samples_to_unit(upright(arr, orientation)), 0.0, 1.0)
     if image.shape[2] == 2:  # grey + alpha
         image = image[:, :, :1] if not alpha or channels in (1, 3) else image[:, :, [0, 0, 0, 1]]
     if channels is not None:

@@ -460,9 +460,12 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
         import tifffile
         import zarr
 
+        from patchconv.images import tiff_orientation, upright
+
         try:
             with tifffile.TiffFile(p) as tif:
                 axes = tif.series[0].axes
+                orientation = tiff_orientation(tif)
             with tifffile.imread(p, aszarr=True) as store:
                 view = zarr.open_array(store, mode="r")
                 shape, tiles, dtype = view.shape, view.chunks, view.dtype
@@ -484,6 +487,8 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             )
         if axes.startswith("S") and arr.ndim == 3:  # planar RGB: (c, h, w)
             arr = arr.transpose(1, 2, 0)
+        if orientation != 1:  # as load_image and viewers show it
+            arr = upright(arr if arr.ndim == 3 else arr[:, :, None], orientation)
     elif suffix == ".zarr" or p.is_dir():
         import zarr
 
