@@ -140,9 +140,11 @@ def read_state_dict(path: str | PathLike[str]) -> dict[str, np.ndarray]:
     func = "read_state_dict"
     p = as_path(path, func=func)
     with open(p, "rb") as fh:
-        head = fh.read(8)
+        head = fh.read(9)
     if not head.startswith(b"PK"):
-        if len(head) == 8 and struct.unpack("<Q", head)[0] < 2**32 and head[:1] != b"\x80":
+        # safetensors: the JSON header's length (little-endian u64), then the header's "{". Its
+        # first byte is 0x80 for a length of 128 modulo 256, as a pickle's is.
+        if len(head) == 9 and struct.unpack("<Q", head[:8])[0] < 2**32 and head[8:] == b"{":
             return read_safetensors(p)
         kind = "a raw pickle" if head[:1] == b"\x80" else "not a zip checkpoint"
         raise PatchconvError(
