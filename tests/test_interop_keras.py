@@ -215,6 +215,40 @@ def test_fine_tune_a_loaded_keras_model(tmp_path: Path) -> None:
     assert after < 0.8 * before, (before, after)
 
 
+def test_frozen_layers_stay_frozen_in_training_as_in_keras(tmp_path: Path) -> None:
+    """trainable=False came through as True: frozen layers trained, and a frozen
+    BatchNormalization used batch statistics and moved its moving ones."""
+    layers = keras.layers
+    keras_model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            layers.Conv2D(4, 3),
+            layers.BatchNormalization(),
+            layers.ReLU(),
+            layers.Flatten(),
+            layers.Dense(3),
+        ]
+    )
+    keras_model.layers[0].trainable = keras_model.layers[1].trainable = False
+    keras_model.save(tmp_path / "frozen.keras")
+    ours = [from_keras(keras_model), from_keras(tmp_path / "frozen.keras")]
+    assert [layer.trainable for layer in ours[0].layers] == [False, False, True, True, True]
+    assert [layer.trainable for layer in to_keras(ours[0]).layers[:3]] == [False, False, True]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 6, 6, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    keras_model.compile(
+        keras.optimizers.SGD(0.1),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    keras_model.train_on_batch(x, y)
+    for model in ours:
+        model.compile(nn.SGD(0.1), nn.SparseCategoricalCrossentropy(from_logits=True))
+        model.train_on_batch(x, y)
+        for mine, theirs in zip(model.get_weights(), keras_model.get_weights(), strict=True):
+            assert_close(mine, np.asarray(theirs), np.float32)
+
+
 # -- malformed files ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def good_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:

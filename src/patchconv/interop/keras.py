@@ -230,6 +230,9 @@ def _layer_from_config(
     common: dict[str, Any] = {
         "name": c.get("name"),
         "dtype": float_dtype_name(c.get("dtype", "float32"), func=func, where=where),
+        # A frozen layer stays frozen: no updates, and BatchNormalization on its moving
+        # statistics, as in Keras.
+        "trainable": bool(c.get("trainable", True)),
     }
     fmt = c.get("data_format") or "channels_last"
 
@@ -574,7 +577,7 @@ def save_keras_weights(model: nn.Sequential, path: str | PathLike[str]) -> None:
 def _keras_config(layer: Any) -> dict[str, Any]:
     """A patchconv.nn layer's config in Keras' spelling (for :func:`to_keras`)."""
     config = {
-        k: v for k, v in layer.get_config().items() if k not in ("trainable", "seed", "dtype")
+        k: v for k, v in layer.get_config().items() if k not in ("seed", "dtype")
     }
     name = type(layer).__name__
     if name == "DepthwiseConv2D":
