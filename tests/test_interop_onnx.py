@@ -113,6 +113,21 @@ def test_pytorch_export_matches_onnxruntime(builder: object, fold: bool, tmp_pat
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("builder", [_cnn, _resnet_like], ids=["cnn", "resnet_like"])
+def test_a_float64_model_runs_in_float64(builder: object, tmp_path: Path) -> None:
+    # Its layers were float32: the weights rounded, the output float32 (error 4e-8).
+    torch.manual_seed(3)
+    module = builder().double()  # type: ignore[operator]
+    x = np.random.default_rng(4).standard_normal((2, 3, 16, 16))
+    path = _export(module, x, tmp_path / "model64.onnx", fold=False)
+    model = from_onnx(path)
+    out = model.predict(x)
+    assert out.dtype == np.float64
+    with torch.no_grad():  # ONNX Runtime has no float64 Conv: the exported module is the oracle
+        assert_close(out, module(torch.from_numpy(x)).numpy(), np.float64)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 def test_fresh_batchnorm_export_whose_constants_are_identity_nodes(tmp_path: Path) -> None:
     """A freshly made BatchNorm2d exported as it is: torch shares its equal zero and one
     initializers through Identity nodes, which read as the constants they copy."""

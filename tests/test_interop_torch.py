@@ -121,6 +121,23 @@ def test_live_module_matches(saved: tuple) -> None:
     assert_close(ours.predict(x), expected, np.float32)
 
 
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_a_float64_module_runs_in_float64(name: str, tmp_path: Path) -> None:
+    # Its layers were float32: the weights rounded, the output float32 (error 7e-8).
+    builder, shape = ARCHITECTURES[name]
+    module = _randomised(builder, seed=7).double()
+    x = np.random.default_rng(2).standard_normal(shape)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in module.state_dict().items()}, tmp_path / "m.safetensors"
+    )
+    for ours in (from_torch(module), from_state_dict(tmp_path / "m.safetensors", describe(module))):
+        out = ours.predict(x)
+        assert out.dtype == np.float64
+        assert_close(out, expected, np.float64)
+
+
 def test_safetensors_and_json_architecture_match(saved: tuple) -> None:
     """The torch-free route: a .safetensors file and the architecture as JSON."""
     _, folder, x, expected = saved

@@ -18,7 +18,14 @@ from patchconv._spec import PatchconvError
 if TYPE_CHECKING:
     from patchconv.nn import Layer
 
-__all__ = ["as_path", "float_dtype_name", "layer_error", "set_layer_weights"]
+__all__ = [
+    "as_path",
+    "float_dtype_name",
+    "layer_error",
+    "set_layer_weights",
+    "weights_dtype",
+    "with_dtype",
+]
 
 T = TypeVar("T")
 
@@ -67,3 +74,21 @@ def set_layer_weights(layer: Layer, weights: list[np.ndarray], *, func: str, whe
             f"{len(names)} {names}"
         )
     layer_error(func, where, lambda: layer.set_weights(list(weights)))
+
+
+def weights_dtype(arrays: Any) -> np.dtype:
+    """The float dtype a model's weights share (float16, float32 or float64), else float32:
+    a float64 PyTorch or ONNX model runs in float64, as its framework runs it."""
+    kinds = {np.dtype(a.dtype) for a in arrays if np.dtype(a.dtype).kind == "f"}
+    one = kinds.pop() if len(kinds) == 1 else np.dtype(np.float32)
+    return one if one in (np.float16, np.float32, np.float64) else np.dtype(np.float32)
+
+
+def with_dtype(layer: Layer, dtype: np.dtype) -> Layer:
+    """``layer`` (and any layers in its branches) computing in ``dtype``, set before its
+    weights are, so they are not rounded to float32 on the way in."""
+    layer.dtype = np.dtype(dtype)
+    for branch in getattr(layer, "branches", ()):
+        for inner in branch:
+            with_dtype(inner, dtype)
+    return layer

@@ -576,9 +576,7 @@ def save_keras_weights(model: nn.Sequential, path: str | PathLike[str]) -> None:
 
 def _keras_config(layer: Any) -> dict[str, Any]:
     """A patchconv.nn layer's config in Keras' spelling (for :func:`to_keras`)."""
-    config = {
-        k: v for k, v in layer.get_config().items() if k not in ("seed", "dtype")
-    }
+    config = {k: v for k, v in layer.get_config().items() if k not in ("seed", "dtype")}
     name = type(layer).__name__
     if name == "DepthwiseConv2D":
         config.pop("depthwise_initializer", None)

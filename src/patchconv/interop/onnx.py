@@ -15,7 +15,7 @@ import numpy as np
 
 from patchconv._spec import PatchconvError
 from patchconv.functional import conv2d
-from patchconv.interop._common import as_path
+from patchconv.interop._common import as_path, weights_dtype, with_dtype
 
 __all__ = [
     "SUPPORTED_OPS",
@@ -232,6 +232,7 @@ class _Converter:
     def __init__(self, graph: OnnxGraph, func: str) -> None:
         self.g = graph
         self.func = func
+        self.dtype = weights_dtype(graph.initializers.values())
         self.consumers: dict[str, list[OnnxNode]] = {}
         for node in graph.nodes:
             for t in node.inputs:
@@ -361,6 +362,7 @@ class _Converter:
                 name=node.name or None,
                 **options,
             )
+            with_dtype(layer, self.dtype)
             layer.set_weights([oihw_to_hwio(w)] + ([] if b is None else [b]))
             return [layer], out
         if op in ("Gemm", "MatMul"):
@@ -397,6 +399,7 @@ class _Converter:
             dense = nn.Dense(
                 int(kernel.shape[1]), use_bias=bias is not None, name=node.name or None
             )
+            with_dtype(dense, self.dtype)
             dense.set_weights(
                 [np.ascontiguousarray(kernel)] + ([] if bias is None else [np.array(bias)])
             )
@@ -428,6 +431,7 @@ class _Converter:
                 epsilon=float(a.get("epsilon", 1e-5)),
                 name=node.name or None,
             )
+            with_dtype(bn, self.dtype)
             bn.set_weights([scale, bias, mean, var])
             return [bn], out
         if op in ("MaxPool", "AveragePool"):
@@ -559,7 +563,8 @@ def from_onnx(path_or_model: Any) -> Any:
     layers, last, merge = _Converter(graph, func).walk(name)
     if merge is not None or last != graph.outputs[0]:
         raise PatchconvError(f"{func}: the graph does not end at its output {graph.outputs[0]!r}")
-    model = nn.Sequential(layers, name="onnx")
+    dtype = weights_dtype(graph.initializers.values())
+    model = nn.Sequential([with_dtype(layer, dtype) for layer in layers], name="onnx")
     if all(v is not None for v in shape[1:]):
         try:
             model.build((1, *(int(v or 0) for v in shape[1:])))

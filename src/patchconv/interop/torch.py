@@ -37,7 +37,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from patchconv._spec import PatchconvError
-from patchconv.interop._common import as_path, layer_error, set_layer_weights
+from patchconv.interop._common import (
+    as_path,
+    layer_error,
+    set_layer_weights,
+    weights_dtype,
+    with_dtype,
+)
 from patchconv.interop.onnx import oihw_to_hwio
 
 if TYPE_CHECKING:
@@ -539,6 +545,7 @@ def from_state_dict(
         )
     layers: list[nn.Layer] = []
     used: set[str] = set()
+    dtype = weights_dtype(state.values())
     for index, entry in enumerate(arch):
         where = f"module {entry.get('name', index)!r} ({entry.get('type')})"
         layer, weights_of = layer_error(func, where, partial(_layer, entry, where, func))
@@ -547,6 +554,7 @@ def from_state_dict(
         used.update(k for k in state if k.startswith(prefix))
         if layer is None:
             continue
+        with_dtype(layer, dtype)
         if weights:
             set_layer_weights(layer, weights, func=func, where=where)
         layers.append(layer)
