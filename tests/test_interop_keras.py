@@ -249,6 +249,27 @@ def test_frozen_layers_stay_frozen_in_training_as_in_keras(tmp_path: Path) -> No
             assert_close(mine, np.asarray(theirs), np.float32)
 
 
+@pytest.mark.parametrize("axis", [3, -1])
+def test_batchnorm_on_axis_3_of_a_model_with_free_height_and_width(axis: int) -> None:
+    """An unbuilt model (Input((None, None, 3))) with BatchNormalization(axis=3) was refused:
+    'build the layer (or call it once) before set_weights'."""
+    layers = keras.layers
+    keras_model = keras.Sequential(
+        [
+            keras.Input((None, None, 3)),
+            layers.Conv2D(4, 3),
+            layers.BatchNormalization(axis=axis),
+            layers.ReLU(),
+        ]
+    )
+    rng = np.random.default_rng(2)
+    for weight in keras_model.layers[1].weights:
+        weight.assign(rng.uniform(0.5, 1.5, weight.shape).astype(np.float32))
+    ours = from_keras(keras_model)
+    x = rng.standard_normal((2, 9, 7, 3)).astype(np.float32)
+    assert_close(ours.predict(x), keras_model.predict(x, verbose=0), np.float32)
+
+
 # -- malformed files ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def good_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:

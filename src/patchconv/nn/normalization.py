@@ -183,18 +183,16 @@ class BatchNormalization(Layer):
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Load ``[gamma, beta, moving_mean, moving_variance]``; builds from their length."""
-        if (
-            not self.built
-            and self.axis in (-1, 1)
-            and isinstance(weights, (list, tuple))
-            and weights
-        ):
+        if not self.built and isinstance(weights, (list, tuple)) and weights:
             shape = np.shape(weights[0])
             if len(shape) != 1:
                 raise PatchconvError(
                     f"BatchNormalization.set_weights: weights must be 1-D (features,); got {shape}"
                 )
-            self.build((1, int(shape[0])))  # axis -1 or 1 of a 2-D input: the features
+            # The smallest input whose axis holds the features: (1, f) for axis -1 or 1,
+            # (1, 1, 1, f) for axis 3 (a Keras model with free height and width).
+            a, f = self.axis, int(shape[0])
+            self.build((1,) * a + (f,) if a >= 0 else (1, f) + (1,) * (-a - 1))
         super().set_weights(weights)
 
     def get_config(self) -> dict[str, Any]:
