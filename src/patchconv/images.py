@@ -72,6 +72,8 @@ def upright(image: Any, orientation: int) -> Any:
         7: (True, True, True),  # transversed
         8: (False, True, True),  # shown rotated 90 counter-clockwise
     }.get(orientation, (False, False, False))
+    if not (flip_rows or flip_cols or swap):
+        return image
     if swap:
         image = image.transpose(1, 0, 2)
         flip_rows, flip_cols = flip_cols, flip_rows
@@ -155,7 +157,7 @@ def load_image(
         h, w = _target_size(size, len(img.getbands()), func)
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             img = img.convert("F")
-        img = img.resize((int(w), int(h)), Image.Resampling.LANCZOS)
+        img = img.resize((w, h), Image.Resampling.LANCZOS)
     arr = np.asarray(img)
     if sixteen:  # a 16-bit file, even after the resize made it "F": its range is 0..65535
         scaled = arr.astype(np.float32) / 65535.0
@@ -252,7 +254,7 @@ def _load_tiff(
         planes = [
             np.asarray(
                 Image.fromarray(np.ascontiguousarray(image[:, :, i]), mode="F").resize(
-                    (int(w), int(h)), Image.Resampling.LANCZOS
+                    (w, h), Image.Resampling.LANCZOS
                 )
             )
             for i in range(image.shape[2])

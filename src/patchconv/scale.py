@@ -456,11 +456,12 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
         raise PatchconvError(f"{func}: path must be an existing image file; got {os.fspath(p)!r}")
     suffix = p.suffix.lower()
     arr: Any
+    orientation = 1  # a TIFF's tag; Pillow's formats come upright from load_image
     if suffix in (".tif", ".tiff"):
         import tifffile
         import zarr
 
-        from patchconv.images import tiff_orientation, upright
+        from patchconv.images import tiff_orientation
 
         try:
             with tifffile.TiffFile(p) as tif:
@@ -487,8 +488,6 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             )
         if axes.startswith("S") and arr.ndim == 3:  # planar RGB: (c, h, w)
             arr = arr.transpose(1, 2, 0)
-        if orientation != 1:  # as load_image and viewers show it
-            arr = upright(arr if arr.ndim == 3 else arr[:, :, None], orientation)
     elif suffix == ".zarr" or p.is_dir():
         import zarr
 
@@ -509,10 +508,11 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             f"{func}: the image must be 2-D (h, w) or 3-D (h, w, c); got shape {arr.shape} "
             f"from {os.fspath(p)!r}"
         )
+    from patchconv.images import samples_to_unit, upright
+
+    arr = upright(arr, orientation)  # as load_image and viewers show it
     if chunks is not None:
         arr = arr.rechunk((chunks, chunks, -1))
-    from patchconv.images import samples_to_unit
-
     out = arr.map_blocks(samples_to_unit, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
     return out[None]
 

@@ -560,11 +560,12 @@ def from_onnx(path_or_model: Any) -> Any:
     name, shape = graph.inputs[0]
     if len(shape) != 4:
         raise PatchconvError(f"{func}: input {name!r} must be 4-D NCHW; got shape {shape}")
-    layers, last, merge = _Converter(graph, func).walk(name)
+    converter = _Converter(graph, func)
+    layers, last, merge = converter.walk(name)
     if merge is not None or last != graph.outputs[0]:
         raise PatchconvError(f"{func}: the graph does not end at its output {graph.outputs[0]!r}")
-    dtype = weights_dtype(graph.initializers.values())
-    model = nn.Sequential([with_dtype(layer, dtype) for layer in layers], name="onnx")
+    # The weightless layers (and branches) in the weights' dtype too.
+    model = nn.Sequential([with_dtype(layer, converter.dtype) for layer in layers], name="onnx")
     if all(v is not None for v in shape[1:]):
         try:
             model.build((1, *(int(v or 0) for v in shape[1:])))
