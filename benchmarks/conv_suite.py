@@ -2,7 +2,10 @@
 
 Method: for every layer, all peers are timed in interleaved rounds (the peer order rotates
 each round); in a round a peer runs a few back-to-back calls and keeps their median, and the
-result is the median over rounds. After each peer's turn the runner sleeps ``pause`` seconds,
+result is the median over rounds. Each row also gives the lowest and highest of its rounds' own
+ratios (the best peer's time in a round over patchconv's in the same round): load from other
+machines on the host comes and goes over seconds, and the spread shows which rows it can tip
+over their targets. After each peer's turn the runner sleeps ``pause`` seconds,
 because OpenBLAS' (and ONNX Runtime's) worker threads keep spinning ~100 ms after a call and
 would steal a core from the next peer; then each peer makes one untimed call before its timed
 burst (about 0.1 s of calls), so every library is measured in steady state, as in a loop over
@@ -71,8 +74,8 @@ def _timed(fn: Callable[[], Any], min_time: float) -> float:
 
 def interleaved(
     calls: dict[str, Callable[[], Any]], rounds: int, min_time: float, pause: float
-) -> dict[str, float]:
-    """Median over rounds of each call's per-round median, peers rotating order each round."""
+) -> dict[str, list[float]]:
+    """Each call's per-round medians (seconds), peers rotating order each round."""
     names = list(calls)
     for name in names:  # warm-up: compile, fault in buffers, build plans
         calls[name]()
@@ -87,7 +90,16 @@ def interleaved(
             calls[name]()
             samples[name].append(_timed(calls[name], min_time))
             time.sleep(pause)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return samples
+
+
+def round_ratios(samples: dict[str, list[float]], peer: str) -> list[float]:
+    """Per round: ``peer``'s time over patchconv's in that round. Rounds a few seconds apart
+    see different load from other machines sharing the host, so their spread says how far a
+    row's median ratio (which lies within it) can move between runs."""
+    if peer not in samples or "patchconv" not in samples:
+        return []
+    return [samples[peer][r] / t for r, t in enumerate(samples["patchconv"])]
 
 
 def matmul_peak(rounds: int = 5) -> float:
@@ -209,9 +221,9 @@ def run(opts: Options) -> dict[str, Any]:
         say(f"[{i}/{len(opts.layers)}] forward {layer.name}")
         x, kernel = _data(layer)
         calls = {p: peer_mod.forward_fn(p, layer, x, kernel) for p in opts.peers}
-        times = interleaved(calls, opts.rounds, opts.min_time, opts.pause)
+        samples = interleaved(calls, opts.rounds, opts.min_time, opts.pause)
         plan = patchconv.explain_algorithm(layer.x_shape, layer.kernel_shape, **layer.options)
-        forward.append(_row(layer, times, plan.algorithm))
+        forward.append(_row(layer, samples, plan.algorithm))
         del calls
         gc.collect()
     result["forward"] = forward
@@ -223,15 +235,15 @@ def run(opts: Options) -> dict[str, Any]:
             say(f"[{i}/{len(layers)}] forward+backward {layer.name}")
             x, kernel = _data(layer)
             calls = {p: peer_mod.backward_fn(p, layer, x, kernel) for p in back_peers}
-            times = interleaved(calls, opts.rounds, opts.min_time, opts.pause)
-            rows.append(_row(layer, times, "forward+backward"))
+            samples = interleaved(calls, opts.rounds, opts.min_time, opts.pause)
+            rows.append(_row(layer, samples, "forward+backward"))
         result["forward_backward"] = rows
     if opts.latency:
         say("small-call latency (the seed's (1, 4, 4, 3) call)")
         x, kernel = _data(SEED)
         calls = {p: peer_mod.forward_fn(p, SEED, x, kernel) for p in opts.peers}
-        times = interleaved(calls, max(opts.rounds, 5), 0.05, opts.pause)
-        result["latency_us"] = {p: t * 1e6 for p, t in times.items()}
+        samples = interleaved(calls, max(opts.rounds, 5), 0.05, opts.pause)
+        result["latency_us"] = {p: statistics.median(v) * 1e6 for p, v in samples.items()}
     if opts.memory:
         say(f"peak memory on {MEMORY_LAYER.name}")
         mem: dict[str, Any] = {
@@ -250,11 +262,13 @@ def run(opts: Options) -> dict[str, Any]:
     return result
 
 
-def _row(layer: Layer, times: dict[str, float], algorithm: str) -> dict[str, Any]:
+def _row(layer: Layer, samples: dict[str, list[float]], algorithm: str) -> dict[str, Any]:
+    times = {p: statistics.median(v) for p, v in samples.items()}
     others = {p: t for p, t in times.items() if p != "patchconv"}
     best = min(others, key=lambda p: others[p]) if others else None
     ms = {p: t * 1e3 for p, t in times.items()}
     flops = layer.spec().flops
+    cl = "torch_cl" in times
     return {
         "layer": layer.name,
         "category": layer.category,
@@ -264,9 +278,9 @@ def _row(layer: Layer, times: dict[str, float], algorithm: str) -> dict[str, Any
         "gflops": {p: flops / t / 1e9 for p, t in times.items()},
         "best_peer": best,
         "ratio_vs_best": (others[best] / times["patchconv"]) if best else None,
-        "ratio_vs_torch_cl": (times["torch_cl"] / times["patchconv"])
-        if "torch_cl" in times
-        else None,
+        "ratio_vs_torch_cl": (times["torch_cl"] / times["patchconv"]) if cl else None,
+        "round_ratios_vs_best": round_ratios(samples, best) if best else [],
+        "round_ratios_vs_torch_cl": round_ratios(samples, "torch_cl"),
     }
 
 
@@ -304,21 +318,31 @@ def render(result: dict[str, Any]) -> str:
         if not rows:
             continue
         cols = [p for p in peers if p in rows[0]["ms"]]
-        head = f"| {title} | algorithm | " + " | ".join(cols) + " | best peer | ratio | target |"
-        lines += ["", head, "|" + "---|" * (len(cols) + 5)]
+        head = (
+            f"| {title} | algorithm | "
+            + " | ".join(cols)
+            + " | best peer | ratio | rounds | target |"
+        )
+        lines += ["", head, "|" + "---|" * (len(cols) + 6)]
         for r in rows:
             target = 1.0 if key == "forward_backward" else TARGETS[r["category"]]
-            ratio = r["ratio_vs_best"] if key == "forward" else r["ratio_vs_torch_cl"]
+            which = "best" if key == "forward" else "torch_cl"
+            ratio = r[f"ratio_vs_{which}"]
             met = "met" if ratio is not None and ratio >= target else "NOT met"
             cells = " | ".join(f"{r['ms'][p]:.3g}" for p in cols)
             lines.append(
                 f"| {r['layer']} | {r['algorithm']} | {cells} | {r['best_peer']} | "
-                f"{ratio:.2f}x | >= {target}x {met} |"
+                f"{ratio:.2f}x | {_spread(r.get(f'round_ratios_vs_{which}', []), target)} | "
+                f">= {target}x {met} |"
             )
         if key == "forward_backward":
             lines.append("(ratio: PyTorch channels_last time / patchconv time)")
         else:
             lines.append("(ratio: best peer's time / patchconv's time; > 1 means faster)")
+        lines.append(
+            "(rounds: the lowest and highest of the rounds' own ratios, and in how many rounds "
+            "the target held)"
+        )
     lat = result.get("latency_us")
     if lat:
         lines.append("")
@@ -348,6 +372,14 @@ def render(result: dict[str, Any]) -> str:
             + ", ".join(f"{p} {'n/a' if v is None else f'{v:.0f}'}" for p, v in growth.items())
         )
     return "\n".join(lines)
+
+
+def _spread(ratios: list[float], target: float) -> str:
+    """The rounds' ratios as 'low-high, k/n met'."""
+    if not ratios:
+        return "n/a"
+    met = sum(v >= target for v in ratios)
+    return f"{min(ratios):.2f}-{max(ratios):.2f}, {met}/{len(ratios)} met"
 
 
 def chart(result: dict[str, Any], path: Path) -> None:
