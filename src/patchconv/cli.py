@@ -539,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME",
         help="named filter, repeatable or comma-separated (see --list-filters; default: "
-        "gaussian_blur, sharpen, sobel_x, sobel_y, laplacian, luma_edges)",
+        "gaussian_blur, sharpen, sobel_x, sobel_y, laplacian, luma_edges; none with --chunks)",
     )
     apply.add_argument(
         "-w",

@@ -53,12 +53,13 @@ class Walkthrough:
     ``batch_index`` (zeros where it hangs over the padding); ``flat_patch`` is it flattened to
     ``(1, kh*kw*c_in)`` (row-major over ``(kh, kw, c_in)``; with groups, one such block per
     group); ``flat_kernel`` is the kernel as ``groups`` matrices
-    ``(groups, kh*kw*c_in/groups, c_out/groups)`` (for one group, the seed's ``(27, 2)`` with
-    column j = filter j); ``output_for_patch`` is patch times kernel plus bias, and
-    ``conv_output_at_position`` the full convolution's value there. ``all_patches`` is the patch
-    matrix ``(n*oh*ow, kh*kw*c_in)`` and ``all_patches_output`` its product with the kernel plus
-    bias, reshaped to ``(n, oh, ow, c_out)``. ``slices_equal[f]`` says whether the ``c_in``
-    slices ``kernel[:, :, c, f]`` of filter ``f`` are all equal. ``notes`` says where x, kernel
+    ``(groups, kh*kw*c_in/groups, c_out/groups)`` (the seed's ``(1, 27, 2)``; for one group
+    ``kernel_matrix`` is the ``(27, 2)`` matrix, column j = filter j); ``output_for_patch``
+    is patch times kernel plus bias, and ``conv_output_at_position`` the full convolution's
+    value there. ``all_patches`` is the patch matrix ``(n*oh*ow, kh*kw*c_in)`` and
+    ``all_patches_output`` its product with the kernel plus bias, reshaped to
+    ``(n, oh, ow, c_out)``. ``slices_equal[f]`` says whether the ``c_in`` slices
+    ``kernel[:, :, c, f]`` of filter ``f`` are all equal. ``notes`` says where x, kernel
     and bias came from.
     """
 

@@ -585,7 +585,7 @@ def write_blocks(
     is active), passed through ``transform`` (which maps values: it keeps each block's shape)
     and written; memory holds a few blocks, never the image. The file is written under a
     temporary name and renamed when complete, so a failure leaves nothing behind.
-    ``progress(n)`` is called after each ``n`` blocks.
+    ``progress(1)`` is called after each block is written.
     """
     func = "write_blocks"
     target = Path(path)
