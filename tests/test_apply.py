@@ -14,7 +14,7 @@ import zarr
 from PIL import Image
 
 import patchconv
-from patchconv import images
+from patchconv import images, scale
 from patchconv.cli import main
 
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -337,3 +337,104 @@ def test_a_containers_memory_limit_counts_where_smaller(
     assert _config.physical_memory() == whole
     monkeypatch.setattr(_config, "_CGROUP_LIMITS", (str(tmp_path / "v2"), str(tmp_path / "v1")))
     assert _config.physical_memory() == 2**20
+
+
+def _stream_and_memory(tmp_path: Path, name: str, *extra: str) -> tuple[np.ndarray, np.ndarray]:
+    """apply's maps for one image and filter, streamed (--chunks) and in memory (PNG)."""
+    src = str(tmp_path / name)
+    stem = Path(name).stem
+    assert main(["apply", src, "--chunks", "16", *extra, "-o", str(tmp_path / "s")]) == 0
+    assert main(["apply", src, "--no-sheet", *extra, "-o", str(tmp_path / "m")]) == 0
+    filt = extra[extra.index("-f") + 1]
+    streamed = zarr.open_array(tmp_path / "s" / f"{stem}_{filt}.zarr", mode="r")[:]
+    memory = np.asarray(Image.open(tmp_path / "m" / f"{stem}_{filt}.png"))
+    return streamed, memory.reshape(memory.shape[0], memory.shape[1], -1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "channels"),
+    [
+        ("float", 3),  # values past [0, 1]: clipped, as in memory
+        ("miniswhite", 1),  # 0 is white
+        ("palette", 3),  # indices into a colour map
+        ("cmyk", 3),  # Pillow's colours, not C, M, Y read as R, G, B
+        ("grey_alpha_tiff", 1),  # grey + alpha: alpha dropped, one channel left
+        ("grey_alpha_png", 1),
+    ],
+)
+def test_streaming_reads_images_as_memory_does(
+    tmp_path: Path, rng: np.random.Generator, kind: str, channels: int
+) -> None:
+    h, w = 37, 29
+    name = f"{kind}.tif"
+    if kind == "float":
+        data = rng.uniform(-1.5, 2.5, (h, w, 3)).astype(np.float32)
+        tifffile.imwrite(tmp_path / name, data, tile=(16, 16), photometric="rgb")
+    elif kind == "miniswhite":
+        data = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        tifffile.imwrite(tmp_path / name, data, tile=(16, 16), photometric="miniswhite")
+    elif kind == "palette":
+        data = rng.integers(0, 4, (h, w), dtype=np.uint8)
+        cmap = np.zeros((3, 256), np.uint16)
+        cmap[:, :4] = [[65535, 0, 0, 30000], [0, 65535, 0, 30000], [0, 0, 65535, 30000]]
+        tifffile.imwrite(tmp_path / name, data, photometric="palette", colormap=cmap)
+    elif kind == "cmyk":
+        data = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+        tifffile.imwrite(tmp_path / name, data, photometric="separated")
+    elif kind == "grey_alpha_tiff":
+        data = np.stack([rng.integers(0, 256, (h, w)), np.full((h, w), 255)], -1).astype(np.uint8)
+        tifffile.imwrite(
+            tmp_path / name, data, tile=(16, 16), photometric="minisblack", extrasamples=[2]
+        )
+    else:
+        name = "grey_alpha.png"
+        data = np.stack([rng.integers(0, 256, (h, w)), np.full((h, w), 255)], -1).astype(np.uint8)
+        Image.fromarray(data, mode="LA").save(tmp_path / name)
+    expected = images.load_image(tmp_path / name, alpha=False)
+    assert expected.shape == (h, w, channels)
+    streamed = scale.open_image(tmp_path / name).compute()[0]
+    np.testing.assert_allclose(streamed[..., :channels], expected, atol=1e-6)
+    assert streamed.shape[2] == channels + (kind.startswith("grey_alpha"))  # alpha kept there
+    got, memory = _stream_and_memory(tmp_path, name, "-f", "gaussian_blur")
+    assert got.shape == memory.shape == (h, w, channels)
+    assert np.abs(got.astype(int) - memory).max() <= 1
+
+
+def test_sixteen_bit_grey_png_keeps_its_range_in_any_channels(tmp_path: Path) -> None:
+    data = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype(np.uint16)
+    Image.fromarray(data).save(tmp_path / "g16.png")
+    grey = images.load_image(tmp_path / "g16.png")
+    np.testing.assert_allclose(grey[..., 0], data / 65535.0, atol=1e-6)
+    for channels in (1, 3, 4):  # Pillow's convert clipped it at 255 of 65535: nearly all white
+        got = images.load_image(tmp_path / "g16.png", channels=channels)
+        assert got.shape == (30, 40, channels)
+        np.testing.assert_allclose(got[..., : min(channels, 3)], grey[..., [0] * min(channels, 3)])
+    assert images.load_image(tmp_path / "g16.png", channels=4)[..., 3].min() == 1.0
+    got, memory = _stream_and_memory(tmp_path, "g16.png", "--channels", "3", "-f", "sharpen")
+    assert np.abs(got.astype(int) - memory).max() <= 1
+
+
+def test_streaming_checks_every_image_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.full((20, 20), 90, np.uint8)).save(tmp_path / "grey.png")
+    np.save(tmp_path / "k.npy", np.ones((3, 3, 3, 2), np.float32))  # reads 3 channels
+    out = tmp_path / "o"
+    argv = ["apply", str(tmp_path / "rgb.png"), str(tmp_path / "grey.png"), "--chunks", "16"]
+    assert main([*argv, "-w", str(tmp_path / "k.npy"), "-o", str(out)]) == 2
+    assert "grey.png" in capsys.readouterr().err
+    assert not out.exists()  # rgb.png's map was not written first
+
+
+def test_streaming_chunks_larger_than_the_image(tmp_path: Path) -> None:
+    Image.fromarray(np.full((37, 29, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    argv = ["apply", str(tmp_path / "a.png"), "--chunks", "100000", "-f", "sobel_x"]
+    assert main([*argv, "-o", str(tmp_path / "o")]) == 0
+    assert zarr.open_array(tmp_path / "o" / "a_sobel_x.zarr", mode="r").chunks == (37, 37, 3)
+    assert (
+        main([*argv[:3], "4096", *argv[4:], "--output-format", "tiff", "-o", str(tmp_path / "t")])
+        == 0
+    )
+    with tifffile.TiffFile(tmp_path / "t" / "a_sobel_x.tif") as tif:
+        assert tif.pages[0].tilewidth == 48 and tif.asarray().shape == (37, 29, 3)

@@ -260,3 +260,52 @@ def test_a_named_algorithm_is_checked_on_every_block_before_compute(
     assert_close(
         y.compute(), conv2d_reference(x.astype(np.float64), kernel, padding="same"), np.float32
     )
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_empty_batch_chunks_give_no_images(data_format: str) -> None:
+    # A batch masked on a condition keeps chunks of length zero; each used to fail in compute
+    # with "x must not be empty".
+    base = np.arange(4.0)[:, None, None, None] * np.ones((4, 8, 8, 2))
+    if data_format == "channels_first":
+        base = base.transpose(0, 3, 1, 2).copy()
+    x = da.from_array(base, chunks=(2, *base.shape[1:]))
+    kept = x[x[:, 0, 0, 0] >= 2]
+    kept.compute_chunk_sizes()
+    assert kept.chunks[0] == (0, 2)
+    kernel = np.ones((3, 3, 2, 5))
+    options: dict[str, Any] = {"strides": 2, "padding": "same", "data_format": data_format}
+    got = conv2d(kept, kernel, **options).compute()
+    np.testing.assert_array_equal(got, patchconv.conv2d(base[2:], kernel, **options))
+
+
+def test_helpers_name_a_bad_argument(tmp_path: Any) -> None:
+    from patchconv.scale import block_range, open_image, write_blocks
+
+    np.save(tmp_path / "a.npy", np.zeros((4, 4)))
+    import tifffile
+    import zarr
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((20, 20), np.uint8))
+    for chunks in (0, -1, 1.5, "x", True):
+        with pytest.raises(
+            PatchconvError, match=rf"open_image: chunks must be an int >= 1 or None; got {chunks!r}"
+        ):
+            open_image(tmp_path / "a.tif", chunks=chunks)  # type: ignore[arg-type]
+    with pytest.raises(PatchconvError, match=r"^open_image: cannot read .*a\.npy"):
+        open_image(tmp_path / "a.npy")
+    image = da.zeros((32, 32, 3), chunks=16)
+    with pytest.raises(PatchconvError, match=r"block_range: tile must be an int >= 1; got 0"):
+        block_range(image, tile=0)
+    with pytest.raises(PatchconvError, match=r"block_range: arr must be a lazy \(h, w, c\)"):
+        block_range(image[0], tile=16)
+    # An existing folder that is not a Zarr array is not replaced (it was deleted).
+    for name in ("dir.tif", "dir.zarr"):
+        (tmp_path / name / "inner").mkdir(parents=True)
+        (tmp_path / name / "inner" / "keep.txt").write_text("mine")
+        with pytest.raises(PatchconvError, match=r"existing folder that is not a Zarr array"):
+            write_blocks(image, tmp_path / name, tile=16)
+        assert (tmp_path / name / "inner" / "keep.txt").read_text() == "mine"
+    write_blocks(image, tmp_path / "o.zarr", tile=16)
+    write_blocks(image + 1, tmp_path / "o.zarr", tile=16)  # a Zarr array is replaced
+    assert zarr.open_array(tmp_path / "o.zarr", mode="r")[0, 0, 0] == 1

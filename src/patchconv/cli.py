@@ -209,55 +209,66 @@ def _apply_stream(
         while stem in stems:
             stem += "_"
         stems.append(stem)
+    # Every image's channels, kernels and options are checked (the lazy graphs built) before
+    # the first file is written.
+    plans = []
+    for (path, x), stem in zip(sources, stems, strict=True):
+        c = int(x.shape[3])  # alpha dropped, as in memory (--channels 4 keeps it)
+        if c == 2:  # grey + alpha
+            x = x[..., [0, 0, 0, 1]] if channels == 4 else x[..., :1]
+        elif c == 4 and channels != 4:
+            x = x[..., :3]
+        if channels is not None:
+            x = images.convert_channels(x, channels)
+        resolved = [images.resolve_kernel(k, int(x.shape[3]), label=path) for k in kernels]
+        for k in resolved:
+            # A 64 MiB patch workspace per block keeps memory near the blocks' own size.
+            y = scale.conv2d(
+                x,
+                k.kernel,
+                k.bias,
+                groups=k.groups,
+                out_chunks=args.chunks,
+                workspace_limit=64 * 2**20,
+                **options,
+            )[0]  # (oh, ow, c_out), lazy
+            plans.append((stem, k, y))
     try:
-        for (path, x), stem in zip(sources, stems, strict=True):
-            if channels is not None:
-                x = images.convert_channels(x, channels)
-            elif int(x.shape[3]) == 4:  # alpha dropped, as in memory (--channels 4 keeps it)
-                x = images.convert_channels(x, 3)
-            resolved = [images.resolve_kernel(k, int(x.shape[3]), label=path) for k in kernels]
-            for k in resolved:
-                # A 64 MiB patch workspace per block keeps memory near the blocks' own size.
-                y = scale.conv2d(
-                    x,
-                    k.kernel,
-                    k.bias,
-                    groups=k.groups,
-                    out_chunks=args.chunks,
-                    workspace_limit=64 * 2**20,
-                    **options,
-                )[0]  # (oh, ow, c_out), lazy
-                mode = args.scale or k.scaling
-                n_blocks = len(y.chunks[0]) * len(y.chunks[1])
-                low = high = None
-                if mode in ("abs", "normalise"):
-                    bar: Any = _apply_progress(n_blocks, f"{k.name}: range (blocks)")
-                    low, high = scale.block_range(
-                        y, tile=args.chunks, parallel=parallel, progress=bar and bar.update
-                    )
-                    if bar is not None:
-                        bar.close()
-
-                def transform(
-                    block: Any, k: Any = k, mode: str = mode, lo: Any = low, hi: Any = high
-                ) -> Any:
-                    scaled = images.scale_output(block, mode, joint=k.colour, low=lo, high=hi)
-                    return scaled if mode == "none" else (scaled * 255.0 + 0.5).astype("uint8")
-
-                out.mkdir(parents=True, exist_ok=True)
-                bar = _apply_progress(n_blocks, f"{k.name}: filtering (blocks)")
-                target = scale.write_blocks(
-                    y,
-                    out / f"{stem}_{k.name}{ext}",
-                    tile=args.chunks,
-                    transform=transform,
-                    dtype="float32" if mode == "none" else "uint8",
-                    progress=bar and bar.update,
-                    parallel=parallel,
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PatchconvError(f"apply: --out {args.out!r} cannot be made a folder: {exc}") from exc
+    try:
+        for stem, k, y in plans:
+            mode = args.scale or k.scaling
+            n_blocks = len(y.chunks[0]) * len(y.chunks[1])
+            low = high = None
+            if mode in ("abs", "normalise"):
+                bar: Any = _apply_progress(n_blocks, f"{k.name}: range (blocks)")
+                low, high = scale.block_range(
+                    y, tile=args.chunks, parallel=parallel, progress=bar and bar.update
                 )
                 if bar is not None:
                     bar.close()
-                print(target)
+
+            def transform(
+                block: Any, k: Any = k, mode: str = mode, lo: Any = low, hi: Any = high
+            ) -> Any:
+                scaled = images.scale_output(block, mode, joint=k.colour, low=lo, high=hi)
+                return scaled if mode == "none" else (scaled * 255.0 + 0.5).astype("uint8")
+
+            bar = _apply_progress(n_blocks, f"{k.name}: filtering (blocks)")
+            target = scale.write_blocks(
+                y,
+                out / f"{stem}_{k.name}{ext}",
+                tile=args.chunks,
+                transform=transform,
+                dtype="float32" if mode == "none" else "uint8",
+                progress=bar and bar.update,
+                parallel=parallel,
+            )
+            if bar is not None:
+                bar.close()
+            print(target)
     finally:
         if client is not None:
             cluster = client.cluster

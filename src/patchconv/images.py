@@ -142,7 +142,10 @@ def load_image(
         from PIL import ImageOps
 
         img = ImageOps.exif_transpose(img)
-    if channels is not None:
+    # Grey deeper than 8 bits: Pillow's convert would clip it to 0..255, so it is scaled first
+    # and its channels made below.
+    deep_grey = img.mode in ("I;16", "I;16B", "I;16L", "I", "F")
+    if channels is not None and not deep_grey:
         img = img.convert({1: "L", 3: "RGB", 4: "RGBA"}[channels])
     elif img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "1"):
         img = img.convert("RGB")
@@ -171,7 +174,8 @@ def load_image(
         scaled = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
     if scaled.ndim == 2:
         scaled = scaled[:, :, None]
-    return np.clip(scaled, 0.0, 1.0)
+    scaled = np.clip(scaled, 0.0, 1.0)
+    return convert_channels(scaled, channels) if deep_grey and channels is not None else scaled
 
 
 def samples_to_unit(arr: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from patchconv import algorithms
+from patchconv._config import check_memory
 from patchconv._spec import (
     PADDING_MODES,
     PatchconvError,
@@ -154,6 +155,19 @@ def _conv_block(
     block: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, **options: Any
 ) -> np.ndarray:
     """One output block: the in-memory conv2d of its input window with its own padding."""
+    if block.shape[0] == 0:  # an empty batch chunk (a masked batch leaves them): no images out
+        keys = ("strides", "padding", "dilation_rate", "groups", "data_format")
+        spec = conv_spec(
+            (1, *block.shape[1:]), kernel.shape, None, **{k: options[k] for k in keys}, func=_FUNC
+        )
+        dtypes = [block.dtype, kernel.dtype] + ([] if bias is None else [bias.dtype])
+        _, out_dtype = compute_dtype(*dtypes)
+        shape = (
+            (0, spec.c_out, spec.oh, spec.ow)
+            if spec.data_format == "channels_first"
+            else (0, spec.oh, spec.ow, spec.c_out)
+        )
+        return np.empty(shape, dtype=out_dtype)
     return _conv2d(block, kernel, bias, **options)
 
 
@@ -443,19 +457,26 @@ def _read_tiff_region(path: str, block_info: Any = None) -> np.ndarray:
 
 
 def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> Any:
-    """A large image file as a lazy float32 Dask array ``(1, h, w, c)`` in [0, 1] for integers.
+    """A large image file as a lazy float32 Dask array ``(1, h, w, c)`` in [0, 1], as
+    :func:`patchconv.images.load_image` reads it (integers scaled, floats clipped, alpha
+    kept as the last channel: grey + alpha gives 2 channels, RGBA 4).
 
-    TIFF (tiled or striped; read through tifffile's Zarr view, a chunk at a time) and Zarr
-    arrays (a ``.zarr`` directory) stream; any other format Pillow reads is loaded whole.
+    Greyscale and RGB TIFFs (tiled or striped; read through tifffile's Zarr view, a chunk at
+    a time) and Zarr arrays (a ``.zarr`` directory) stream; other TIFFs (palette, CMYK,
+    white-is-zero) and any other format Pillow reads are loaded whole and converted by Pillow.
     ``chunks`` rechunks the spatial axes (default: the file's own tiles).
     """
     func = "open_image"
+    if chunks is not None and (
+        not isinstance(chunks, (int, np.integer)) or isinstance(chunks, bool) or chunks < 1
+    ):
+        raise PatchconvError(f"{func}: chunks must be an int >= 1 or None; got {chunks!r}")
     da = _dask()
     p = Path(path)
     if not p.exists():
         raise PatchconvError(f"{func}: path must be an existing image file; got {os.fspath(p)!r}")
     suffix = p.suffix.lower()
-    arr: Any
+    arr: Any = None
     orientation = 1  # a TIFF's tag; Pillow's formats come upright from load_image
     if suffix in (".tif", ".tiff"):
         import tifffile
@@ -467,27 +488,32 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             with tifffile.TiffFile(p) as tif:
                 axes = tif.series[0].axes
                 orientation = tiff_orientation(tif)
-            with tifffile.imread(p, aszarr=True) as store:
-                view = zarr.open_array(store, mode="r")
-                shape, tiles, dtype = view.shape, view.chunks, view.dtype
+                photometric = int(tif.pages.first.photometric)
+            if photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
+                with tifffile.imread(p, aszarr=True) as store:
+                    view = zarr.open_array(store, mode="r")
+                    shape, tiles, dtype = view.shape, view.chunks, view.dtype
         except Exception as exc:  # tifffile raises several types for unreadable files
             raise PatchconvError(f"{func}: cannot read {os.fspath(p)!r} as a TIFF: {exc}") from exc
-        # Each task opens the file and reads its own tiles: the graph holds a path, not an
-        # open file, so it pickles to the workers of any Dask cluster.
-        arr = da.map_blocks(
-            _read_tiff_region,
-            str(p.resolve()),
-            chunks=da.core.normalize_chunks(tiles, shape),
-            dtype=dtype,
-            meta=np.empty((0,) * len(shape), dtype=dtype),
-        )
-        if arr.ndim == 3 and axes not in ("YXS", "SYX"):
-            raise PatchconvError(
-                f"{func}: {os.fspath(p)!r} holds a stack of {shape[0]} images (axes {axes}); "
-                "give one image, (h, w) or (h, w, c)"
+        if photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
+            # Each task opens the file and reads its own tiles: the graph holds a path, not an
+            # open file, so it pickles to the workers of any Dask cluster.
+            arr = da.map_blocks(
+                _read_tiff_region,
+                str(p.resolve()),
+                chunks=da.core.normalize_chunks(tiles, shape),
+                dtype=dtype,
+                meta=np.empty((0,) * len(shape), dtype=dtype),
             )
-        if axes.startswith("S") and arr.ndim == 3:  # planar RGB: (c, h, w)
-            arr = arr.transpose(1, 2, 0)
+            if arr.ndim == 3 and axes not in ("YXS", "SYX"):
+                raise PatchconvError(
+                    f"{func}: {os.fspath(p)!r} holds a stack of {shape[0]} images (axes "
+                    f"{axes}); give one image, (h, w) or (h, w, c)"
+                )
+            if axes.startswith("S") and arr.ndim == 3:  # planar RGB: (c, h, w)
+                arr = arr.transpose(1, 2, 0)
+        else:  # palette, CMYK, ...: their colours need Pillow's conversion, on the whole image
+            orientation = 1
     elif suffix == ".zarr" or p.is_dir():
         import zarr
 
@@ -497,10 +523,8 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             raise PatchconvError(
                 f"{func}: cannot read {os.fspath(p)!r} as a Zarr array: {exc}"
             ) from exc
-    else:
-        from patchconv.images import load_image
-
-        arr = da.from_array(load_image(p))
+    if arr is None:
+        arr = da.from_array(_load_whole(p, func))
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
@@ -508,13 +532,41 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             f"{func}: the image must be 2-D (h, w) or 3-D (h, w, c); got shape {arr.shape} "
             f"from {os.fspath(p)!r}"
         )
-    from patchconv.images import samples_to_unit, upright
+    from patchconv.images import upright
 
     arr = upright(arr, orientation)  # as load_image and viewers show it
     if chunks is not None:
         arr = arr.rechunk((chunks, chunks, -1))
-    out = arr.map_blocks(samples_to_unit, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+    out = arr.map_blocks(_unit, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
     return out[None]
+
+
+def _unit(block: np.ndarray) -> np.ndarray:
+    """Samples to float32 in [0, 1] as load_image makes them: integers scaled, floats clipped."""
+    from patchconv.images import samples_to_unit
+
+    unit = samples_to_unit(block)  # floats: maybe the block itself, not to be written to
+    return np.clip(unit, 0.0, 1.0) if block.dtype.kind == "f" else unit
+
+
+def _load_whole(p: Path, func: str) -> np.ndarray:
+    """An image Pillow reads (or a TIFF only Pillow converts) as load_image gives it, alpha
+    kept: grey + alpha as 2 channels, not the RGBA that load_image makes of it."""
+    from patchconv.images import load_image
+
+    try:
+        from PIL import Image
+
+        with Image.open(p) as img:
+            mode, need = img.mode, img.width * img.height * 4 * 4 * 2  # RGBA float32, twice
+    except Exception:  # load_image below says what is wrong with the file
+        mode, need = "", 0
+    check_memory(need, func=func, what=f"{os.fspath(p)!r}, read whole")
+    try:
+        image = load_image(p)
+    except PatchconvError as exc:
+        raise PatchconvError(str(exc).replace("load_image:", f"{func}:", 1)) from exc
+    return image[:, :, [0, 3]] if mode in ("LA", "La") else image
 
 
 def _on_cluster() -> bool:
@@ -558,7 +610,14 @@ def block_range(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel minimum and maximum of a lazy ``(h, w, c)`` array, computed block by block
     (one pass, a few blocks in memory): what "abs" and "normalise" scaling need up front."""
-    arr = arr.rechunk((tile, tile, -1))
+    func = "block_range"
+    if not isinstance(tile, (int, np.integer)) or isinstance(tile, bool) or tile < 1:
+        raise PatchconvError(f"{func}: tile must be an int >= 1; got {tile!r}")
+    if len(getattr(arr, "shape", ())) != 3:
+        raise PatchconvError(
+            f"{func}: arr must be a lazy (h, w, c) array; got shape {getattr(arr, 'shape', None)}"
+        )
+    arr = _dask().asarray(arr).rechunk((tile, tile, -1))
     low = np.full(arr.shape[2], np.inf)
     high = np.full(arr.shape[2], -np.inf)
     for _, value in _iter_blocks(arr, max(1, parallel)):
@@ -606,8 +665,19 @@ def write_blocks(
         raise PatchconvError(
             f"{func}: tile must be >= 16 (and a multiple of 16 for TIFF); got {tile}"
         )
-    arr = arr.rechunk((tile, tile, -1))
+    if target.is_dir() and not (
+        suffix == ".zarr" and any((target / n).exists() for n in (".zarray", "zarr.json"))
+    ):
+        raise PatchconvError(
+            f"{func}: path is an existing folder that is not a Zarr array, which this would "
+            f"replace; got {os.fspath(target)!r}"
+        )
     h, w, c = (int(v) for v in arr.shape)
+    # Tiles no larger than the image (rounded up to 16 for TIFF): Zarr chunks and TIFF tiles
+    # are written whole, so --chunks 100000 on a small image made a 100000^2 chunk in memory.
+    tile = min(tile, max(h, w) if suffix == ".zarr" else -(-max(h, w) // 16) * 16)
+    tile = max(tile, 16)
+    arr = arr.rechunk((tile, tile, -1))
     out_dtype = np.dtype(dtype or arr.dtype)
 
     def blocks() -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
