@@ -330,9 +330,10 @@ def render(result: dict[str, Any]) -> str:
             ratio = r[f"ratio_vs_{which}"]
             met = "met" if ratio is not None and ratio >= target else "NOT met"
             cells = " | ".join(f"{r['ms'][p]:.3g}" for p in cols)
+            shown = "n/a" if ratio is None else f"{ratio:.2f}x"  # no peer to compare with
             lines.append(
                 f"| {r['layer']} | {r['algorithm']} | {cells} | {r['best_peer']} | "
-                f"{ratio:.2f}x | {_spread(r.get(f'round_ratios_vs_{which}', []), target)} | "
+                f"{shown} | {_spread(r.get(f'round_ratios_vs_{which}', []), target)} | "
                 f">= {target}x {met} |"
             )
         if key == "forward_backward":

@@ -357,7 +357,6 @@ def _stream_and_memory(tmp_path: Path, name: str, *extra: str) -> tuple[np.ndarr
         ("float", 3),  # values past [0, 1]: clipped, as in memory
         ("miniswhite", 1),  # 0 is white
         ("palette", 3),  # indices into a colour map
-        ("cmyk", 3),  # Pillow's colours, not C, M, Y read as R, G, B
         ("grey_alpha_tiff", 1),  # grey + alpha: alpha dropped, one channel left
         ("grey_alpha_png", 1),
     ],
@@ -438,3 +437,92 @@ def test_streaming_chunks_larger_than_the_image(tmp_path: Path) -> None:
     )
     with tifffile.TiffFile(tmp_path / "t" / "a_sobel_x.tif") as tif:
         assert tif.pages[0].tilewidth == 48 and tif.asarray().shape == (37, 29, 3)
+
+
+def _orient6(tmp_path: Path, name: str, data: np.ndarray, **options: object) -> Path:
+    """``data`` saved as a tiled TIFF whose Orientation tag (6) says: turn it clockwise."""
+    path = tmp_path / name
+    tifffile.imwrite(path, data, tile=(16, 16), extratags=[(274, "H", 1, 6, True)], **options)
+    return path
+
+
+def test_streamed_tiffs_of_every_colour_kind_come_upright_as_in_memory(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    index = rng.integers(0, 4, (20, 36), dtype=np.uint8)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :4] = [[65535, 0, 0, 30000], [0, 65535, 0, 30000], [0, 0, 65535, 30000]]
+    white16 = rng.integers(0, 65536, (20, 36), dtype=np.uint16)
+    paths = {
+        "palette": _orient6(tmp_path, "p.tif", index, photometric="palette", colormap=cmap),
+        "white16": _orient6(tmp_path, "w.tif", white16, photometric="miniswhite"),
+        "int8": _orient6(tmp_path, "i.tif", rng.integers(-128, 128, (20, 36), dtype=np.int8)),
+    }
+    expected = {
+        "palette": np.rot90(cmap.T[index] / 65535.0, -1),
+        "white16": np.rot90(1.0 - white16 / 65535.0, -1)[:, :, None],
+    }
+    for kind, path in paths.items():
+        memory = images.load_image(path)
+        streamed = scale.open_image(path)
+        assert max(streamed.chunks[1] + streamed.chunks[2]) == 16  # a tile at a time
+        np.testing.assert_allclose(streamed.compute()[0], memory, atol=1e-6)
+        assert memory.shape[:2] == (36, 20)
+        if kind in expected:
+            np.testing.assert_allclose(memory, expected[kind], atol=1e-6)
+    signed = images.load_image(paths["int8"])[..., 0]  # -128..127 onto 0..1, not as unsigned
+    raw = np.rot90(tifffile.imread(paths["int8"]), -1)
+    np.testing.assert_allclose(signed, (raw.astype(float) + 128) / 255, atol=1e-6)
+
+
+def test_cmyk_is_refused_when_streamed_and_bilevel_is_grey(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((20, 20, 4), np.uint8), photometric="separated")
+    with pytest.raises(patchconv.PatchconvError, match=r"holds SEPARATED samples .* convert it"):
+        scale.open_image(tmp_path / "c.tif")
+    assert images.load_image(tmp_path / "c.tif").shape == (20, 20, 3)  # Pillow converts it
+    bits = np.zeros((20, 20), bool)
+    bits[:, 10:] = True
+    Image.fromarray(bits).save(tmp_path / "b.png")
+    tifffile.imwrite(tmp_path / "b.tif", bits)
+    for name in ("b.png", "b.tif"):
+        memory = images.load_image(tmp_path / name)
+        assert memory.shape == (20, 20, 1)
+        np.testing.assert_array_equal(scale.open_image(tmp_path / name).compute()[0], memory)
+
+
+def test_sixteen_bit_grey_alpha_keeps_its_alpha_for_channels_4(tmp_path: Path) -> None:
+    data = np.stack([np.full((16, 16), 30000), np.full((16, 16), 6000)], -1).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "la16.tif", data, photometric="minisblack", extrasamples=[2])
+    got = images.load_image(tmp_path / "la16.tif", channels=4, alpha=False)
+    np.testing.assert_allclose(got[0, 0], [30000 / 65535] * 3 + [6000 / 65535], atol=1e-6)
+
+
+def test_streaming_cluster_and_targets_are_checked_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.fromarray(np.full((20, 20), 90, np.uint8)).save(tmp_path / "grey.png")
+    np.save(tmp_path / "k.npy", np.ones((3, 3, 3, 2), np.float32))  # reads 3 channels
+    started: list[str] = []
+    monkeypatch.setattr(scale, "local_client", lambda: started.append("cluster"))
+    argv = ["apply", str(tmp_path / "grey.png"), "--chunks", "16", "--cluster", "local"]
+    assert main([*argv, "-w", str(tmp_path / "k.npy"), "-o", str(tmp_path / "o")]) == 2
+    assert started == []  # no cluster left running after a failed check
+    (tmp_path / "p" / "grey_sobel_y.zarr" / "mine").mkdir(parents=True)
+    argv = ["apply", str(tmp_path / "grey.png"), "--chunks", "16", "-f", "sobel_x,sobel_y"]
+    assert main([*argv, "-o", str(tmp_path / "p")]) == 2
+    assert "existing folder that is not a Zarr array" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["grey_sobel_y.zarr"]
+
+
+def test_a_zarr_arrays_channels_are_all_kept(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.random((20, 20, 2)).astype(np.float32)
+    zarr.open_array(tmp_path / "two.zarr", mode="w", shape=data.shape, dtype="f4")[:] = data
+    argv = ["apply", str(tmp_path / "two.zarr"), "--chunks", "16", "-f", "box_blur"]
+    assert main([*argv, "--scale", "none", "-o", str(tmp_path / "o")]) == 0
+    got = zarr.open_array(tmp_path / "o" / "two_box_blur.zarr", mode="r")[:]
+    expected = patchconv.conv2d(
+        data[None], images.filter_kernel("box_blur", 2).kernel, padding="same", groups=2
+    )[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -63,3 +63,20 @@ def test_table_reports_each_rows_spread_over_rounds(conv_suite: Any) -> None:
     line = next(s for s in conv_suite.render(result).splitlines() if "N1 8x8" in s)
     met = sum(v >= conv_suite.TARGETS[row["category"]] for v in ratios)
     assert f"{min(ratios):.2f}-{max(ratios):.2f}, {met}/3 met" in line
+
+
+def test_a_row_without_peers_renders(conv_suite: Any) -> None:
+    from benchmarks.layers import Layer
+
+    opts = conv_suite.Options(
+        layers=[Layer(1, 8, 4, 4, 3)],
+        peers=["patchconv"],
+        rounds=2,
+        min_time=0.001,
+        pause=0.0,
+        backward=False,
+        memory=False,
+        latency=False,
+    )
+    line = next(s for s in conv_suite.render(conv_suite.run(opts)).splitlines() if "N1 8x8" in s)
+    assert "| None | n/a | n/a | >= 1.3x NOT met |" in line

@@ -306,6 +306,13 @@ def test_helpers_name_a_bad_argument(tmp_path: Any) -> None:
         with pytest.raises(PatchconvError, match=r"existing folder that is not a Zarr array"):
             write_blocks(image, tmp_path / name, tile=16)
         assert (tmp_path / name / "inner" / "keep.txt").read_text() == "mine"
+    group = zarr.open_group(tmp_path / "g.zarr", mode="w")  # a group holds arrays of its own
+    group.create_array("x", shape=(2, 2), dtype="u1")
+    with pytest.raises(PatchconvError, match=r"existing folder that is not a Zarr array"):
+        write_blocks(image, tmp_path / "g.zarr", tile=16)
+    assert (tmp_path / "g.zarr" / "x").is_dir()
+    (tmp_path / "empty.zarr").mkdir()
+    write_blocks(image, tmp_path / "empty.zarr", tile=16)  # an empty folder is taken
     write_blocks(image, tmp_path / "o.zarr", tile=16)
     write_blocks(image + 1, tmp_path / "o.zarr", tile=16)  # a Zarr array is replaced
     assert zarr.open_array(tmp_path / "o.zarr", mode="r")[0, 0, 0] == 1

@@ -193,14 +193,6 @@ def _apply_stream(
             f"got {args.chunks}"
         )
     sources = [(path, scale.open_image(path)) for path in args.image]  # checks every file first
-    client = None
-    if args.cluster == "local":
-        client = scale.local_client()
-    elif args.cluster:
-        from distributed import Client
-
-        client = Client(args.cluster)
-    parallel = sum(client.nthreads().values()) if client is not None else 2
     out = Path(args.out)
     ext = ".zarr" if args.output_format == "zarr" else ".tif"
     stems: list[str] = []
@@ -213,10 +205,12 @@ def _apply_stream(
     # the first file is written.
     plans = []
     for (path, x), stem in zip(sources, stems, strict=True):
-        c = int(x.shape[3])  # alpha dropped, as in memory (--channels 4 keeps it)
-        if c == 2:  # grey + alpha
+        # An image file's alpha is dropped, as in memory (--channels 4 keeps it); a Zarr
+        # array's channels are data, not colours, and stay as they are.
+        c, image_file = int(x.shape[3]), not Path(path).is_dir()
+        if c == 2 and image_file:  # grey + alpha
             x = x[..., [0, 0, 0, 1]] if channels == 4 else x[..., :1]
-        elif c == 4 and channels != 4:
+        elif c == 4 and channels != 4 and image_file:
             x = x[..., :3]
         if channels is not None:
             x = images.convert_channels(x, channels)
@@ -232,13 +226,23 @@ def _apply_stream(
                 workspace_limit=64 * 2**20,
                 **options,
             )[0]  # (oh, ow, c_out), lazy
-            plans.append((stem, k, y))
+            target = out / f"{stem}_{k.name}{ext}"
+            scale.check_target(target, func="apply")
+            plans.append((target, k, y))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PatchconvError(f"apply: --out {args.out!r} cannot be made a folder: {exc}") from exc
+    client = None
+    if args.cluster == "local":
+        client = scale.local_client()
+    elif args.cluster:
+        from distributed import Client
+
+        client = Client(args.cluster)
+    parallel = sum(client.nthreads().values()) if client is not None else 2
     try:
-        for stem, k, y in plans:
+        for target, k, y in plans:
             mode = args.scale or k.scaling
             n_blocks = len(y.chunks[0]) * len(y.chunks[1])
             low = high = None
@@ -257,9 +261,9 @@ def _apply_stream(
                 return scaled if mode == "none" else (scaled * 255.0 + 0.5).astype("uint8")
 
             bar = _apply_progress(n_blocks, f"{k.name}: filtering (blocks)")
-            target = scale.write_blocks(
+            written = scale.write_blocks(
                 y,
-                out / f"{stem}_{k.name}{ext}",
+                target,
                 tile=args.chunks,
                 transform=transform,
                 dtype="float32" if mode == "none" else "uint8",
@@ -268,7 +272,7 @@ def _apply_stream(
             )
             if bar is not None:
                 bar.close()
-            print(target)
+            print(written)
     finally:
         if client is not None:
             cluster = client.cluster

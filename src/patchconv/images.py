@@ -86,6 +86,40 @@ def tiff_orientation(tif: Any) -> int:
     return 1 if tag is None else int(tag.value)
 
 
+def tiff_colours(tif: Any, func: str, name: str) -> tuple[str, np.ndarray | None]:
+    """How a tifffile ``TiffFile``'s samples become colours: ("plain", None) for grey and RGB,
+    ("white", None) for white-is-zero grey, ("palette", lut) for colour-map indices, lut the
+    (entries, 3) float32 RGB table. Other colour spaces (CMYK, YCbCr, CIELab) are refused."""
+    import tifffile
+
+    page = tif.pages.first
+    kind = tifffile.PHOTOMETRIC
+    photometric = page.photometric
+    if photometric in (kind.MINISBLACK, kind.RGB):
+        return "plain", None
+    if photometric == kind.MINISWHITE:
+        return "white", None
+    if photometric == kind.PALETTE and page.colormap is not None:
+        cmap = np.asarray(page.colormap, dtype=np.float32)  # (3, entries), 16-bit values
+        return "palette", np.ascontiguousarray(cmap.T / np.float32(65535.0))
+    label = getattr(photometric, "name", photometric)
+    raise PatchconvError(
+        f"{func}: {name!r} holds {label} samples (photometric {int(photometric)}), which are "
+        "read only as grey, white-is-zero, palette or RGB; convert it to RGB first"
+    )
+
+
+def tiff_to_unit(samples: np.ndarray, colours: str, lut: np.ndarray | None) -> np.ndarray:
+    """A TIFF's (h, w, c) samples as float32 colours in [0, 1] (see :func:`tiff_colours`):
+    integers scaled, floats clipped, white-is-zero inverted, palette indices looked up."""
+    if colours == "palette":
+        assert lut is not None
+        index = np.clip(samples[..., 0].astype(np.intp), 0, len(lut) - 1)
+        return lut[index]
+    unit = np.clip(samples_to_unit(samples), 0.0, 1.0)
+    return 1.0 - unit if colours == "white" else unit
+
+
 def _target_size(size: int | tuple[int, int], bands: int, func: str) -> tuple[int, int]:
     """``size`` as (height, width), checked: at least 1, and its image within memory."""
     h, w = (size, size) if isinstance(size, int) else size
@@ -147,7 +181,9 @@ def load_image(
     deep_grey = img.mode in ("I;16", "I;16B", "I;16L", "I", "F")
     if channels is not None and not deep_grey:
         img = img.convert({1: "L", 3: "RGB", 4: "RGBA"}[channels])
-    elif img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+    elif img.mode == "1":  # bilevel: grey, as tifffile and open_image read it
+        img = img.convert("L")
+    elif img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
         img = img.convert("RGB")
     elif img.mode in ("LA", "La") and not alpha:
         img = img.convert("L")
@@ -195,8 +231,10 @@ def samples_to_unit(arr: np.ndarray) -> np.ndarray:
 
 def _deep_tiff(path: str | os.PathLike[str]) -> bool:
     """True if tifffile is installed and the TIFF holds grey or RGB samples of more than 8 bits
-    (16-bit, 32-bit, float). Pillow reads 16-bit RGB as 8 bits and scales float grey by 1/255,
-    so these go through tifffile, with the values open_image streams from the same file."""
+    (16-bit, 32-bit, float) or signed, or white-is-zero or palette samples. Pillow reads 16-bit
+    RGB as 8 bits, scales float grey by 1/255, signed bytes as unsigned, and neither inverts
+    16-bit white-is-zero nor turns such images upright, so these go through tifffile, with the
+    values open_image streams from the same file."""
     try:
         import tifffile
     except ImportError:
@@ -208,8 +246,11 @@ def _deep_tiff(path: str | os.PathLike[str]) -> bool:
             dtype = tif.series[0].dtype
     except Exception:  # Pillow reads it, or says why it cannot
         return False
-    plain = photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
-    return plain and dtype.kind in "uif" and dtype.itemsize > 1
+    kind = tifffile.PHOTOMETRIC
+    if photometric in (kind.MINISWHITE, kind.PALETTE):
+        return dtype.kind in "ui"
+    plain = photometric in (kind.MINISBLACK, kind.RGB)
+    return plain and (dtype.kind in "if" or (dtype.kind == "u" and dtype.itemsize > 1))
 
 
 def _load_tiff(
@@ -236,6 +277,9 @@ def _load_tiff(
             series = tif.series[0]
             axes, arr = series.axes, series.asarray()
             orientation = tiff_orientation(tif)
+            colours, lut = tiff_colours(tif, func, name)
+    except PatchconvError:
+        raise
     except Exception as exc:  # tifffile raises several types for unreadable files
         raise PatchconvError(f"{func}: cannot read {name!r} as a TIFF: {exc}") from exc
     samples = 1 if axes == "YX" else arr.shape[0] if axes == "SYX" else arr.shape[-1]
@@ -245,9 +289,10 @@ def _load_tiff(
             f"shape {series.shape} (axes {axes})"
         )
     arr = arr[:, :, None] if axes == "YX" else arr.transpose(1, 2, 0) if axes == "SYX" else arr
-    image = np.clip(samples_to_unit(upright(arr, orientation)), 0.0, 1.0)
-    if image.shape[2] == 2:  # grey + alpha
-        image = image[:, :, :1] if not alpha or channels in (1, 3) else image[:, :, [0, 0, 0, 1]]
+    image = tiff_to_unit(upright(arr, orientation), colours, lut)
+    if image.shape[2] == 2:  # grey + alpha: kept for --channels 4, as Pillow's LA to RGBA
+        keep = channels == 4 or (alpha and channels is None)
+        image = image[:, :, [0, 0, 0, 1]] if keep else image[:, :, :1]
     if channels is not None:
         image = convert_channels(image, channels)
     elif not alpha and image.shape[2] == 4:

@@ -22,6 +22,7 @@ at a time, which is what ``patchconv apply --chunks`` uses.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import shutil
@@ -48,6 +49,7 @@ from patchconv.functional import conv2d as _conv2d
 __all__ = [
     "AxisBlock",
     "block_range",
+    "check_target",
     "conv2d",
     "local_client",
     "open_image",
@@ -461,9 +463,9 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
     :func:`patchconv.images.load_image` reads it (integers scaled, floats clipped, alpha
     kept as the last channel: grey + alpha gives 2 channels, RGBA 4).
 
-    Greyscale and RGB TIFFs (tiled or striped; read through tifffile's Zarr view, a chunk at
-    a time) and Zarr arrays (a ``.zarr`` directory) stream; other TIFFs (palette, CMYK,
-    white-is-zero) and any other format Pillow reads are loaded whole and converted by Pillow.
+    TIFFs (tiled or striped; grey, white-is-zero, palette or RGB, read through tifffile's
+    Zarr view a chunk at a time) and Zarr arrays (a ``.zarr`` directory) stream; any other
+    format Pillow reads is loaded whole. CMYK, YCbCr and CIELab TIFFs are refused.
     ``chunks`` rechunks the spatial axes (default: the file's own tiles).
     """
     func = "open_image"
@@ -476,44 +478,43 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
     if not p.exists():
         raise PatchconvError(f"{func}: path must be an existing image file; got {os.fspath(p)!r}")
     suffix = p.suffix.lower()
-    arr: Any = None
+    arr: Any
     orientation = 1  # a TIFF's tag; Pillow's formats come upright from load_image
+    colours, lut = "plain", None  # how samples become colours (a TIFF's photometric tag)
     if suffix in (".tif", ".tiff"):
         import tifffile
         import zarr
 
-        from patchconv.images import tiff_orientation
+        from patchconv.images import tiff_colours, tiff_orientation
 
         try:
             with tifffile.TiffFile(p) as tif:
                 axes = tif.series[0].axes
                 orientation = tiff_orientation(tif)
-                photometric = int(tif.pages.first.photometric)
-            if photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
-                with tifffile.imread(p, aszarr=True) as store:
-                    view = zarr.open_array(store, mode="r")
-                    shape, tiles, dtype = view.shape, view.chunks, view.dtype
+                colours, lut = tiff_colours(tif, func, os.fspath(p))
+            with tifffile.imread(p, aszarr=True) as store:
+                view = zarr.open_array(store, mode="r")
+                shape, tiles, dtype = view.shape, view.chunks, view.dtype
+        except PatchconvError:
+            raise
         except Exception as exc:  # tifffile raises several types for unreadable files
             raise PatchconvError(f"{func}: cannot read {os.fspath(p)!r} as a TIFF: {exc}") from exc
-        if photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
-            # Each task opens the file and reads its own tiles: the graph holds a path, not an
-            # open file, so it pickles to the workers of any Dask cluster.
-            arr = da.map_blocks(
-                _read_tiff_region,
-                str(p.resolve()),
-                chunks=da.core.normalize_chunks(tiles, shape),
-                dtype=dtype,
-                meta=np.empty((0,) * len(shape), dtype=dtype),
+        # Each task opens the file and reads its own tiles: the graph holds a path, not an
+        # open file, so it pickles to the workers of any Dask cluster.
+        arr = da.map_blocks(
+            _read_tiff_region,
+            str(p.resolve()),
+            chunks=da.core.normalize_chunks(tiles, shape),
+            dtype=dtype,
+            meta=np.empty((0,) * len(shape), dtype=dtype),
+        )
+        if arr.ndim == 3 and axes not in ("YXS", "SYX"):
+            raise PatchconvError(
+                f"{func}: {os.fspath(p)!r} holds a stack of {shape[0]} images (axes {axes}); "
+                "give one image, (h, w) or (h, w, c)"
             )
-            if arr.ndim == 3 and axes not in ("YXS", "SYX"):
-                raise PatchconvError(
-                    f"{func}: {os.fspath(p)!r} holds a stack of {shape[0]} images (axes "
-                    f"{axes}); give one image, (h, w) or (h, w, c)"
-                )
-            if axes.startswith("S") and arr.ndim == 3:  # planar RGB: (c, h, w)
-                arr = arr.transpose(1, 2, 0)
-        else:  # palette, CMYK, ...: their colours need Pillow's conversion, on the whole image
-            orientation = 1
+        if axes.startswith("S") and arr.ndim == 3:  # planar RGB: (c, h, w)
+            arr = arr.transpose(1, 2, 0)
     elif suffix == ".zarr" or p.is_dir():
         import zarr
 
@@ -523,7 +524,7 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             raise PatchconvError(
                 f"{func}: cannot read {os.fspath(p)!r} as a Zarr array: {exc}"
             ) from exc
-    if arr is None:
+    else:
         arr = da.from_array(_load_whole(p, func))
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -537,21 +538,24 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
     arr = upright(arr, orientation)  # as load_image and viewers show it
     if chunks is not None:
         arr = arr.rechunk((chunks, chunks, -1))
-    out = arr.map_blocks(_unit, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+    from patchconv.images import tiff_to_unit
+
+    # As load_image: integers scaled, floats clipped, white-is-zero inverted, palette looked up.
+    chunks_out = arr.chunks[:2] + (((3,),) if colours == "palette" else arr.chunks[2:])
+    out = arr.map_blocks(
+        tiff_to_unit,
+        colours,
+        lut,
+        chunks=chunks_out,
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), np.float32),
+    )
     return out[None]
 
 
-def _unit(block: np.ndarray) -> np.ndarray:
-    """Samples to float32 in [0, 1] as load_image makes them: integers scaled, floats clipped."""
-    from patchconv.images import samples_to_unit
-
-    unit = samples_to_unit(block)  # floats: maybe the block itself, not to be written to
-    return np.clip(unit, 0.0, 1.0) if block.dtype.kind == "f" else unit
-
-
 def _load_whole(p: Path, func: str) -> np.ndarray:
-    """An image Pillow reads (or a TIFF only Pillow converts) as load_image gives it, alpha
-    kept: grey + alpha as 2 channels, not the RGBA that load_image makes of it."""
+    """An image Pillow reads, as load_image gives it, alpha kept: grey + alpha as 2
+    channels, not the RGBA that load_image makes of it."""
     from patchconv.images import load_image
 
     try:
@@ -665,13 +669,7 @@ def write_blocks(
         raise PatchconvError(
             f"{func}: tile must be >= 16 (and a multiple of 16 for TIFF); got {tile}"
         )
-    if target.is_dir() and not (
-        suffix == ".zarr" and any((target / n).exists() for n in (".zarray", "zarr.json"))
-    ):
-        raise PatchconvError(
-            f"{func}: path is an existing folder that is not a Zarr array, which this would "
-            f"replace; got {os.fspath(target)!r}"
-        )
+    check_target(target, func=func)
     h, w, c = (int(v) for v in arr.shape)
     # Tiles no larger than the image (rounded up to 16 for TIFF): Zarr chunks and TIFF tiles
     # are written whole, so --chunks 100000 on a small image made a 100000^2 chunk in memory.
@@ -722,6 +720,25 @@ def write_blocks(
     finally:
         _remove(tmp)
     return target
+
+
+def check_target(path: str | os.PathLike[str], *, func: str = "check_target") -> None:
+    """Refuse a path :func:`write_blocks` would replace that holds something else: a folder
+    that is neither empty nor a Zarr array (a Zarr group holds arrays of its own)."""
+    target = Path(path)
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if (target / ".zarray").is_file():
+        return
+    try:
+        node = json.loads((target / "zarr.json").read_text()).get("node_type")
+    except (OSError, ValueError, AttributeError):
+        node = None
+    if node != "array":
+        raise PatchconvError(
+            f"{func}: path is an existing folder that is not a Zarr array, which this would "
+            f"replace; got {os.fspath(target)!r}"
+        )
 
 
 def _remove(path: Path) -> None:
