@@ -526,3 +526,30 @@ def test_a_zarr_arrays_channels_are_all_kept(tmp_path: Path, rng: np.random.Gene
         data[None], images.filter_kernel("box_blur", 2).kernel, padding="same", groups=2
     )[0]
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_white_is_zero_inverts_grey_not_alpha_and_floats_too(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    grey = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+    both = np.stack([grey, np.full_like(grey, 255)], -1)
+    tifffile.imwrite(
+        tmp_path / "wa.tif", both, photometric="miniswhite", extrasamples=[2], tile=(16, 16)
+    )
+    floats = rng.random((20, 20)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "wf.tif", floats, photometric="miniswhite")
+    for read in (lambda p: scale.open_image(p).compute()[0], images.load_image):
+        alpha = read(tmp_path / "wa.tif")
+        np.testing.assert_allclose(alpha[..., 0], 1.0 - grey / 255.0, atol=1e-6)
+        assert alpha[..., -1].min() == 1.0  # opaque stays opaque
+        np.testing.assert_allclose(read(tmp_path / "wf.tif")[..., 0], 1.0 - floats, atol=1e-6)
+
+
+def test_pillows_palette_tiff_reads_back_exactly(tmp_path: Path) -> None:
+    img = Image.new("P", (8, 8))
+    img.putpalette([255, 255, 255, 10, 20, 30] + [0] * 762)
+    img.putpixel((3, 3), 1)
+    img.save(tmp_path / "p.tif")
+    for got in (images.load_image(tmp_path / "p.tif"), scale.open_image(tmp_path / "p.tif")[0]):
+        np.testing.assert_allclose(np.asarray(got)[0, 0], [1.0, 1.0, 1.0], atol=1e-7)
+        np.testing.assert_allclose(np.asarray(got)[3, 3], np.array([10, 20, 30]) / 255, atol=1e-7)

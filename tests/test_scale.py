@@ -316,3 +316,14 @@ def test_helpers_name_a_bad_argument(tmp_path: Any) -> None:
     write_blocks(image, tmp_path / "o.zarr", tile=16)
     write_blocks(image + 1, tmp_path / "o.zarr", tile=16)  # a Zarr array is replaced
     assert zarr.open_array(tmp_path / "o.zarr", mode="r")[0, 0, 0] == 1
+
+
+def test_a_tiff_path_never_replaces_a_folder(tmp_path: Any) -> None:
+    import zarr
+
+    from patchconv.scale import write_blocks
+
+    zarr.open_array(tmp_path / "z.tif", mode="w", shape=(3, 3), dtype="u1")
+    with pytest.raises(PatchconvError, match=r"existing folder that is not a Zarr array"):
+        write_blocks(np.zeros((20, 18, 1), np.float32), tmp_path / "z.tif", tile=16)
+    assert (tmp_path / "z.tif").is_dir()

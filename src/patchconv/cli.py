@@ -181,6 +181,7 @@ def _apply_stream(
     options: dict[str, Any],
 ) -> int:
     """--chunks: tiled TIFF / Zarr in, Zarr / tiled TIFF out, a few blocks in memory at a time."""
+    import os
     from pathlib import Path
 
     from patchconv import PatchconvError, images, scale
@@ -261,15 +262,18 @@ def _apply_stream(
                 return scaled if mode == "none" else (scaled * 255.0 + 0.5).astype("uint8")
 
             bar = _apply_progress(n_blocks, f"{k.name}: filtering (blocks)")
-            written = scale.write_blocks(
-                y,
-                target,
-                tile=args.chunks,
-                transform=transform,
-                dtype="float32" if mode == "none" else "uint8",
-                progress=bar and bar.update,
-                parallel=parallel,
-            )
+            try:
+                written = scale.write_blocks(
+                    y,
+                    target,
+                    tile=args.chunks,
+                    transform=transform,
+                    dtype="float32" if mode == "none" else "uint8",
+                    progress=bar and bar.update,
+                    parallel=parallel,
+                )
+            except OSError as exc:
+                raise PatchconvError(f"apply: cannot write {os.fspath(target)!r}: {exc}") from exc
             if bar is not None:
                 bar.close()
             print(written)

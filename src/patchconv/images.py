@@ -100,8 +100,10 @@ def tiff_colours(tif: Any, func: str, name: str) -> tuple[str, np.ndarray | None
     if photometric == kind.MINISWHITE:
         return "white", None
     if photometric == kind.PALETTE and page.colormap is not None:
-        cmap = np.asarray(page.colormap, dtype=np.float32)  # (3, entries), 16-bit values
-        return "palette", np.ascontiguousarray(cmap.T / np.float32(65535.0))
+        cmap = np.asarray(page.colormap)  # (3, entries), 16-bit values
+        # An 8-bit map written as value * 256 (Pillow does) reads back exactly.
+        top = 65280.0 if np.all(cmap % 256 == 0) else 65535.0
+        return "palette", np.ascontiguousarray(cmap.T.astype(np.float32) / np.float32(top))
     label = getattr(photometric, "name", photometric)
     raise PatchconvError(
         f"{func}: {name!r} holds {label} samples (photometric {int(photometric)}), which are "
@@ -111,13 +113,16 @@ def tiff_colours(tif: Any, func: str, name: str) -> tuple[str, np.ndarray | None
 
 def tiff_to_unit(samples: np.ndarray, colours: str, lut: np.ndarray | None) -> np.ndarray:
     """A TIFF's (h, w, c) samples as float32 colours in [0, 1] (see :func:`tiff_colours`):
-    integers scaled, floats clipped, white-is-zero inverted, palette indices looked up."""
+    integers scaled, floats clipped, white-is-zero grey inverted (not its alpha), palette
+    indices looked up (an index past a short map takes its last entry)."""
     if colours == "palette":
         assert lut is not None
         index = np.clip(samples[..., 0].astype(np.intp), 0, len(lut) - 1)
         return lut[index]
     unit = np.clip(samples_to_unit(samples), 0.0, 1.0)
-    return 1.0 - unit if colours == "white" else unit
+    if colours == "white":
+        unit[..., 0] = 1.0 - unit[..., 0]
+    return unit
 
 
 def _target_size(size: int | tuple[int, int], bands: int, func: str) -> tuple[int, int]:
@@ -248,7 +253,7 @@ def _deep_tiff(path: str | os.PathLike[str]) -> bool:
         return False
     kind = tifffile.PHOTOMETRIC
     if photometric in (kind.MINISWHITE, kind.PALETTE):
-        return dtype.kind in "ui"
+        return dtype.kind in "uif"
     plain = photometric in (kind.MINISBLACK, kind.RGB)
     return plain and (dtype.kind in "if" or (dtype.kind == "u" and dtype.itemsize > 1))
 

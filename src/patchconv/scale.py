@@ -724,16 +724,19 @@ def write_blocks(
 
 def check_target(path: str | os.PathLike[str], *, func: str = "check_target") -> None:
     """Refuse a path :func:`write_blocks` would replace that holds something else: a folder
-    that is neither empty nor a Zarr array (a Zarr group holds arrays of its own)."""
+    that is neither empty nor, for a ``.zarr`` path, a Zarr array (a Zarr group holds arrays
+    of its own; a TIFF path is a file)."""
     target = Path(path)
     if not target.is_dir() or not any(target.iterdir()):
         return
-    if (target / ".zarray").is_file():
-        return
-    try:
-        node = json.loads((target / "zarr.json").read_text()).get("node_type")
-    except (OSError, ValueError, AttributeError):
-        node = None
+    node = None
+    if target.suffix.lower() == ".zarr":
+        if (target / ".zarray").is_file():
+            return
+        try:
+            node = json.loads((target / "zarr.json").read_text()).get("node_type")
+        except (OSError, ValueError, AttributeError):
+            pass
     if node != "array":
         raise PatchconvError(
             f"{func}: path is an existing folder that is not a Zarr array, which this would "
