@@ -42,13 +42,14 @@ def test_round_ratios_pair_each_round(conv_suite: Any) -> None:
     assert conv_suite.round_ratios(samples, "torch_cl") == []
 
 
-def test_table_reports_each_rows_spread_over_rounds(conv_suite: Any) -> None:
+def _tiny_run(conv_suite: Any, peers: list[str], rounds: int) -> tuple[dict[str, Any], str]:
+    """The suite on one small layer, forward only: (result, its table line)."""
     from benchmarks.layers import Layer
 
     opts = conv_suite.Options(
         layers=[Layer(1, 8, 4, 4, 3)],
-        peers=["patchconv", "numpy_im2col"],
-        rounds=3,
+        peers=peers,
+        rounds=rounds,
         min_time=0.001,
         pause=0.0,
         backward=False,
@@ -56,27 +57,20 @@ def test_table_reports_each_rows_spread_over_rounds(conv_suite: Any) -> None:
         latency=False,
     )
     result = conv_suite.run(opts)
+    line = next(s for s in conv_suite.render(result).splitlines() if "N1 8x8" in s)
+    return result, line
+
+
+def test_table_reports_each_rows_spread_over_rounds(conv_suite: Any) -> None:
+    result, line = _tiny_run(conv_suite, ["patchconv", "numpy_im2col"], 3)
     row = result["forward"][0]
     ratios = row["round_ratios_vs_best"]
     assert len(ratios) == 3 and all(v > 0 for v in ratios)
     assert min(ratios) <= row["ratio_vs_best"] <= max(ratios)  # the median lies among them
-    line = next(s for s in conv_suite.render(result).splitlines() if "N1 8x8" in s)
     met = sum(v >= conv_suite.TARGETS[row["category"]] for v in ratios)
     assert f"{min(ratios):.2f}-{max(ratios):.2f}, {met}/3 met" in line
 
 
 def test_a_row_without_peers_renders(conv_suite: Any) -> None:
-    from benchmarks.layers import Layer
-
-    opts = conv_suite.Options(
-        layers=[Layer(1, 8, 4, 4, 3)],
-        peers=["patchconv"],
-        rounds=2,
-        min_time=0.001,
-        pause=0.0,
-        backward=False,
-        memory=False,
-        latency=False,
-    )
-    line = next(s for s in conv_suite.render(conv_suite.run(opts)).splitlines() if "N1 8x8" in s)
+    _, line = _tiny_run(conv_suite, ["patchconv"], 2)
     assert "| None | n/a | n/a | >= 1.3x NOT met |" in line
