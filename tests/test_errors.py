@@ -160,3 +160,18 @@ def test_set_workspace_limit_checks_and_restores() -> None:
         assert patchconv.get_workspace_limit() == 1024
     finally:
         patchconv.set_workspace_limit(previous)
+
+
+def test_explain_algorithm_plans_integer_dtypes_as_conv2d_runs_them() -> None:
+    x_shape, k_shape = (1, 8, 8, 1024), (3, 3, 1024, 64)
+    ran = patchconv.conv2d(
+        np.ones(x_shape, np.int64), np.full(k_shape, 1e-3, np.float32), padding="same",
+        return_plan=True,
+    )[1].algorithm  # fmt: skip
+    for dtype in (np.int64, np.uint8, bool):
+        plan = patchconv.explain_algorithm(x_shape, k_shape, padding="same", dtype=dtype)
+        assert plan.algorithm == ran  # int64 planned as 8-byte floats before
+    with pytest.raises(TypeError, match=r"explain_algorithm: dtype must have a real float"):
+        patchconv.explain_algorithm(x_shape, k_shape, dtype=np.complex64)
+    with pytest.raises(TypeError, match=r"explain_algorithm: dtype must be a NumPy dtype"):
+        patchconv.explain_algorithm(x_shape, k_shape, dtype="no such type")

@@ -274,8 +274,8 @@ def as_float_array(value: Any, *, func: str, name: str) -> np.ndarray:
     """Any array-like -> an ndarray of a float dtype (never a copy unless needed).
 
     float16/32/64 are kept (in native byte order: big-endian ones are copied); integer and bool
-    arrays (e.g. uint8 images) become float32; complex, object, string and other dtypes raise
-    TypeError.
+    arrays (e.g. uint8 images) become float32 (integers past 2**24 round); complex, object,
+    string and other dtypes raise TypeError.
     """
     if isinstance(value, np.ndarray):
         arr = value

@@ -278,7 +278,7 @@ def conv2d(
     ----------
     x : array_like, (n, h, w, c_in) or (n, c_in, h, w) for "channels_first"
         float16/32/64 are kept (float16 accumulates in float32); integer and bool arrays are
-        computed as float32.
+        converted to float32 first (integers past 2**24 round).
     kernel : array_like, (kh, kw, c_in // groups, c_out)
         Keras' HWIO layout whatever ``data_format`` is.
     bias : array_like, (c_out,), optional
@@ -407,7 +407,8 @@ def explain_algorithm(
     """Which algorithm :func:`conv2d` would run for these shapes, and why, computing nothing.
 
     The plan lists the cost model's estimate for every algorithm that applies and the reason
-    each other one does not; ``print(plan)`` shows it.
+    each other one does not; ``print(plan)`` shows it. ``dtype`` is the inputs' dtype
+    (integers and bool plan as float32, as ``conv2d`` computes them).
 
     >>> plan = explain_algorithm((8, 56, 56, 64), (3, 3, 64, 64), padding="same")
     >>> plan.algorithm.startswith("winograd") or plan.algorithm == "gemm"
@@ -416,7 +417,12 @@ def explain_algorithm(
     'pointwise'
     """
     func = "explain_algorithm"
-    work, _ = compute_dtype(np.dtype(dtype))
+    try:
+        given = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{func}: dtype must be a NumPy dtype; got {dtype!r}") from exc
+    # The dtype conv2d would compute in for inputs of this dtype (integers as float32).
+    work, _ = compute_dtype(as_float_array(np.empty(0, given), func=func, name="dtype").dtype)
     spec = conv_spec(
         tuple(x_shape),
         tuple(kernel_shape),

@@ -43,7 +43,8 @@ class PreparedConv:
     prepared : str
         What was prepared: "winograd_f4" or "winograd_f2" (the transformed kernel is kept), or
         "nothing" (each call is a plain ``conv2d``: keeping a transformed kernel pays only on
-        deep 3x3 stride-1 layers).
+        deep 3x3 stride-1 layers, and is done only for float32 and float64 kernels in
+        channels_last with zero padding).
     """
 
     def __init__(
