@@ -208,8 +208,7 @@ def _apply_stream(
     for (path, x), stem in zip(sources, stems, strict=True):
         # An image file's alpha is dropped, as in memory (--channels 4 keeps it); a Zarr
         # array's channels are data, not colours, and stay as they are.
-        zarr_array = Path(path).is_dir() or Path(path).suffix.lower() == ".zarr"
-        c, image_file = int(x.shape[3]), not zarr_array  # as open_image tells them apart
+        c, image_file = int(x.shape[3]), not scale.is_zarr_path(path)
         if c == 2 and image_file:  # grey + alpha
             x = x[..., [0, 0, 0, 1]] if channels == 4 else x[..., :1]
         elif c == 4 and channels != 4 and image_file:

@@ -219,6 +219,24 @@ def load_image(
     return convert_channels(scaled, channels) if deep_grey and channels is not None else scaled
 
 
+def load_whole(path: str | os.PathLike[str], *, func: str = "load_whole") -> np.ndarray:
+    """An image Pillow reads, as :func:`load_image` gives it with alpha kept, but grey + alpha
+    as 2 channels (not RGBA), read whole after a check that it fits in memory: what
+    :func:`patchconv.scale.open_image` does with formats it cannot stream."""
+    try:
+        Image = _pillow()
+        with Image.open(path) as img:
+            mode, need = img.mode, img.width * img.height * 4 * 4 * 2  # RGBA float32, twice
+    except Exception:  # load_image below says what is wrong with the file
+        mode, need = "", 0
+    check_memory(need, func=func, what=f"{os.fspath(path)!r}, read whole")
+    try:
+        image = load_image(path)
+    except PatchconvError as exc:
+        raise PatchconvError(str(exc).replace("load_image:", f"{func}:", 1)) from exc
+    return image[:, :, [0, 3]] if mode in ("LA", "La") else image
+
+
 def samples_to_unit(arr: np.ndarray) -> np.ndarray:
     """Integer samples -> float32 in [0, 1], a signed type's range onto [0, 1] as a whole;
     floats unchanged. How TIFFs read here and by :func:`patchconv.scale.open_image` scale."""

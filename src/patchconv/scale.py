@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from patchconv import algorithms
-from patchconv._config import check_memory
 from patchconv._spec import (
     PADDING_MODES,
     PatchconvError,
@@ -51,6 +50,7 @@ __all__ = [
     "block_range",
     "check_target",
     "conv2d",
+    "is_zarr_path",
     "local_client",
     "open_image",
     "plan_axis",
@@ -515,7 +515,7 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             )
         if axes.startswith("S") and arr.ndim == 3:  # planar RGB: (c, h, w)
             arr = arr.transpose(1, 2, 0)
-    elif suffix == ".zarr" or p.is_dir():
+    elif is_zarr_path(p):
         import zarr
 
         try:
@@ -525,7 +525,9 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
                 f"{func}: cannot read {os.fspath(p)!r} as a Zarr array: {exc}"
             ) from exc
     else:
-        arr = da.from_array(_load_whole(p, func))
+        from patchconv.images import load_whole
+
+        arr = da.from_array(load_whole(p, func=func))
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3:
@@ -551,26 +553,6 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
         meta=np.empty((0, 0, 0), np.float32),
     )
     return out[None]
-
-
-def _load_whole(p: Path, func: str) -> np.ndarray:
-    """An image Pillow reads, as load_image gives it, alpha kept: grey + alpha as 2
-    channels, not the RGBA that load_image makes of it."""
-    from patchconv.images import load_image
-
-    try:
-        from PIL import Image
-
-        with Image.open(p) as img:
-            mode, need = img.mode, img.width * img.height * 4 * 4 * 2  # RGBA float32, twice
-    except Exception:  # load_image below says what is wrong with the file
-        mode, need = "", 0
-    check_memory(need, func=func, what=f"{os.fspath(p)!r}, read whole")
-    try:
-        image = load_image(p)
-    except PatchconvError as exc:
-        raise PatchconvError(str(exc).replace("load_image:", f"{func}:", 1)) from exc
-    return image[:, :, [0, 3]] if mode in ("LA", "La") else image
 
 
 def _on_cluster() -> bool:
@@ -720,6 +702,13 @@ def write_blocks(
     finally:
         _remove(tmp)
     return target
+
+
+def is_zarr_path(path: str | os.PathLike[str]) -> bool:
+    """True if :func:`open_image` reads ``path`` as a Zarr array (a ``.zarr`` path or a
+    folder), not as an image file."""
+    p = Path(path)
+    return p.suffix.lower() == ".zarr" or p.is_dir()
 
 
 def check_target(path: str | os.PathLike[str], *, func: str = "check_target") -> None:
