@@ -832,13 +832,36 @@ def test_panel_products_make_u_and_multiply(
     kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(dtype)
     v = rng.standard_normal((a * a, nt, c_in)).astype(dtype)
     mm = np.full((a * a, nt, c_out), np.nan, dtype)
-    work = np.empty(a * a * chunk * width, dtype)
+    work = np.empty(winograd.u_chunk_values(a, chunk, 1, dt), dtype)
     k9 = np.ascontiguousarray(kernel.reshape(9, -1))
     _simd.winograd_panel_products(k9, v, mm, m, chunk, work, 1, 3)
     u = winograd._kron(m, np.dtype(np.float64)) @ kernel.reshape(9, -1).astype(np.float64)
     expected = np.matmul(v.astype(np.float64), u.reshape(a * a, c_in, c_out))
     assert_close(mm[..., width:], expected[..., width:], dtype)
     assert np.isnan(mm[..., :width]).all()
+
+
+@pytest.mark.skipif(winograd.kernels() is None, reason="the schedules' kernels need numba")
+def test_u_chunk_kernels_refuse_a_short_work_buffer() -> None:
+    """Both schedules write U's chunk with each position a vector longer than its rows (see
+    winograd_panel_products); a work buffer without that room is refused, not overrun."""
+    from patchconv.algorithms import _simd
+
+    dt = np.dtype(np.float32)
+    m, a, c_in, chunk, nt = 2, 4, 8, 8, 6
+    c_out = 4 * _simd.lanes(dt)
+    k9 = np.zeros((9, c_in * c_out), dt)
+    v = np.zeros((a * a, nt, c_in), dt)
+    mm = np.zeros((a * a, nt, c_out), dt)
+    need = winograd.u_chunk_values(a, chunk, 1, dt)
+    assert need == a * a * (chunk * c_out + _simd.lanes(dt))
+    short = np.zeros(need - 1, dt)
+    with pytest.raises(ValueError, match="work holds fewer"):
+        _simd.winograd_panel_products(k9, v, mm, m, chunk, short, 0, 1)
+    with pytest.raises(ValueError, match="work holds fewer"):
+        _simd.winograd_channel_products(k9, v, mm, m, chunk, 1, short, 0, 1)
+    _simd.winograd_panel_products(k9, v, mm, m, chunk, np.zeros(need, dt), 0, 1)
+    assert not mm.any()
 
 
 @pytest.mark.skipif(winograd.kernels() is None, reason="the channel products need numba")
@@ -872,7 +895,7 @@ def test_channel_products_sum_to_the_products(
     kernel = rng.standard_normal((3, 3, c_in, c_out)).astype(dtype)
     v = rng.standard_normal((a * a, nt, c_in)).astype(dtype)
     mm = np.full((parts * a * a, nt, c_out), np.nan, dtype)
-    work = np.empty(a * a * chunk * c_out, dtype)
+    work = np.empty(winograd.u_chunk_values(a, chunk, c_out // (4 * _simd.lanes(dt)), dt), dtype)
     k9 = np.ascontiguousarray(kernel.reshape(9, -1))
     _simd.winograd_channel_products(k9, v, mm, m, chunk, parts, work, 1, parts)
     assert np.isnan(mm[: a * a]).all()  # item 0 not asked for

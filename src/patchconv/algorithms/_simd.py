@@ -2111,7 +2111,10 @@ def winograd_panel_products(k9, v, mm, m, chunk, work, lo, hi):  # type: ignore[
     # every position xi. U is made chunk input channels at a time into work (a*a, chunk,
     # 4 lanes), which stays in L2 while the products read it: the kernel is read once in
     # all, and U never goes out to memory (the positions split, U made whole, wrote and read
-    # it back through L3: 17-38 MB a call on 7x7x512).
+    # it back through L3: 17-38 MB a call on 7x7x512). The positions lie a vector more than
+    # chunk rows apart: at a power of two (F(2x2), 256 channels: 64 KB) each vector's a*a
+    # stores fell in one L1 cache set and evicted each other (measured, N1 7x7x512 F(2x2),
+    # both cores: U made in 0.57 -> 0.27 ms; whole calls 1.09-1.13 -> 1.02-1.05 ms).
     a = m + 2
     _, nt, ci = v.shape
     co = mm.shape[2]
@@ -2121,7 +2124,9 @@ def winograd_panel_products(k9, v, mm, m, chunk, work, lo, hi):  # type: ignore[
     kf = k9.reshape(-1)
     vf = v.reshape(-1)
     of = mm.reshape(-1)
-    pitch = chunk * width  # work: from one position to the next
+    pitch = chunk * width + lanes  # work: from one position to the next (see above)
+    if work.size < a * a * pitch:
+        raise ValueError("winograd_panel_products: work holds fewer than winograd.u_chunk_values")
     # Past APART_CHANNELS each chunk's sum goes apart first, in the rows after U's chunk.
     tmp = work[a * a * pitch :]
     apart = ci > APART_CHANNELS and tmp.size >= nt * width
@@ -2160,8 +2165,10 @@ def winograd_channel_products(k9, v, mm, m, chunk, parts, work, lo, hi):  # type
     q = ci * co
     kf = k9.reshape(-1)
     vf = v.reshape(-1)
-    pitch = chunk * width  # work: from one position to the next
+    pitch = chunk * width + lanes  # work: from one position to the next (as by panels)
     pstride = a * a * pitch  # from one panel to the next
+    if work.size < panels * pstride:
+        raise ValueError("winograd_channel_products: work holds fewer than winograd.u_chunk_values")
     tmp = work[panels * pstride :]  # as in winograd_panel_products
     for item in range(lo, hi):
         of = mm[item * a * a : (item + 1) * a * a].reshape(-1)

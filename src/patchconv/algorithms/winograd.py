@@ -71,6 +71,7 @@ __all__ = [
     "kernel_transform",
     "panel_products",
     "split_products",
+    "u_chunk_values",
     "u_panels",
     "u_streamed",
     "whole_u_past_limit",
@@ -718,12 +719,14 @@ def u_streamed(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit: int) ->
         return False
     vm_bytes = _vm_bytes(spec, m, size)
     parts = 1
-    if channel_products(spec, m, dtype):  # one M a part
+    by_channels = channel_products(spec, m, dtype)
+    if by_channels:  # one M a part
         parts = _channel_parts()
         vm_bytes += (parts - 1) * _m_bytes(spec, m, size)
     elif not (panel_products(spec, m, dtype) and _tiles(spec, m) >= 6):
         return False
-    need = vm_bytes + n_workers() * (_PANEL_U_BYTES + _apart_values(spec, m, dtype, parts) * size)
+    chunk_values = _u_chunk(spec, m, dtype, by_channels=by_channels)[1]
+    need = vm_bytes + n_workers() * (chunk_values + _apart_values(spec, m, dtype, parts)) * size
     return need <= workspace_limit and vm_bytes <= max(2 * BLOCK_BYTES * n_workers(), u_bytes)
 
 
@@ -743,6 +746,26 @@ def whole_u_past_limit(spec: ConvSpec, m: int, dtype: np.dtype, workspace_limit:
     ):
         return 0
     return u_bytes
+
+
+def _u_chunk(spec: ConvSpec, m: int, dtype: np.dtype, *, by_channels: bool) -> tuple[int, int]:
+    """(input channels in each chunk of ``U``, values of a thread's chunk) in the schedules by
+    input channels (``U`` for all of ``c_out``) and by column panels (one panel of 4 vectors):
+    about ``_PANEL_U_BYTES``, each position's rows a vector longer than the chunk (see
+    :func:`_simd.winograd_panel_products`)."""
+    a, size = m + 2, dtype.itemsize
+    width = 4 * VECTOR_BYTES // size
+    cols = spec.c_out if by_channels else width
+    chunk = min(spec.c_in, max(1, _PANEL_U_BYTES // (a * a * cols * size)))
+    return chunk, u_chunk_values(a, chunk, cols // width, dtype)
+
+
+def u_chunk_values(a: int, chunk: int, panels: int, dtype: np.dtype) -> int:
+    """Values of the chunk of ``U`` that :func:`_simd.winograd_panel_products` (``panels`` 1)
+    and :func:`_simd.winograd_channel_products` (``c_out`` / 4 lanes panels) make in their
+    work buffer: ``a*a`` positions of ``chunk`` rows of 4 vectors, each a vector longer."""
+    lanes = VECTOR_BYTES // dtype.itemsize
+    return panels * a * a * (chunk * 4 * lanes + lanes)
 
 
 def _apart_values(spec: ConvSpec, m: int, dtype: np.dtype, parts: int) -> int:
@@ -889,17 +912,13 @@ def _forward_split(
     if u_ready is not None:  # U made beforehand (prepared_u): the products alone
         _simd.parallel(_simd.batched_matmul, (v3, u3, m3), a * a, pieces_per_worker=1)
     elif by_channels:
-        chunk = min(c_in, max(1, _PANEL_U_BYTES // (a * a * c_out * dtype.itemsize)))
+        chunk, values = _u_chunk(spec, m, dtype, by_channels=True)
         _simd.parallel(
             _simd.winograd_channel_products,
             (k9, v3, m3, m, chunk, parts),
             parts,
             pieces_per_worker=1,
-            work=(
-                a * a * chunk * c_out + _apart_values(spec, m, dtype, parts),
-                dtype,
-                workspace_limit,
-            ),
+            work=(values + _apart_values(spec, m, dtype, parts), dtype, workspace_limit),
         )
         whole = mm.reshape(parts, -1)
         for i in range(1, parts):  # the parts' sum (0.3 MB on N1 7x7x512: about 20 us; summed
@@ -909,13 +928,13 @@ def _forward_split(
         m3 = whole[0].reshape(a * a, total, c_out)
     elif by_panels:
         width = 4 * VECTOR_BYTES // dtype.itemsize
-        chunk = min(c_in, max(1, _PANEL_U_BYTES // (a * a * width * dtype.itemsize)))
+        chunk, values = _u_chunk(spec, m, dtype, by_channels=False)
         _simd.parallel(
             _simd.winograd_panel_products,
             (k9, v3, m3, m, chunk),
             c_out // width,
             pieces_per_worker=1,
-            work=(a * a * chunk * width + _apart_values(spec, m, dtype, 1), dtype, workspace_limit),
+            work=(values + _apart_values(spec, m, dtype, 1), dtype, workspace_limit),
         )
     elif native:
         both = (k9, kron, u3, v3, m3)
