@@ -175,3 +175,29 @@ def test_explain_algorithm_plans_integer_dtypes_as_conv2d_runs_them() -> None:
         patchconv.explain_algorithm(x_shape, k_shape, dtype=np.complex64)
     with pytest.raises(TypeError, match=r"explain_algorithm: dtype must be a NumPy dtype"):
         patchconv.explain_algorithm(x_shape, k_shape, dtype="no such type")
+
+
+def test_shape_arguments_take_integer_tuples_or_the_arrays() -> None:
+    """explain_algorithm, conv_output_shape and col2im take shapes; given the arrays they use
+    their shapes (and explain_algorithm their dtypes), where the arrays once went into the
+    message whole. Anything else is a TypeError naming the parameter, kept short."""
+    x = np.zeros((1, 7, 7, 512), np.float64)
+    kernel = np.zeros((3, 3, 512, 512), np.float32)
+    assert patchconv.conv_output_shape(x, kernel, padding="same") == (1, 7, 7, 512)
+    ran = patchconv.conv2d(x, kernel, padding="same", return_plan=True)[1].algorithm
+    assert patchconv.explain_algorithm(x, kernel, padding="same").algorithm == ran
+    by_shape = patchconv.explain_algorithm(x.shape, kernel.shape, padding="same", dtype=x.dtype)
+    assert by_shape.algorithm == ran
+    given = patchconv.explain_algorithm(x, kernel, padding="same", dtype=np.float32)
+    assert (
+        given.algorithm
+        == patchconv.explain_algorithm(x.shape, kernel.shape, padding="same").algorithm
+    )
+    for bad in (5, None, "abcd", (1, 4, 4, 3.0), (1, 4, 4, True), [[0.5] * 500]):
+        with pytest.raises(TypeError, match=r"conv_output_shape: x_shape must be a shape") as info:
+            patchconv.conv_output_shape(bad, (3, 3, 3, 2))
+        assert len(str(info.value)) < 200
+        with pytest.raises(TypeError, match=r"explain_algorithm: kernel_shape must be a shape"):
+            patchconv.explain_algorithm((1, 4, 4, 3), bad)
+        with pytest.raises(TypeError, match=r"col2im: x_shape must be a shape"):
+            patchconv.col2im(np.zeros((4, 27)), bad, 3)

@@ -135,6 +135,26 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def shape_arg(value: Any, *, func: str, name: str) -> tuple[int, ...]:
+    """``value`` as a shape: a tuple or list of integers, or an array's ``.shape`` (so
+    ``explain_algorithm(x, kernel)`` works as ``explain_algorithm(x.shape, kernel.shape)``).
+
+    Raises
+    ------
+    TypeError
+        Neither, or an entry that is not an integer; the message names ``func`` and ``name``.
+    """
+    if not isinstance(value, (tuple, list)) and isinstance(getattr(value, "shape", None), tuple):
+        value = value.shape
+    if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise TypeError(
+            f"{func}: {name} must be a shape, a tuple of integers such as (1, 4, 4, 3), or an "
+            f"array; got {shown}"
+        )
+    return tuple(int(v) for v in value)
+
+
 def normalize_pair(value: Any, *, func: str, name: str, minimum: int = 1) -> tuple[int, int]:
     """An int or a pair of ints -> ``(a, b)``, each at least ``minimum``."""
     if _is_int(value):

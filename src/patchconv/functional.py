@@ -24,6 +24,7 @@ from patchconv._spec import (
     check_workspace_limit,
     compute_dtype,
     conv_spec,
+    shape_arg,
 )
 from patchconv.algorithms import Plan
 
@@ -393,8 +394,8 @@ def _forward_nhwc(
 
 
 def explain_algorithm(
-    x_shape: tuple[int, ...],
-    kernel_shape: tuple[int, ...],
+    x_shape: tuple[int, ...] | np.ndarray,
+    kernel_shape: tuple[int, ...] | np.ndarray,
     *,
     strides: int | tuple[int, int] = 1,
     padding: Any = "valid",
@@ -402,13 +403,15 @@ def explain_algorithm(
     groups: int = 1,
     data_format: str = "channels_last",
     algorithm: str = "auto",
-    dtype: Any = np.float32,
+    dtype: Any = None,
 ) -> Plan:
     """Which algorithm :func:`conv2d` would run for these shapes, and why, computing nothing.
 
     The plan lists the cost model's estimate for every algorithm that applies and the reason
-    each other one does not; ``print(plan)`` shows it. ``dtype`` is the inputs' dtype
-    (integers and bool plan as float32, as ``conv2d`` computes them).
+    each other one does not; ``print(plan)`` shows it. ``x_shape`` and ``kernel_shape`` may
+    also be the arrays themselves. ``dtype`` is the inputs' dtype: by default float32, or the
+    dtype ``conv2d`` would compute in for the arrays given (integers and bool plan as
+    float32, as ``conv2d`` computes them).
 
     >>> plan = explain_algorithm((8, 56, 56, 64), (3, 3, 64, 64), padding="same")
     >>> plan.algorithm.startswith("winograd") or plan.algorithm == "gemm"
@@ -417,15 +420,20 @@ def explain_algorithm(
     'pointwise'
     """
     func = "explain_algorithm"
-    try:
-        given = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"{func}: dtype must be a NumPy dtype; got {dtype!r}") from exc
+    if dtype is None:  # the arrays' own dtypes where arrays are given
+        given = [np.dtype(getattr(a, "dtype", np.float32)) for a in (x_shape, kernel_shape)]
+    else:
+        try:
+            given = [np.dtype(dtype)]
+        except TypeError as exc:
+            raise TypeError(f"{func}: dtype must be a NumPy dtype; got {dtype!r}") from exc
     # The dtype conv2d would compute in for inputs of this dtype (integers as float32).
-    work, _ = compute_dtype(as_float_array(np.empty(0, given), func=func, name="dtype").dtype)
+    work, _ = compute_dtype(
+        *(as_float_array(np.empty(0, d), func=func, name="dtype").dtype for d in given)
+    )
     spec = conv_spec(
-        tuple(x_shape),
-        tuple(kernel_shape),
+        shape_arg(x_shape, func=func, name="x_shape"),
+        shape_arg(kernel_shape, func=func, name="kernel_shape"),
         None,
         strides=strides,
         padding=padding,
@@ -584,8 +592,8 @@ def _backward_nhwc(
 
 
 def conv_output_shape(
-    x_shape: tuple[int, ...],
-    kernel_shape: tuple[int, ...],
+    x_shape: tuple[int, ...] | np.ndarray,
+    kernel_shape: tuple[int, ...] | np.ndarray,
     *,
     strides: int | tuple[int, int] = 1,
     padding: Any = "valid",
@@ -595,13 +603,15 @@ def conv_output_shape(
     padding_mode: str = "zeros",
 ) -> tuple[int, int, int, int]:
     """The shape :func:`conv2d` would return, with the same checks, computing nothing.
+    ``x_shape`` and ``kernel_shape`` may also be the arrays themselves.
 
     >>> conv_output_shape((1, 4, 4, 3), (3, 3, 3, 2))
     (1, 2, 2, 2)
     """
+    func = "conv_output_shape"
     return conv_spec(
-        tuple(x_shape),
-        tuple(kernel_shape),
+        shape_arg(x_shape, func=func, name="x_shape"),
+        shape_arg(kernel_shape, func=func, name="kernel_shape"),
         None,
         strides=strides,
         padding=padding,
@@ -609,7 +619,7 @@ def conv_output_shape(
         groups=groups,
         data_format=data_format,
         padding_mode=padding_mode,
-        func="conv_output_shape",
+        func=func,
     ).out_shape
 
 
@@ -685,12 +695,13 @@ def col2im(
 ) -> np.ndarray:
     """The adjoint of :func:`im2col`: every patch value summed back onto its input pixel.
 
-    ``<im2col(x), c> == <x, col2im(c, x.shape, ...)>`` for all x and c.
+    ``<im2col(x), c> == <x, col2im(c, x.shape, ...)>`` for all x and c (``x`` itself may
+    stand for ``x.shape``).
     """
     func = "col2im"
     arr = as_float_array(cols, func=func, name="cols")
     spec = _patch_spec(
-        tuple(x_shape),
+        shape_arg(x_shape, func=func, name="x_shape"),
         kernel_size,
         func,
         strides=strides,
