@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import assert_close
-from patchconv import nn
+from patchconv import PatchconvError, nn
 from patchconv.nn.activations import ACTIVATIONS
 from strategies import Case, conv_cases
 
@@ -253,6 +253,23 @@ def test_activation_layers_match_keras(layer: nn.Layer) -> None:
     assert_close(layer.backward(g), gx, np.float64, grad=True)
 
 
+@pytest.mark.parametrize("negative_slope", [0.0, 0.1])
+def test_relu_threshold_matches_keras_at_the_threshold(negative_slope: float) -> None:
+    """Keras computes ``x * (x > threshold)``: 0 at the threshold, gradient 0 there; this
+    gave x and a gradient of 1 (random inputs never hit it). A negative threshold is refused,
+    as Keras' ReLU layer refuses it."""
+    x = np.array([[-0.5, 0.0, 0.5, 0.75, 1.0, 3.0]])
+    g = np.arange(1.0, 7.0).reshape(x.shape)
+    mine = nn.ReLU(negative_slope=negative_slope, threshold=0.5)
+    theirs = keras.layers.ReLU(negative_slope=negative_slope, threshold=0.5, dtype="float64")
+    out, gx, _ = keras_forward_backward(theirs, x, g)
+    assert mine.forward(x)[0, 2] == 0.0 == out[0, 2]
+    assert_close(mine.forward(x), out, np.float64)
+    assert_close(mine.backward(g), gx, np.float64, grad=True)
+    with pytest.raises(PatchconvError, match=r"ReLU: threshold must be >= 0; got -1.0"):
+        nn.ReLU(max_value=2.0, threshold=-1.0)
+
+
 # -- pooling ------------------------------------------------------------------------------------
 @st.composite
 def pool_cases(draw: st.DrawFn) -> dict[str, Any]:
@@ -406,6 +423,28 @@ def test_batch_normalization_matches_keras(
             assert_close(a, b, np.float32)
 
 
+def test_batch_normalization_in_float16_computes_in_float32_as_keras() -> None:
+    """float16 values near 30: their variance overflowed in float16 (outputs 0, the moving
+    variance inf). Keras' float16 layer computes the moments in float32; so does this one,
+    and gives Keras' outputs, gradients and moving statistics in float16."""
+    shape = (64, 8, 8, 2)
+    x = (np.random.default_rng(0).standard_normal(shape) + 30).astype(np.float16)
+    g = np.random.default_rng(1).standard_normal(shape).astype(np.float16)
+    mine = nn.BatchNormalization(dtype="float16")
+    theirs = keras.layers.BatchNormalization(dtype="float16")
+    theirs.build(shape)
+    out, gx, gw = keras_forward_backward(theirs, x, g, training=True)
+    y = mine(x, training=True)
+    assert y.dtype == np.float16 and np.isfinite(mine.moving_variance).all()
+    assert_close(y, out, np.float16)
+    assert_close(mine.backward(g), gx, np.float16, grad=True)
+    for a, b in zip(mine.grads(), gw, strict=True):
+        assert a.dtype == np.float16
+        assert_close(a, b, np.float16, grad=True)
+    for a, b in zip(mine.get_weights(), theirs.get_weights(), strict=True):
+        assert_close(a, b, np.float16)
+
+
 @pytest.mark.parametrize("axis, shape", BN_CASES)
 def test_batch_normalization_training_matches_pytorch_in_float64(
     axis: int, shape: tuple[int, ...]
@@ -528,3 +567,22 @@ def test_mean_squared_error_matches_pytorch() -> None:
     loss.backward()
     np.testing.assert_allclose(value, loss.item(), rtol=1e-12)
     assert_close(grad, t.grad.numpy(), np.float64, grad=True)
+
+
+def test_frozen_branches_freeze_their_layers() -> None:
+    """As Keras: ``trainable=False`` on AddBranches (or set later) sets it on every branch
+    layer, so a BatchNormalization inside runs on its moving statistics and keeps them; it
+    updated them while its block was frozen."""
+    bn = nn.BatchNormalization()
+    block = nn.AddBranches([[bn], []], trainable=False)
+    x = randn((8, 3), seed=3).astype(np.float32) + 5
+    y = block.forward(x, training=True)
+    assert not bn.trainable and not bn.moving_mean.any()
+    assert_close(y, x / np.sqrt(1 + 1e-3) + x, np.float32)  # moving mean 0, variance 1
+    assert block.params() == []
+    block.trainable = True
+    assert bn.trainable
+    block.forward(x, training=True)
+    assert bn.moving_mean.any()
+    block.trainable = False
+    assert not bn.trainable and block.get_config()["trainable"] is False

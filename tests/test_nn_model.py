@@ -645,3 +645,86 @@ def test_a_training_step_skips_only_the_first_layers_input_gradient(
     assert asked == [True, False]
     for ours, theirs in zip(model.grads(), full, strict=True):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_layers_added_to_a_built_model_are_built(tmp_path: Path) -> None:
+    """As Keras: ``add`` on a model built from ``input_shape`` builds the layer, so its
+    weights are saved and loaded (they were left out, with no error, and summary failed)."""
+    source = nn.Sequential([nn.Flatten(), nn.Dense(3, seed=0)], input_shape=(4,))
+    source.save_weights(tmp_path / "a.npz")
+    model = nn.Sequential(input_shape=(4,))
+    model.add(nn.Flatten())
+    model.add(nn.Dense(3, seed=1))
+    assert model.count_params() == source.count_params() == 15
+    assert model.output_shapes == [(1, 4), (1, 3)]
+    model.save_weights(tmp_path / "b.npz")
+    with np.load(tmp_path / "b.npz") as saved:
+        assert len(saved.files) == 3  # format, kernel, bias
+    model.load_weights(tmp_path / "a.npz")
+    x = np.random.default_rng(0).random((2, 4))
+    assert_close(model.predict(x), source.predict(x), np.float32)
+    assert "(Dense)" in model.summary()
+
+
+def test_accuracy_is_the_mean_over_every_label() -> None:
+    """A label per pixel: accuracy is the share of right labels, as Keras' (it was the count
+    of right pixels over the samples, 12.75 here). A single output is right where it and
+    its target fall on the same side of 0.5."""
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 6, 6, 1)).astype(np.float32)
+    y = rng.integers(0, 3, (4, 6, 6))
+    model = nn.Sequential([nn.Conv2D(3, 3, padding="same", seed=0)], input_shape=(6, 6, 1))
+    model.compile(nn.SGD(0.0), nn.SoftmaxCrossEntropy())
+    expected = float((model.predict(x).argmax(axis=-1) == y).mean())
+    assert model.evaluate(x, y)["accuracy"] == pytest.approx(expected)
+    assert model.train_on_batch(x, y)["accuracy"] == pytest.approx(expected)
+    assert model.fit(x, y, verbose=0)["accuracy"][0] == pytest.approx(expected)
+    binary = nn.Sequential([nn.Dense(1, seed=0)], input_shape=(3,))
+    binary.compile(nn.SGD(0.0), "mse", metrics=["accuracy"])
+    xb = rng.random((5, 3)).astype(np.float32)
+    yb = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    right = float(((binary.predict(xb)[:, 0] > 0.5) == (yb > 0.5)).mean())
+    assert binary.evaluate(xb, yb.reshape(5, 1))["accuracy"] == pytest.approx(right)
+
+
+def test_fit_without_tqdm_prints_a_line_an_epoch(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tqdm comes with the train extra only: fit's default verbose=1 raised
+    ModuleNotFoundError without it; it now prints verbose=2's line an epoch."""
+    monkeypatch.setitem(__import__("sys").modules, "tqdm", None)
+    monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)
+    model = nn.Sequential([nn.Dense(2, seed=0)], input_shape=(3,))
+    model.compile()
+    history = model.fit(np.ones((4, 3)), np.zeros(4, int), epochs=2)
+    assert len(history["loss"]) == 2
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err
+
+
+def test_mean_squared_error_of_float16_predictions_in_float32() -> None:
+    """Keras computes losses in float32: 300**2 overflowed float16 to inf."""
+    value, grad = nn.MeanSquaredError().value_and_grad(
+        np.array([[300.0]]), np.array([[0.0]], dtype=np.float16)
+    )
+    assert value == 90000.0
+    assert grad.dtype == np.float16 and grad[0, 0] == -600.0
+
+
+def test_fit_and_schedule_arguments_named_in_errors() -> None:
+    """NumPy scalars are numbers; a (x, y, weights) validation tuple and bad schedule entries
+    get errors naming the parameter; SGD takes momentum 1, as Keras does."""
+    model = nn.Sequential([nn.Dense(2, seed=0)], input_shape=(3,))
+    model.compile()
+    x, y = np.ones((10, 3)), np.zeros(10, int)
+    history = model.fit(x, y, validation_split=np.float32(0.2), verbose=0)
+    assert len(history["val_loss"]) == 1
+    with pytest.raises(PatchconvError, match=r"fit: validation_data must be \(x_val, y_val\)"):
+        model.fit(x, y, validation_data=(x, y, np.ones(10)), verbose=0)
+    with pytest.raises(TypeError, match=r"PiecewiseConstantDecay: boundaries must be integer"):
+        nn.PiecewiseConstantDecay(["a"], [1.0, 2.0])
+    with pytest.raises(TypeError, match=r"PiecewiseConstantDecay: boundaries must be a list"):
+        nn.PiecewiseConstantDecay(5, [1.0, 2.0])  # type: ignore[arg-type]
+    assert nn.SGD(momentum=1.0).momentum == 1.0
+    with pytest.raises(PatchconvError, match=r"SGD: momentum must be in \[0.0, 1.0\]"):
+        nn.SGD(momentum=1.5)

@@ -39,10 +39,10 @@ def softmax_backward(g: np.ndarray, y: np.ndarray, axis: int | tuple[int, ...] =
 def relu_general(
     x: np.ndarray, max_value: float | None, negative_slope: float, threshold: float
 ) -> np.ndarray:
-    """Keras' ReLU: ``max_value`` above it, x from ``threshold``, ``negative_slope*(x-threshold)``
-    below it."""
+    """Keras' ReLU: ``max_value`` above it, x above ``threshold``, ``negative_slope*(x-threshold)``
+    below it (0 at it, as Keras' ``x * (x > threshold)``)."""
     y = (
-        np.where(x >= threshold, x, negative_slope * (x - threshold))
+        np.where(x > threshold, x, negative_slope * (x - threshold))
         if (negative_slope or threshold)
         else np.maximum(x, 0)
     )
@@ -54,7 +54,9 @@ def relu_general(
 def relu_general_backward(
     g: np.ndarray, x: np.ndarray, max_value: float | None, negative_slope: float, threshold: float
 ) -> np.ndarray:
-    slope = np.where(x >= threshold, 1.0, negative_slope).astype(g.dtype)
+    # At the threshold itself Keras' gradient is 0, from both sides' terms.
+    slope = np.where(x > threshold, 1.0, np.where(x < threshold, negative_slope, 0.0))
+    slope = slope.astype(g.dtype)
     if max_value is not None:
         slope[x >= max_value] = 0
     return g * slope

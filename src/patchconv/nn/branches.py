@@ -56,9 +56,23 @@ class AddBranches(Layer):
                         f"{type(layer).__name__}"
                     )
         self._out_shape: tuple[int, ...] | None = None
+        if not trainable:  # frozen: its layers too (set before they were held)
+            self.trainable = False
+
+    @property
+    def trainable(self) -> bool:
+        """Whether its weights train. Setting it sets every branch layer's too, as Keras
+        does, so a frozen block's BatchNormalization runs on its moving statistics."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        self._trainable = bool(value)
+        for layer in self._layers():
+            layer.trainable = self._trainable
 
     def _layers(self) -> list[Layer]:
-        return [layer for branch in self.branches for layer in branch]
+        return [layer for branch in getattr(self, "branches", []) for layer in branch]
 
     def build(self, input_shape: Sequence[int]) -> None:
         first = build_shape(input_shape, func="AddBranches.build")

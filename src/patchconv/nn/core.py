@@ -263,6 +263,8 @@ class ReLU(Activation):
             raise PatchconvError(f"ReLU: max_value must be >= 0; got {max_value}")
         if self.negative_slope < 0:
             raise PatchconvError(f"ReLU: negative_slope must be >= 0; got {negative_slope}")
+        if self.threshold < 0:  # as Keras' ReLU layer
+            raise PatchconvError(f"ReLU: threshold must be >= 0; got {threshold}")
 
     def _fn(self, x: np.ndarray) -> np.ndarray:
         return relu_general(x, self.max_value, self.negative_slope, self.threshold)

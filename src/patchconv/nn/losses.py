@@ -164,9 +164,11 @@ class MeanSquaredError(Loss):
                 f"{func}: y_true must have the shape of y_pred; got y_true {target.shape}, "
                 f"y_pred {pred.shape}"
             )
-        diff = pred - target.astype(pred.dtype, copy=False)
+        # float16 predictions in float32, as Keras computes losses: 300**2 overflowed to inf.
+        work = np.dtype(np.float32) if pred.dtype == np.float16 else pred.dtype
+        diff = pred.astype(work, copy=False) - target.astype(work, copy=False)
         value = float(np.mean(diff * diff)) if diff.size else 0.0
-        grad = diff * pred.dtype.type(2.0 / max(1, diff.size))
+        grad = (diff * work.type(2.0 / max(1, diff.size))).astype(pred.dtype, copy=False)
         return value, grad
 
 

@@ -8,6 +8,7 @@ keys or shapes that differ, before any weight changes.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 import zipfile
@@ -41,14 +42,19 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-def _correct(y_true: np.ndarray, y_pred: np.ndarray, sparse: bool) -> int:
-    """How many predictions are right: argmax against the label (or the target's argmax)."""
+def _correct(y_true: np.ndarray, y_pred: np.ndarray, sparse: bool) -> float:
+    """How many samples are right: argmax against the label (or the target's argmax), each
+    sample counting the share of its labels that are right where it has several (a label per
+    pixel), so that divided by the samples it is Keras' accuracy, the mean over all labels."""
     if sparse:
-        labels = y_true.reshape(y_pred.shape[:-1])
-        return int((y_pred.argmax(axis=-1) == labels).sum())
-    if y_pred.shape[-1] == 1:
-        return int(((y_pred > 0.5) == (y_true > 0.5)).sum())
-    return int((y_pred.argmax(axis=-1) == y_true.argmax(axis=-1)).sum())
+        hits = y_pred.argmax(axis=-1) == y_true.reshape(y_pred.shape[:-1])
+    elif y_pred.shape[-1] == 1:
+        hits = (y_pred > 0.5) == (y_true.reshape(y_pred.shape) > 0.5)
+    else:
+        hits = y_pred.argmax(axis=-1) == y_true.argmax(axis=-1)
+    if hits.size == 0:
+        return 0.0
+    return float(hits.reshape(len(hits), -1).mean(axis=1).sum())
 
 
 class Sequential:
@@ -108,6 +114,12 @@ class Sequential:
             while f"{base}_{k}" in names:
                 k += 1
             layer.name = f"{base}_{k}"
+        if self.built:  # as Keras: a built model builds what is added to it
+            shape = self.output_shapes[-1] if self.output_shapes else self.input_shape
+            assert shape is not None
+            if not layer.built:
+                layer.build(shape)
+            self.output_shapes.append(tuple(layer.compute_output_shape(shape)))
         self.layers.append(layer)
 
     @property
@@ -273,7 +285,11 @@ class Sequential:
         batch_size = self._batch_size(batch_size, func)
         if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
             raise PatchconvError(f"Sequential.fit: epochs must be an int >= 0; got {epochs!r}")
-        if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+        if (
+            not isinstance(validation_split, numbers.Real)
+            or isinstance(validation_split, bool)
+            or not 0 <= validation_split < 1
+        ):
             raise PatchconvError(
                 f"Sequential.fit: validation_split must be in [0, 1); got {validation_split!r}"
             )
@@ -288,6 +304,14 @@ class Sequential:
             validation_data = (xs[-n_val:], ys[-n_val:])
             xs, ys = xs[:-n_val], ys[:-n_val]
         if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                shown = type(validation_data).__name__
+                if isinstance(validation_data, (tuple, list)):
+                    shown = f"{shown} of {len(validation_data)}"
+                raise PatchconvError(
+                    f"Sequential.fit: validation_data must be (x_val, y_val); got {shown} "
+                    "(sample weights are not supported)"
+                )
             validation_data = self._data(*validation_data, "fit")
         if not self.built:
             self.build(xs.shape)
@@ -301,12 +325,15 @@ class Sequential:
                 history["val_accuracy"] = []
         n = len(xs)
         slices = _batches(n, batch_size)
+        if verbose == 1:
+            try:  # tqdm comes with the train extra, not with patchconv itself
+                from tqdm.auto import tqdm
+            except ImportError:
+                verbose = 2  # a line an epoch instead of a bar
         for epoch in range(int(epochs)):
             order = rng.permutation(n) if shuffle else np.arange(n)
             bar = None
             if verbose == 1:
-                from tqdm.auto import tqdm
-
                 bar = tqdm(
                     total=len(slices),
                     desc=f"epoch {epoch + 1}/{epochs}",
@@ -316,7 +343,7 @@ class Sequential:
                     dynamic_ncols=True,
                 )
             start = time.perf_counter()
-            total_loss, correct, seen = 0.0, 0, 0
+            total_loss, correct, seen = 0.0, 0.0, 0
             for k, sl in enumerate(slices):
                 idx = order[sl]
                 xb, yb = xs[idx], ys[idx]
@@ -358,7 +385,7 @@ class Sequential:
         _, loss_fn = self._compiled("evaluate")
         xs, ys = self._data(x, y, "evaluate")
         batch_size = self._batch_size(batch_size, "evaluate")
-        total_loss, correct = 0.0, 0
+        total_loss, correct = 0.0, 0.0
         for sl in _batches(len(xs), batch_size):
             out = self.forward(xs[sl], training=False)
             total_loss += loss_fn(ys[sl], out) * len(out)

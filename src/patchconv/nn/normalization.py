@@ -129,8 +129,15 @@ class BatchNormalization(Layer):
         shape[axis] = v.shape[0]
         return v.reshape(shape)
 
+    def _work(self) -> np.dtype:
+        """The dtype it computes in: float32 for a float16 layer (as Keras computes the
+        moments), whose variance of values near 30 overflowed float16 (outputs 0, moving
+        variance inf)."""
+        return np.dtype(np.float32) if self.dtype == np.float16 else self.dtype
+
     def forward(self, x: Any, training: bool = False) -> np.ndarray:
-        arr = self._prepare(x).astype(self.dtype, copy=False)
+        work = self._work()
+        arr = self._prepare(x).astype(self.dtype, copy=False).astype(work, copy=False)
         axis = self._feature_axis(arr.ndim)
         assert self.moving_mean is not None and self.moving_variance is not None
         if arr.shape[axis] != self.moving_mean.shape[0]:
@@ -144,42 +151,47 @@ class BatchNormalization(Layer):
         if training:
             mean = arr.mean(axis=reduce)
             var = arr.var(axis=reduce)
-            m = self.moving_mean.dtype.type(self.momentum)
-            self.moving_mean[...] = self.moving_mean * m + mean * (1 - m)
-            self.moving_variance[...] = self.moving_variance * m + var * (1 - m)
+            m = work.type(self.momentum)
+            moving_mean = self.moving_mean.astype(work) * m + mean * (1 - m)
+            moving_variance = self.moving_variance.astype(work) * m + var * (1 - m)
+            self.moving_mean[...] = moving_mean
+            self.moving_variance[...] = moving_variance
         else:
-            mean, var = self.moving_mean, self.moving_variance
-        inv_std = (1.0 / np.sqrt(var + self.dtype.type(self.epsilon))).astype(self.dtype)
+            mean = self.moving_mean.astype(work, copy=False)
+            var = self.moving_variance.astype(work, copy=False)
+        inv_std = (1.0 / np.sqrt(var + work.type(self.epsilon))).astype(work)
         xhat = (arr - self._broadcast(mean, arr.ndim, axis)) * self._broadcast(
             inv_std, arr.ndim, axis
         )
         y = xhat
         if self.gamma is not None:
-            y = y * self._broadcast(self.gamma, arr.ndim, axis)
+            y = y * self._broadcast(self.gamma.astype(work, copy=False), arr.ndim, axis)
         if self.beta is not None:
-            y = y + self._broadcast(self.beta, arr.ndim, axis)
+            y = y + self._broadcast(self.beta.astype(work, copy=False), arr.ndim, axis)
         self._cache = (xhat, inv_std, axis, reduce, training, y.shape)
-        return y
+        return y.astype(self.dtype, copy=False)
 
     def backward(self, grad_out: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise self._no_forward()
         xhat, inv_std, axis, reduce, training, shape = self._cache
-        g = self._check_grad(grad_out, shape).astype(self.dtype, copy=False)
+        work = self._work()
+        g = self._check_grad(grad_out, shape).astype(self.dtype, copy=False).astype(work)
         self._grads = {}
         if self.gamma is not None:
-            self._grads["gamma"] = (g * xhat).sum(axis=reduce)
+            self._grads["gamma"] = (g * xhat).sum(axis=reduce).astype(self.dtype)
         if self.beta is not None:
-            self._grads["beta"] = g.sum(axis=reduce)
-        gamma = self.gamma if self.gamma is not None else np.ones_like(inv_std)
+            self._grads["beta"] = g.sum(axis=reduce).astype(self.dtype)
+        gamma = self.gamma.astype(work) if self.gamma is not None else np.ones_like(inv_std)
         dxhat = g * self._broadcast(gamma, g.ndim, axis)
         scale = self._broadcast(inv_std, g.ndim, axis)
         if not training:
-            return dxhat * scale
+            return (dxhat * scale).astype(self.dtype, copy=False)
         # d/dx of (x - mean) / std with batch statistics: the mean and the variance depend on x.
         mean_dxhat = dxhat.mean(axis=reduce, keepdims=True)
         mean_dxhat_xhat = (dxhat * xhat).mean(axis=reduce, keepdims=True)
-        return scale * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+        dx = scale * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+        return dx.astype(self.dtype, copy=False)
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Load ``[gamma, beta, moving_mean, moving_variance]``; builds from their length."""

@@ -18,13 +18,22 @@ from patchconv._spec import PatchconvError
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "Optimizer", "PiecewiseConstantDecay", "get_optimizer"]
 
 
-def _rate(value: Any, *, func: str, name: str, low: float, high: float | None = None) -> float:
+def _rate(
+    value: Any,
+    *,
+    func: str,
+    name: str,
+    low: float,
+    high: float | None = None,
+    high_included: bool = False,
+) -> float:
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{func}: {name} must be a number; got {value!r}")
     value = float(value)
-    ok = value >= low if high is None else low <= value < high
-    if not ok or not np.isfinite(value):
-        bound = f">= {low}" if high is None else f"in [{low}, {high})"
+    below_high = high is None or value < high or (high_included and value == high)
+    if not (value >= low and below_high) or not np.isfinite(value):
+        close = "]" if high_included else ")"
+        bound = f">= {low}" if high is None else f"in [{low}, {high}{close}"
         raise PatchconvError(f"{func}: {name} must be {bound}; got {value}")
     return value
 
@@ -40,6 +49,11 @@ class PiecewiseConstantDecay:
 
     def __init__(self, boundaries: Sequence[int], values: Sequence[float]) -> None:
         func = "PiecewiseConstantDecay"
+        for name, seq in (("boundaries", boundaries), ("values", values)):
+            if not isinstance(seq, (list, tuple, np.ndarray)):
+                raise TypeError(f"{func}: {name} must be a list; got {seq!r}")
+        if not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in boundaries):
+            raise TypeError(f"{func}: boundaries must be integer steps; got {list(boundaries)}")
         if len(values) != len(boundaries) + 1:
             raise PatchconvError(
                 f"{func}: values must have one more entry than boundaries; got "
@@ -147,7 +161,9 @@ class SGD(Optimizer):
         nesterov: bool = False,
     ) -> None:
         super().__init__(learning_rate)
-        self.momentum = _rate(momentum, func="SGD", name="momentum", low=0.0, high=1.0)
+        self.momentum = _rate(  # Keras allows 1 (no decay)
+            momentum, func="SGD", name="momentum", low=0.0, high=1.0, high_included=True
+        )
         self.nesterov = bool(nesterov)
 
     def _update(self, param: np.ndarray, grad: np.ndarray) -> None:
