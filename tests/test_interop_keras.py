@@ -404,3 +404,30 @@ def test_loaders_never_unpickle(good_archive: Path, monkeypatch: pytest.MonkeyPa
     for name in ("load", "loads", "Unpickler"):
         monkeypatch.setattr(pickle, name, refuse)
     assert from_keras(good_archive).count_params() > 0
+
+
+def test_to_keras_keeps_the_dtype() -> None:
+    """A float64 model gives float64 Keras layers with the same weights (they were float32,
+    the weights rounded)."""
+    model = nn.Sequential([nn.Conv2D(2, 3, dtype="float64", seed=0)], input_shape=(5, 5, 2))
+    theirs = to_keras(model)
+    assert [layer.dtype for layer in theirs.layers] == ["float64"]
+    kernel = theirs.layers[0].get_weights()[0]
+    assert kernel.dtype == np.float64 and np.array_equal(kernel, model.layers[0].kernel)
+    x = np.random.default_rng(0).random((2, 5, 5, 2))
+    assert_close(np.asarray(theirs(x).detach().cpu()), model.predict(x), np.float64)
+
+
+def test_from_keras_config_may_be_a_file(tmp_path: Path) -> None:
+    """config= takes the path of model.to_json()'s file as well; text that is no JSON is an
+    error naming config (it was a bare JSONDecodeError)."""
+    theirs = _randomised(_strided_same_even, 3)
+    theirs.save_weights(tmp_path / "m.weights.h5")
+    (tmp_path / "arch.json").write_text(theirs.to_json())
+    model = from_keras(tmp_path / "m.weights.h5", config=str(tmp_path / "arch.json"))
+    x = _input(theirs)
+    assert_close(model.predict(x), np.asarray(theirs(x).detach().cpu()), np.float32)
+    with pytest.raises(PatchconvError, match=r"from_keras: config must be a dict, a JSON string"):
+        from_keras(tmp_path / "m.weights.h5", config="{not json")
+    with pytest.raises(PatchconvError, match=r"from_keras: config .*missing.json' does not exist"):
+        from_keras(tmp_path / "m.weights.h5", config=str(tmp_path / "missing.json"))

@@ -291,6 +291,14 @@ def test_non_constant_weight_and_unsupported_attribute(tmp_path: Path) -> None:
         PatchconvError, match=r"node 'pool' \(MaxPool\): attribute ceil_mode=1 is not supported"
     ):
         from_onnx(_graph_model(nodes, {}, (1, 1, 5, 5), (1, 1, 3, 3)))
+    # A layer's own refusal names the node too (Keras' LeakyReLU takes no negative slope;
+    # the message named neither the node nor the op).
+    nodes = [helper.make_node("LeakyRelu", ["x"], ["y"], name="leaky", alpha=-0.2)]
+    with pytest.raises(
+        PatchconvError,
+        match=r"from_onnx: node 'leaky' \(LeakyRelu\): LeakyReLU: negative_slope must be >= 0",
+    ):
+        from_onnx(_graph_model(nodes, {}, (1, 1, 3, 3), (1, 1, 3, 3)))
 
 
 def _run_both(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

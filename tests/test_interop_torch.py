@@ -369,3 +369,65 @@ def test_loaders_never_unpickle(saved: tuple, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(pickle, name, refuse)
     ours = from_state_dict(folder / "m.safetensors", folder / "arch.json")
     assert_close(ours.predict(x), expected, np.float32)
+
+
+def test_tensors_a_module_does_not_read_are_unused() -> None:
+    """A tensor under a module's name that the module does not read (a bias where the
+    architecture says bias=False, weights of an Identity) is refused as unused: these were
+    counted as used by their name alone and dropped, and the model gave x @ W0.T."""
+    rng = np.random.default_rng(0)
+    state = {
+        "0.weight": rng.random((2, 3)),
+        "0.bias": rng.random(2),
+        "1.weight": rng.random((2, 2)),
+    }
+    arch = [
+        {"type": "Linear", "name": "0", "in_features": 3, "out_features": 2, "bias": False},
+        {"type": "Identity", "name": "1"},
+    ]
+    with pytest.raises(
+        PatchconvError, match=r"no module in the architecture uses: \['0.bias', '1.weight'\]"
+    ):
+        from_state_dict(state, arch)
+    del state["0.bias"], state["1.weight"]
+    model = from_state_dict(state, arch)
+    assert_close(model.predict(np.ones((1, 3))), np.ones((1, 3)) @ state["0.weight"].T, np.float32)
+
+
+def test_bfloat16_models_widen_to_float32(tmp_path: Path) -> None:
+    """NumPy has no bfloat16: the live and .pt paths widen it to float32 as the safetensors
+    path does (they raised torch's "Got unsupported ScalarType BFloat16")."""
+    torch.manual_seed(0)
+    module = tnn.Sequential(tnn.Conv2d(3, 4, 3)).to(torch.bfloat16)
+    torch.save(module.state_dict(), tmp_path / "m.pt")
+    x = np.random.default_rng(0).random((1, 3, 6, 6)).astype(np.float32)
+    expected = module.float()(torch.from_numpy(x)).detach().numpy()
+    for model in (
+        from_torch(module.to(torch.bfloat16)),
+        from_state_dict(tmp_path / "m.pt", describe(module)),
+    ):
+        assert model.layers[0].kernel.dtype == np.float32
+        assert_close(model.predict(x), expected, np.float32)
+
+
+@pytest.mark.parametrize(
+    ("shape", "offsets"),
+    [
+        ([-1, -1], [0, 4]),
+        ([1], ["0", "4"]),
+        ([1], [0, 4.0]),
+        ([True], [0, 4]),
+        ([2**32, 2**32], [0, 0]),
+    ],
+)
+def test_malformed_safetensors_sizes_are_refused(
+    tmp_path: Path, shape: list, offsets: list
+) -> None:
+    """Negative, string, float and bool sizes or offsets, and sizes whose product overflowed
+    int64 to 0, raised NumPy's ValueError or TypeError; each is a PatchconvError naming the
+    tensor."""
+    header = json.dumps({"a": {"dtype": "F32", "shape": shape, "data_offsets": offsets}}).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+    with pytest.raises(PatchconvError, match=r"tensor 'a'"):
+        read_safetensors(path)

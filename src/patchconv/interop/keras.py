@@ -363,6 +363,33 @@ def _layer_list(model_config: Mapping[str, Any], *, func: str) -> tuple[str, lis
     return str(kind), layers
 
 
+def _config_arg(config: Any, *, func: str) -> Any:
+    """``config`` as given, or parsed where it is a JSON string or the path of a JSON file
+    (``model.to_json()`` saved)."""
+    if isinstance(config, PathLike) or (
+        isinstance(config, str) and not config.lstrip().startswith(("{", "["))
+    ):
+        path = as_path(config, func=func, name="config")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                config = fh.read()
+        except OSError as exc:
+            raise PatchconvError(
+                f"{func}: config must be a dict, a JSON string or a JSON file; {path!r} could "
+                f"not be read ({exc.strerror or exc})"
+            ) from exc
+    if isinstance(config, str):
+        try:
+            return json.loads(config)
+        except ValueError as exc:
+            shown = config if len(config) <= 60 else config[:57] + "..."
+            raise PatchconvError(
+                f"{func}: config must be a dict, a JSON string or a JSON file; got {shown!r}, "
+                f"which is not valid JSON ({exc})"
+            ) from exc
+    return config
+
+
 def _wrap_config(config: Any) -> dict[str, Any]:
     """``model.get_config()`` (a bare dict with "layers") or ``{"class_name", "config"}``."""
     if isinstance(config, Mapping) and "class_name" not in config and "layers" in config:
@@ -436,7 +463,7 @@ def _build(
 
 
 def from_keras(
-    model_or_path: Any, *, config: Mapping[str, Any] | str | None = None
+    model_or_path: Any, *, config: Mapping[str, Any] | str | PathLike[str] | None = None
 ) -> nn.Sequential:
     """A Keras model as a :class:`patchconv.nn.Sequential` with the same layers and weights.
 
@@ -445,9 +472,10 @@ def from_keras(
     model_or_path : keras.Model, str or os.PathLike
         A live Keras ``Sequential`` (or single-chain Functional) model, a ``.keras`` archive, or
         a ``.weights.h5`` file (then ``config`` gives the architecture).
-    config : dict or str, optional
-        ``model.get_config()`` wrapped as ``{"class_name": ..., "config": ...}`` or
-        ``model.to_json()``; needed for a ``.weights.h5`` file, ignored otherwise.
+    config : dict, str or os.PathLike, optional
+        ``model.get_config()`` wrapped as ``{"class_name": ..., "config": ...}``,
+        ``model.to_json()``, or the path of a file holding it; needed for a ``.weights.h5``
+        file, ignored otherwise.
 
     Returns
     -------
@@ -471,7 +499,7 @@ def from_keras(
                     f"{func}: {str(model_or_path)!r} holds weights only; pass config= "
                     "(model.to_json() or {'class_name': ..., 'config': model.get_config()})"
                 )
-            model_config = _wrap_config(json.loads(config) if isinstance(config, str) else config)
+            model_config = _wrap_config(_config_arg(config, func=func))
         stored = data.weights
 
         def from_file(index: int, lname: str, h5name: str) -> list[np.ndarray] | None:
@@ -576,7 +604,7 @@ def save_keras_weights(model: nn.Sequential, path: str | PathLike[str]) -> None:
 
 def _keras_config(layer: Any) -> dict[str, Any]:
     """A patchconv.nn layer's config in Keras' spelling (for :func:`to_keras`)."""
-    config = {k: v for k, v in layer.get_config().items() if k not in ("seed", "dtype")}
+    config = {k: v for k, v in layer.get_config().items() if k != "seed"}  # dtype kept
     name = type(layer).__name__
     if name == "DepthwiseConv2D":
         config.pop("depthwise_initializer", None)
@@ -601,7 +629,7 @@ def _keras_config(layer: Any) -> dict[str, Any]:
             "counterpart (Keras has 'valid' and 'same'; add a ZeroPadding2D)"
         )
     if name == "Flatten":
-        config = {"name": config["name"]}
+        config = {"name": config["name"], "dtype": config["dtype"]}
     return config
 
 
@@ -614,7 +642,9 @@ def to_keras(model: nn.Sequential) -> Any:
     func = "to_keras"
     if not model.built or model.input_shape is None:
         raise PatchconvError(f"{func}: the model is not built yet (call it once or build it)")
-    layers = [keras.Input(model.input_shape[1:])]
+    # The model's dtype (float64 layers were made float32 ones, their weights rounded).
+    dtype = model.layers[0].dtype.name if model.layers else "float32"
+    layers = [keras.Input(model.input_shape[1:], dtype=dtype)]
     for layer in model.layers:
         cls = getattr(keras.layers, _keras_class(layer, func=func))
         layers.append(cls(**_keras_config(layer)))

@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from patchconv._spec import PatchconvError
 from patchconv.functional import conv2d
-from patchconv.interop._common import as_path, weights_dtype, with_dtype
+from patchconv.interop._common import as_path, layer_error, weights_dtype, with_dtype
 
 __all__ = [
     "SUPPORTED_OPS",
@@ -311,7 +312,7 @@ class _Converter:
                 return layers, tensor, cons[0]
             if len(cons) == 1:
                 node = cons[0]
-                new, tensor = self.convert(node)
+                new, tensor = layer_error(self.func, self.where(node), partial(self.convert, node))
                 layers += new
                 continue
             if len(cons) != 2:

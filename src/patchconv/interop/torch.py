@@ -27,6 +27,7 @@ Keras' "same" pads (0, 1). Every PyTorch padding is therefore turned into explic
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -108,11 +109,18 @@ def read_safetensors(path: str | PathLike[str]) -> dict[str, np.ndarray]:
             continue
         try:
             dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            shape = tuple(int(v) for v in shape)
+            shape = tuple(shape)
         except (KeyError, TypeError, ValueError) as exc:
             raise PatchconvError(
                 f"{func}: {p!r}: tensor {name!r} has a malformed entry {info!r}"
             ) from exc
+        # Sizes and offsets are JSON integers >= 0 (not 4.0, "4", true or -1), counted in
+        # Python's integers, which do not overflow.
+        if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)):
+            raise PatchconvError(
+                f"{func}: {p!r}: tensor {name!r} has a malformed entry {info!r}: its shape and "
+                "data_offsets must be integers >= 0"
+            )
         if dtype_name == "BF16":
             itemsize = 2
         elif dtype_name in _SAFETENSORS_DTYPES:
@@ -121,7 +129,7 @@ def read_safetensors(path: str | PathLike[str]) -> dict[str, np.ndarray]:
             raise PatchconvError(
                 f"{func}: {p!r}: tensor {name!r} has unsupported dtype {dtype_name!r}"
             )
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if not 0 <= begin <= end <= len(data) or end - begin != count * itemsize:
             raise PatchconvError(
                 f"{func}: {p!r}: tensor {name!r} {dtype_name} {shape} needs {count * itemsize} "
@@ -181,7 +189,7 @@ def read_state_dict(path: str | PathLike[str]) -> dict[str, np.ndarray]:
         raise PatchconvError(
             f"{func}: {p!r} must hold a state_dict (names -> tensors); got {type(loaded).__name__}"
         )
-    return {str(k): v.detach().cpu().numpy() for k, v in loaded.items()}
+    return {str(k): _to_numpy(v) for k, v in loaded.items()}
 
 
 # -- architecture -------------------------------------------------------------------------------
@@ -544,21 +552,21 @@ def from_state_dict(
             f"{func}: state_dict must be a mapping or a path; got {type(state_dict).__name__}"
         )
     layers: list[nn.Layer] = []
-    used: set[str] = set()
     dtype = weights_dtype(state.values())
+    reads = _ReadKeys(state)  # the tensors the modules read, and only those, count as used
     for index, entry in enumerate(arch):
         where = f"module {entry.get('name', index)!r} ({entry.get('type')})"
         layer, weights_of = layer_error(func, where, partial(_layer, entry, where, func))
-        weights = weights_of(state)
-        prefix = f"{entry.get('name')}."
-        used.update(k for k in state if k.startswith(prefix))
+        weights = weights_of(reads)
         if layer is None:
             continue
         with_dtype(layer, dtype)
         if weights:
             set_layer_weights(layer, weights, func=func, where=where)
         layers.append(layer)
-    unused = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked"))
+    unused = sorted(
+        k for k in state if k not in reads.read and not k.endswith("num_batches_tracked")
+    )
     if unused:
         raise PatchconvError(
             f"{func}: the state_dict holds tensors no module in the architecture uses: "
@@ -567,9 +575,26 @@ def from_state_dict(
     return nn.Sequential(layers)
 
 
+class _ReadKeys(dict[str, np.ndarray]):
+    """A state_dict that records which keys were read: a tensor under a module's name that
+    the module does not read (a bias where the architecture says bias=False) is unused, not
+    dropped in silence."""
+
+    def __init__(self, state: Mapping[str, np.ndarray]) -> None:
+        super().__init__(state)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor
-        return value.detach().cpu().numpy()
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":  # NumPy has none: float32, as safetensors'
+            tensor = tensor.float()
+        return tensor.numpy()
     return np.asarray(value)
 
 

@@ -254,17 +254,18 @@ class ReLU(Activation):
         trainable: bool = True,
     ) -> None:
         super().__init__("linear", name=name, dtype=dtype, trainable=trainable)
+        func = type(self).__name__  # ReLU or LeakyReLU
         self.max_value = (
-            None if max_value is None else _number(max_value, func="ReLU", name="max_value")
+            None if max_value is None else _number(max_value, func=func, name="max_value")
         )
-        self.negative_slope = _number(negative_slope, func="ReLU", name="negative_slope")
-        self.threshold = _number(threshold, func="ReLU", name="threshold")
+        self.negative_slope = _number(negative_slope, func=func, name="negative_slope")
+        self.threshold = _number(threshold, func=func, name="threshold")
         if self.max_value is not None and self.max_value < 0:
-            raise PatchconvError(f"ReLU: max_value must be >= 0; got {max_value}")
-        if self.negative_slope < 0:
-            raise PatchconvError(f"ReLU: negative_slope must be >= 0; got {negative_slope}")
+            raise PatchconvError(f"{func}: max_value must be >= 0; got {max_value}")
+        if self.negative_slope < 0:  # as Keras (PyTorch and ONNX allow it)
+            raise PatchconvError(f"{func}: negative_slope must be >= 0; got {negative_slope}")
         if self.threshold < 0:  # as Keras' ReLU layer
-            raise PatchconvError(f"ReLU: threshold must be >= 0; got {threshold}")
+            raise PatchconvError(f"{func}: threshold must be >= 0; got {threshold}")
 
     def _fn(self, x: np.ndarray) -> np.ndarray:
         return relu_general(x, self.max_value, self.negative_slope, self.threshold)
