@@ -263,7 +263,7 @@ class Sequential:
         batch_size, epochs : int
         verbose : int
             0 silent; 1 a tqdm progress bar per epoch with the running loss and accuracy
-            (on stderr); 2 one line per epoch.
+            (on stderr; one line per epoch where tqdm is not installed); 2 one line per epoch.
         validation_split : float
             The last fraction of the samples (before shuffling, as in Keras) is held out and
             evaluated after each epoch.
