@@ -72,7 +72,8 @@ K = np.zeros((3, 3, 3, 5), dtype=np.float32)
         ),
         (X, K, {"workspace_limit": 0}, r"conv2d: workspace_limit must be >= 1 byte; got 0"),
         (X, K, {"algorithm": "magic"}, r"conv2d: algorithm must be 'auto' or one of"),
-        (np.zeros((0, 8, 8, 3)), K, {}, r"conv2d: x must not be empty"),
+        (np.zeros((1, 0, 8, 3)), K, {}, r"conv2d: x's height, width and channels must not be"),
+        (np.zeros((0, 8, 8, 3)), K, {"padding": "bogus"}, r"conv2d: padding must be"),
     ],
 )
 def test_value_errors(x: np.ndarray, kernel: np.ndarray, kwargs: dict, match: str) -> None:
@@ -148,6 +149,23 @@ def test_errors_come_before_any_allocation() -> None:
     )
     with pytest.raises(PatchconvError, match="padding must be >= 0"):
         patchconv.conv2d(huge, K, padding=-2)
+    # An integer image too: it was converted to float32 (a 4x copy, 400 MB here) first.
+    import tracemalloc
+
+    big8 = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (8, 2048, 2048, 3), (0,) * 4)
+    go8 = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (8, 2046, 2046, 2), (0,) * 4)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PatchconvError, match="padding must be >= 0"):
+            patchconv.conv2d(big8, K, padding=-2)
+        with pytest.raises(PatchconvError, match="groups must be >= 1"):
+            patchconv.conv2d_backward(go8, big8, K, groups=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak / 2**20:.0f} MiB allocated before the error"
+    with pytest.raises(TypeError, match="conv2d: return_plan must be True or False; got 'no'"):
+        patchconv.conv2d(X, K, return_plan="no")  # type: ignore[call-overload]
 
 
 def test_set_workspace_limit_checks_and_restores() -> None:
@@ -201,3 +219,27 @@ def test_shape_arguments_take_integer_tuples_or_the_arrays() -> None:
             patchconv.explain_algorithm((1, 4, 4, 3), bad)
         with pytest.raises(TypeError, match=r"col2im: x_shape must be a shape"):
             patchconv.col2im(np.zeros((4, 27)), bad, 3)
+
+
+def test_an_empty_batch_gives_an_empty_result_as_pytorch() -> None:
+    """Batch 0 was refused ("x must not be empty"); PyTorch and Keras return an empty result
+    and, backward, zero weight gradients. The options are still checked first."""
+    import torch
+
+    x = np.zeros((0, 3, 6, 5), np.float32)  # NCHW
+    kernel = np.ones((3, 3, 3, 4), np.float32)
+    options: dict = {"strides": 2, "padding": 1, "data_format": "channels_first"}
+    expected = torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(kernel.transpose(3, 2, 0, 1)), stride=2, padding=1
+    )
+    out, plan = patchconv.conv2d(x, kernel, np.ones(4), return_plan=True, **options)
+    assert out.shape == tuple(expected.shape) and out.dtype == np.float64
+    assert plan.algorithm in patchconv.algorithms.ALGORITHMS
+    assert patchconv.conv_output_shape(x, kernel, **options) == out.shape
+    grads = patchconv.conv2d_backward(np.zeros(out.shape, np.float32), x, kernel, **options)
+    assert grads.grad_x.shape == x.shape
+    assert not grads.grad_kernel.any() and grads.grad_kernel.shape == kernel.shape
+    assert grads.grad_bias is not None and not grads.grad_bias.any()
+    assert patchconv.Conv2D(4, 3)(np.zeros((0, 9, 9, 3), np.float32)).shape == (0, 7, 7, 4)
+    with pytest.raises(PatchconvError, match=r"conv2d: groups \(2\) must divide x channels"):
+        patchconv.conv2d(x, kernel, groups=2, data_format="channels_first")

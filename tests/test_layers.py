@@ -224,3 +224,16 @@ def test_call_errors() -> None:
         PatchconvError, match=re.escape("Conv2D: input must be 4-D; got ndim 3, shape (5, 5, 3)")
     ):
         patchconv.Conv2D(2, 3)(np.zeros((5, 5, 3)))
+
+
+def test_conv2d_layer_takes_keras_data_format_none_and_keyword_options() -> None:
+    """Keras' default data_format=None is channels_last (it was refused). Past groups the
+    options are keyword-only: Keras' 8th positional argument is activation, which this layer
+    has not, and "relu" there was taken as use_bias=True in silence."""
+    layer = patchconv.Conv2D(2, 3, data_format=None, seed=0)
+    assert layer.data_format == "channels_last"
+    assert layer(np.zeros((2, 5, 5, 3), np.float32)).shape == (2, 3, 3, 2)
+    with pytest.raises(TypeError, match="positional"):
+        patchconv.Conv2D(2, 3, 1, "valid", "channels_last", 1, 1, "relu")  # type: ignore[misc]
+    with pytest.raises(TypeError, match=r"Conv2D: use_bias must be True or False; got 'relu'"):
+        patchconv.Conv2D(2, 3, use_bias="relu")  # type: ignore[arg-type]

@@ -71,8 +71,12 @@ def test_errors_name_the_parameter() -> None:
         r"\(1, 6, 5, 4\)",
     ):
         prepared(np.ones((1, 6, 5, 4), np.float32))
-    with pytest.raises(patchconv.PatchconvError, match=r"bias"):
-        prepared(np.ones((1, 5, 5, 4), np.float32), np.ones(3, np.float32))
+    for bias in (np.ones(3, np.float32), np.ones(3)):  # named PreparedConv, not conv2d
+        with pytest.raises(
+            patchconv.PatchconvError,
+            match=r"PreparedConv: bias must have shape \(2,\); got bias \(3,\)",
+        ):
+            prepared(np.ones((1, 5, 5, 4), np.float32), bias)
     with pytest.raises(patchconv.PatchconvError, match=r"prepare: strides must be >= 1; got 0"):
         patchconv.prepare(kernel, (1, 5, 5, 4), strides=0)
     with pytest.raises(TypeError, match=r"prepare: input_shape must be a tuple of ints"):

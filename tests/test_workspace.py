@@ -400,3 +400,33 @@ def test_auto_leaves_out_fft_where_one_channel_passes_the_limit() -> None:
     assert extra <= limit
     exact = patchconv.conv2d(x.astype(np.float64), kernel.astype(np.float64), padding="same")
     assert_close(out, exact, np.float32)
+
+
+@pytest.mark.skipif(patchconv.algorithms.get_numba() is None, reason="direct needs numba")
+@pytest.mark.parametrize(
+    ("shape", "k", "c_out", "limit"),
+    [
+        ((1, 16, 16, 8), 11, 64, MiB),  # was 11.4 MiB: direct's sums, a set per core
+        ((2, 48, 48, 8), 7, 64, MiB // 4),  # was 4.6 MiB
+    ],
+)
+def test_direct_weight_gradient_only_where_its_sums_fit(
+    shape: tuple[int, int, int, int], k: int, c_out: int, limit: int
+) -> None:
+    """Under auto, layers with few input channels take direct's weight gradient, whose sums
+    (16 a tap and channel pair, a set per core) ignored the limit; where they do not fit,
+    gemm's tiles do it within the limit, with the same gradient."""
+    from patchconv.algorithms import direct
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    kernel = rng.standard_normal((k, k, shape[3], c_out), dtype=np.float32)
+    grad_out = rng.standard_normal((*shape[:3], c_out), dtype=np.float32)
+    options: dict[str, object] = {"padding": "same", "need_grad_x": False}
+    patchconv.conv2d_backward(grad_out, x, kernel, workspace_limit=limit, **options)  # compiles
+    extra, grads = peak_extra_backward(grad_out, x, kernel, workspace_limit=limit, **options)
+    assert extra <= limit, f"peak extra {extra / MiB:.2f} MiB over a {limit / MiB} MiB limit"
+    spec = patchconv._spec.conv_spec(shape, kernel.shape, None, padding="same", func="test")
+    assert direct.grad_kernel_bytes(spec, 4, limit) > limit  # direct's would pass the limit
+    expected = patchconv.conv2d_backward(grad_out, x, kernel, algorithm="gemm", **options)
+    assert_close(grads.grad_kernel, expected.grad_kernel, np.float32, grad=True)

@@ -231,7 +231,10 @@ def normalize_padding(
 
 
 def normalize_data_format(data_format: Any, *, func: str) -> str:
-    """ "channels_last" or "channels_first" (any case), lower-cased."""
+    """ "channels_last" or "channels_first" (any case), lower-cased; None is Keras' default
+    (its ``image_data_format()`` unless configured), "channels_last"."""
+    if data_format is None:
+        return "channels_last"
     if not isinstance(data_format, str) or data_format.lower() not in DATA_FORMATS:
         raise PatchconvError(
             f"{func}: data_format must be 'channels_last' or 'channels_first'; got {data_format!r}"
@@ -290,12 +293,14 @@ def check_workspace_limit(limit_bytes: object, *, func: str) -> int:
     return int(limit_bytes)
 
 
-def as_float_array(value: Any, *, func: str, name: str) -> np.ndarray:
+def as_float_array(value: Any, *, func: str, name: str, cast: bool = True) -> np.ndarray:
     """Any array-like -> an ndarray of a float dtype (never a copy unless needed).
 
     float16/32/64 are kept (in native byte order: big-endian ones are copied); integer and bool
-    arrays (e.g. uint8 images) become float32 (integers past 2**24 round); complex, object,
-    string and other dtypes raise TypeError.
+    arrays (e.g. uint8 images) become float32 (integers past 2**24 round; with ``cast=False``
+    they are returned as they are, for the caller to convert after its other checks, with
+    :func:`float_dtype_of` saying the dtype they will have); complex, object, string and
+    other dtypes raise TypeError.
     """
     if isinstance(value, np.ndarray):
         arr = value
@@ -312,10 +317,15 @@ def as_float_array(value: Any, *, func: str, name: str) -> np.ndarray:
     if kind == "f" and arr.dtype in (np.float16, np.float32, np.float64):
         return arr
     if kind in "iub":
-        return arr.astype(np.float32)
+        return arr.astype(np.float32) if cast else arr
     raise TypeError(
         f"{func}: {name} must have a real float, integer or bool dtype; got dtype {arr.dtype}"
     )
+
+
+def float_dtype_of(arr: np.ndarray) -> np.dtype:
+    """The dtype :func:`as_float_array` gives ``arr`` (float32 for integers and bool)."""
+    return np.dtype(np.float32) if arr.dtype.kind in "iub" else arr.dtype
 
 
 def compute_dtype(*dtypes: np.dtype) -> tuple[np.dtype, np.dtype]:
@@ -367,8 +377,10 @@ def conv_spec(
     kh, kw, kc, c_out = (int(v) for v in kernel_shape)
     if min(kh, kw, kc, c_out) < 1:
         raise PatchconvError(f"{func}: kernel sizes must be >= 1; got kernel {tuple(kernel_shape)}")
-    if min(n, h, w, c_in) < 1:
-        raise PatchconvError(f"{func}: x must not be empty; got x {tuple(x_shape)}")
+    if min(h, w, c_in) < 1:  # an empty batch is allowed: an empty result, as PyTorch's
+        raise PatchconvError(
+            f"{func}: x's height, width and channels must not be empty; got x {tuple(x_shape)}"
+        )
     if not _is_int(groups):
         raise TypeError(f"{func}: groups must be an int; got {groups!r}")
     groups = int(groups)

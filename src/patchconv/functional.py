@@ -24,6 +24,7 @@ from patchconv._spec import (
     check_workspace_limit,
     compute_dtype,
     conv_spec,
+    float_dtype_of,
     shape_arg,
 )
 from patchconv.algorithms import Plan
@@ -332,16 +333,26 @@ def conv2d(
     True
     """
     func = "conv2d"
-    x = as_float_array(x, func=func, name="x")
+    return_plan = check_flag(return_plan, func=func, name="return_plan")
+    # An integer x is converted after every check (a 4x copy of a large uint8 image came first)
+    x = as_float_array(x, func=func, name="x", cast=False)
     kernel = as_float_array(kernel, func=func, name="kernel")
     bias_arr = None if bias is None else as_float_array(bias, func=func, name="bias")
-    dtypes = [x.dtype, kernel.dtype] + ([] if bias_arr is None else [bias_arr.dtype])
+    dtypes = [float_dtype_of(x), kernel.dtype] + ([] if bias_arr is None else [bias_arr.dtype])
     work, out_dtype = compute_dtype(*dtypes)
     options = conv_options(strides, padding, dilation_rate, groups, data_format, padding_mode)
     bias_shape = None if bias_arr is None else bias_arr.shape
     args = (kernel.shape, bias_shape, options, algorithm, work.itemsize, func)
+    if x.ndim == 4 and x.shape[0] == 0:  # an empty batch: an empty result (the plan: one image's)
+        one = (1, *x.shape[1:])
+        _, plan = _spec_and_plan(one, *args, _plan_limit(workspace_limit))
+        _workspace(workspace_limit, func)
+        spec = conv_spec(x.shape, kernel.shape, bias_shape, func=func, **options)
+        empty = np.empty(spec.out_shape, out_dtype)
+        return (empty, plan) if return_plan else empty
     spec, plan = _spec_and_plan(x.shape, *args, _plan_limit(workspace_limit))
     limit = _workspace(workspace_limit, func)
+    x = x.astype(float_dtype_of(x), copy=False)  # every argument checked: integers to float32
     kernel_w = kernel.astype(work, copy=False)
     bias_w = None if bias_arr is None else bias_arr.astype(work, copy=False)
     cf = spec.data_format == "channels_first"
@@ -501,8 +512,9 @@ def conv2d_backward(
     func = "conv2d_backward"
     use_bias = check_flag(use_bias, func=func, name="use_bias")
     need_grad_x = check_flag(need_grad_x, func=func, name="need_grad_x")
-    grad_out = as_float_array(grad_out, func=func, name="grad_out")
-    x = as_float_array(x, func=func, name="x")
+    # Integer arrays are converted after every check (see conv2d).
+    grad_out = as_float_array(grad_out, func=func, name="grad_out", cast=False)
+    x = as_float_array(x, func=func, name="x", cast=False)
     kernel = as_float_array(kernel, func=func, name="kernel")
     options = conv_options(strides, padding, dilation_rate, groups, data_format, padding_mode)
     spec = conv_spec(x.shape, kernel.shape, None, func=func, **options)
@@ -512,7 +524,15 @@ def conv2d_backward(
             f"{tuple(grad_out.shape)}"
         )
     limit = _workspace(workspace_limit, func)
+    grad_out = grad_out.astype(float_dtype_of(grad_out), copy=False)
+    x = x.astype(float_dtype_of(x), copy=False)
     work, out_dtype = compute_dtype(grad_out.dtype, x.dtype, kernel.dtype)
+    if spec.n == 0:  # an empty batch: no gradient flows
+        return ConvGrads(
+            np.zeros(x.shape, out_dtype) if need_grad_x else None,
+            np.zeros(kernel.shape, out_dtype),
+            np.zeros(spec.c_out, out_dtype) if use_bias else None,
+        )
     kernel_w = kernel.astype(work, copy=False)
     cf = spec.data_format == "channels_first"
     per_out = spec.oh * spec.ow * spec.c_out * work.itemsize

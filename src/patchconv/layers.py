@@ -18,6 +18,7 @@ import numpy as np
 from patchconv._spec import (
     PatchconvError,
     as_float_array,
+    check_flag,
     conv_spec,
     normalize_data_format,
     normalize_padding,
@@ -245,9 +246,10 @@ class Conv2D:
         kernel_size: int | tuple[int, int],
         strides: int | tuple[int, int] = 1,
         padding: Any = "valid",
-        data_format: str = "channels_last",
+        data_format: str | None = "channels_last",
         dilation_rate: int | tuple[int, int] = 1,
         groups: int = 1,
+        *,  # Keras' 8th is activation, which this layer has not (nn.Conv2D has)
         use_bias: bool = True,
         kernel_initializer: str = "glorot_uniform",
         bias_initializer: str = "zeros",
@@ -278,7 +280,7 @@ class Conv2D:
             strides=self.strides,
             dilation=self.dilation_rate,
         )
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_flag(use_bias, func=func, name="use_bias")
         self.kernel_initializer = check_initializer(
             kernel_initializer, label="kernel_initializer", func=func
         )

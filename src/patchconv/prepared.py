@@ -108,13 +108,16 @@ class PreparedConv:
                 f"{arr.shape} (prepare again for another shape)"
             )
         b = None if bias is None else as_float_array(bias, func=func, name="bias")
+        c_out = self.kernel.shape[3]
+        if b is not None and b.shape != (c_out,):
+            raise PatchconvError(f"{func}: bias must have shape ({c_out},); got bias {b.shape}")
         fast = self._fast
         if (
             fast is None
             or arr.dtype != self.kernel.dtype
-            or (b is not None and (b.dtype != arr.dtype or b.shape != (self.kernel.shape[3],)))
+            or (b is not None and b.dtype != arr.dtype)
         ):
-            # Mixed dtypes and bad biases take conv2d's own casts and checks.
+            # Mixed dtypes take conv2d's own casts.
             return conv2d(arr, self.kernel, b, workspace_limit=self.workspace_limit, **self.options)
         spec, m, u = fast
         return winograd.forward(arr, self.kernel, b, spec, self.workspace_limit, m=m, u_ready=u)

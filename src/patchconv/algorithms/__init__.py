@@ -685,6 +685,9 @@ def _backward(
         (name == "direct" or algorithm in ("auto", "measure"))
         and spec.c_in <= direct.GRAD_KERNEL_C_IN
         and direct.applies(spec) is None
+        # Its sums (16 per tap and channel pair, a set per core) must fit the limit: 11x7x8x64
+        # took 11.4 MiB under a 1 MiB limit, where gemm's tiles take 0.7.
+        and direct.grad_kernel_bytes(spec, itemsize, workspace_limit) <= workspace_limit
     ):
         # Under "auto" whichever algorithm runs forward (often gemm's narrow implicit form):
         # N64 32x32 3 -> 32 took 1.8 ms, gemm's tiles 3.2; 1024x1024 3 -> 16 23 against 88.

@@ -27,6 +27,7 @@ __all__ = [
     "bands_per_image",
     "forward",
     "grad_kernel",
+    "grad_kernel_bytes",
     "row_length",
 ]
 
@@ -148,6 +149,30 @@ def forward(
     return out
 
 
+def _grad_kernel_sizes(spec: ConvSpec, itemsize: int, workspace_limit: int) -> tuple[int, int, int]:
+    """(work items, values of each item's sums, values of each thread's work buffer) for
+    :func:`grad_kernel`."""
+    lanes = VECTOR_BYTES // itemsize
+    per, rows, wp, plane = _layout(spec, itemsize, workspace_limit)
+    taps = spec.c_in * spec.kh * spec.kw
+    co4 = -(-spec.c_out // 4) * 4
+    sums = -(-taps // 4) * 4 * co4 * lanes  # vector sums by (tap, channel)
+    # As _simd.direct_grad_kernel lays them out: the input planes and the gradient's, each
+    # with a vector more (its blocks are single vectors, the last one past the band's end).
+    size = spec.c_in * (plane + lanes) + co4 * (rows * wp + lanes)
+    # One row of sums per work item, each a fixed run of bands: the same result on every run
+    # (sums kept per thread took bands in whatever order the threads reached them).
+    items = max(1, min(n_workers(), spec.n * per))
+    return items, sums, size
+
+
+def grad_kernel_bytes(spec: ConvSpec, itemsize: int, workspace_limit: int) -> int:
+    """Peak extra bytes of :func:`grad_kernel`: every item's sums and their total, and the
+    threads' work buffers."""
+    items, sums, size = _grad_kernel_sizes(spec, itemsize, workspace_limit)
+    return ((items + 1) * sums + min(items, n_workers()) * size) * itemsize
+
+
 def grad_kernel(
     grad_out: np.ndarray, x: np.ndarray, spec: ConvSpec, workspace_limit: int
 ) -> np.ndarray:
@@ -158,17 +183,11 @@ def grad_kernel(
 
     dtype = x.dtype
     lanes = VECTOR_BYTES // dtype.itemsize
-    per, rows, wp, plane = _layout(spec, dtype.itemsize, workspace_limit)
+    per, _, _, _ = _layout(spec, dtype.itemsize, workspace_limit)
     dh, dw = spec.dilation
     taps = spec.c_in * spec.kh * spec.kw
     co4 = -(-spec.c_out // 4) * 4
-    sums = -(-taps // 4) * 4 * co4 * lanes  # vector sums by (tap, channel)
-    # As _simd.direct_grad_kernel lays them out: the input planes and the gradient's, each
-    # with a vector more (its blocks are single vectors, the last one past the band's end).
-    size = spec.c_in * (plane + lanes) + co4 * (rows * wp + lanes)
-    # One row of sums per work item, each a fixed run of bands: the same result on every run
-    # (sums kept per thread took bands in whatever order the threads reached them).
-    items = max(1, min(n_workers(), spec.n * per))
+    items, sums, size = _grad_kernel_sizes(spec, dtype.itemsize, workspace_limit)
     parts = np.zeros((items, sums), dtype)
     (pt, _), (pl, _) = spec.pads
     args = (
