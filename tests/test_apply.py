@@ -127,7 +127,10 @@ def test_grey_16_bit_input_and_list_filters(
         (["-f", "sobl"], r"filter_kernel: name must be one of .*; got 'sobl' \(did you mean sobel"),
         (["-w", "bad.npy"], r"apply: kernel 'bad' reads 2 input channels but '.*a.png' has 3"),
         (["--strides", "x"], r"apply: --strides must be 1 or 2 comma-separated integers; got 'x'"),
-        (["--padding", "1,2,3"], r"apply: --padding must be 1 or 2 or 4 comma-separated"),
+        (["--padding", "1,2,3"], r"apply: --padding must be valid, same, same_lower, P, PH,PW"),
+        (["--padding", "bogus"], r"apply: --padding must be valid, .* or T,B,L,R; got 'bogus'"),
+        (["-f", ""], r"apply: -f/--filter needs a filter name; got \[''\]"),
+        (["-f", ",", "-f", " "], r"apply: -f/--filter needs a filter name; got \[',', ' '\]"),
         (["--chunks", "64"], r"apply: --chunks needs --filter NAME or --weights FILE"),
         (["--chunks", "0", "-f", "identity"], r"apply: --chunks must be >= 16 .*; got 0"),
         (["--chunks", "64", "--size", "8", "-f", "identity"], r"--size resizes in memory"),
@@ -553,3 +556,56 @@ def test_pillows_palette_tiff_reads_back_exactly(tmp_path: Path) -> None:
     for got in (images.load_image(tmp_path / "p.tif"), scale.open_image(tmp_path / "p.tif")[0]):
         np.testing.assert_allclose(np.asarray(got)[0, 0], [1.0, 1.0, 1.0], atol=1e-7)
         np.testing.assert_allclose(np.asarray(got)[3, 3], np.array([10, 20, 30]) / 255, atol=1e-7)
+
+
+def test_an_output_never_replaces_an_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An input named like an output (a_sobel_x.png beside a.png, or a_sobel_x.zarr streamed
+    beside a.zarr) was replaced by the other image's map with no error."""
+    monkeypatch.chdir(tmp_path)
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save("a.png")
+    Image.fromarray(rgb[::-1]).save("a_sobel_x.png")
+    before = Path("a_sobel_x.png").read_bytes()
+    assert main(["apply", "a.png", "a_sobel_x.png", "-f", "sobel_x", "-o", ".", "--no-sheet"]) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the input 'a_sobel_x.png'" in err, err
+    assert Path("a_sobel_x.png").read_bytes() == before
+    zarr.save_array("a.zarr", np.zeros((32, 32, 1), np.float32))
+    zarr.save_array("a_sobel_x.zarr", np.ones((32, 32, 1), np.float32))
+    argv = ["apply", "a.zarr", "a_sobel_x.zarr", "--chunks", "16", "-f", "sobel_x", "-o", "."]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"the output '.*a_sobel_x.zarr' would overwrite the input IMAGE", err), err
+    np.testing.assert_array_equal(zarr.open_array("a_sobel_x.zarr", mode="r")[:], 1.0)
+
+
+def test_an_unreachable_cluster_leaves_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The client connects before the output folder is made (an empty one was left after
+    the 30 s timeout), and the error names --cluster."""
+    import distributed
+
+    def refuse(address: str, **kwargs: object) -> None:
+        raise OSError(f"Timed out trying to connect to {address} after 30 s")
+
+    monkeypatch.setattr(distributed, "Client", refuse)
+    monkeypatch.chdir(tmp_path)
+    zarr.save_array("a.zarr", np.zeros((32, 32, 1), np.float32))
+    argv = [
+        "apply",
+        "a.zarr",
+        "--chunks",
+        "16",
+        "-f",
+        "sobel_x",
+        "--cluster",
+        "tcp://x:1",
+        "-o",
+        "s",
+    ]
+    assert main(argv) == 2
+    assert "apply: --cluster 'tcp://x:1': cannot connect (Timed out" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -353,7 +353,8 @@ def test_a_walkthrough_past_the_memory_is_refused_before_the_work(
 ) -> None:
     from patchconv import _config
 
-    # (1, 64, 64, 3) 3x3 valid: patch matrix [3844, 27] in float32, 574 KiB with the outputs.
+    # (1, 64, 64, 3) 3x3 valid: patch matrix [3844, 27] in float32, 574 KiB with the outputs,
+    # and its float64 copy with the float64 sums (the patch's and the outputs') 871 KiB more.
     monkeypatch.setattr(_config, "physical_memory", lambda: 420 * 2**10)
     with pytest.raises(
         ValueError,
@@ -364,7 +365,10 @@ def test_a_walkthrough_past_the_memory_is_refused_before_the_work(
         ValueError, match=r"explain: a random input of input_shape \(1, 110, 110, 3\)"
     ):
         patchconv.explain(seed=0, input_shape=(1, 110, 110, 3))  # 12 bytes a value: 425 KiB
-    monkeypatch.setattr(_config, "physical_memory", lambda: 600 * 2**10)
+    monkeypatch.setattr(_config, "physical_memory", lambda: 1400 * 2**10)
+    with pytest.raises(ValueError, match=r"explain: the walkthrough of x \(1, 64, 64, 3\)"):
+        patchconv.explain(seed=0, input_shape=(1, 64, 64, 3))
+    monkeypatch.setattr(_config, "physical_memory", lambda: 1450 * 2**10)
     assert patchconv.explain(seed=0, input_shape=(1, 64, 64, 3)).matches
 
 
@@ -576,3 +580,38 @@ def test_tutorial_quotes_the_command_s_real_output() -> None:
     missing = [s for s in lines if s not in tutorial]
     assert not missing, missing[:5]
     assert (Path(__file__).parents[1] / "docs" / "walkthrough.png").stat().st_size < 300_000
+
+
+def test_a_huge_kernel_still_matches() -> None:
+    """A 1000x1000 kernel: the patch's 3 million products summed in float32 in one running
+    sum differed from the exact sum by 2e-5 and the walkthrough said MISMATCH (exit 1),
+    while conv2d was within 6e-7. The patch is now summed in float64; each claim of the
+    closing sentence has its own verdict."""
+    wt = patchconv.explain(seed=0, kernel_size=1000)
+    assert wt.matches and wt.patch_matches and wt.all_patches_match
+    assert wt.output_for_patch.dtype == wt.output.dtype
+    exact = wt.flat_patch.astype(np.float64) @ wt.kernel_matrix.astype(np.float64)
+    assert wt.max_abs_diff == pytest.approx(
+        float(np.max(np.abs(exact[0] + wt.bias - wt.conv_output_at_position))), rel=1e-9
+    )
+
+
+def test_weights_member_that_is_no_array_is_one_line(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NumPy hands back a member that is no .npy as raw bytes: it raised AttributeError."""
+    import zipfile
+
+    path = tmp_path / "bad.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("kernel.npy", b"garbage")
+    assert main(["explain", "--weights", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "kernel must hold real numbers" in err and "Traceback" not in err
+
+
+def test_a_huge_filter_count_is_checked_before_the_kernel_is_drawn() -> None:
+    with pytest.raises(
+        patchconv.PatchconvError, match=r"a random kernel of 1000000000 filters needs about"
+    ):
+        patchconv.explain(filters=10**9)

@@ -130,3 +130,20 @@ def test_page_with_groups_dilation_strides_and_channels_first(browser: Any, tmp_
         _check_pixel(page, patchconv.explain(**options, position=(i, j)), i, j)
     assert errors == []
     page.close()
+
+
+def test_large_maps_keep_clickable_cells(browser: Any, tmp_path: Path) -> None:
+    """Past 400 cells a map draws its cells small and without numbers; they were sized in
+    em of a font-size of 0, so every cell was 0-1 px and no output pixel could be clicked."""
+    options: dict[str, Any] = {"seed": 2, "input_shape": (1, 24, 24, 3), "padding": "same"}
+    path = tmp_path / "walk.html"
+    save_html(patchconv.explain(**options), path)
+    page, _, errors = _open(browser, path)
+    assert page.eval_on_selector("#in-0", "e => e.classList.contains('tiny')")
+    assert page.eval_on_selector("#out-0", "e => e.classList.contains('tiny')")
+    box = page.locator('#out-0 td[data-i="5"][data-j="7"]').bounding_box()
+    assert box["width"] >= 8 and box["height"] >= 8
+    for i, j in [(5, 7), (23, 23)]:
+        _check_pixel(page, patchconv.explain(**options, position=(i, j)), i, j)
+    assert errors == []
+    page.close()

@@ -91,3 +91,38 @@ def test_animation_caps_its_frames_on_big_outputs() -> None:
     frames = animation_frames(wt, max_frames=12)
     assert len(frames) == 12  # one per sampled position, the first and last included
     assert np.asarray(frames[-1].convert("RGB")).std() > 20.0
+
+
+def test_kernel_grid_names_each_groups_channels() -> None:
+    """With groups, row r of filter f reads input channel g*cg + r: the rows were all labelled
+    "channel r" (true of group 0 only); they are slices, each title naming its channels."""
+    from patchconv.explain_figure import draw_figure, pyplot
+
+    fig = draw_figure(patchconv.explain(seed=1, groups=3, filters=6, input_shape=(1, 6, 6, 3)))
+    try:
+        titles = {ax.get_title() for ax in fig.axes}
+        labels = {ax.get_ylabel() for ax in fig.axes}
+    finally:
+        pyplot().close(fig)
+    assert "filter 2\n(group 1: ch 1-1)" in titles and "filter 5\n(group 2: ch 2-2)" in titles
+    assert "slice 0" in labels and "channel 0" not in labels
+    fig = draw_figure(patchconv.explain(seed=1, input_shape=(1, 6, 6, 3)))
+    try:
+        assert "channel 2" in {ax.get_ylabel() for ax in fig.axes}
+    finally:
+        pyplot().close(fig)
+
+
+def test_an_output_never_replaces_the_image(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--figure (or --animate, --html) naming the --image file replaced the image with the
+    picture; refused before any work."""
+    from PIL import Image
+
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    before = image.read_bytes()
+    assert main(["explain", "--image", str(image), "--size", "5", "--figure", str(image)]) == 2
+    assert f"--figure {str(image)!r} would overwrite the input --image" in capsys.readouterr().err
+    assert image.read_bytes() == before

@@ -327,3 +327,15 @@ def test_a_tiff_path_never_replaces_a_folder(tmp_path: Any) -> None:
     with pytest.raises(PatchconvError, match=r"existing folder that is not a Zarr array"):
         write_blocks(np.zeros((20, 18, 1), np.float32), tmp_path / "z.tif", tile=16)
     assert (tmp_path / "z.tif").is_dir()
+
+
+def test_complex_samples_are_refused(tmp_path: Any) -> None:
+    """A complex Zarr lost its imaginary part with only NumPy's ComplexWarning."""
+    import zarr
+
+    from patchconv.scale import open_image
+
+    path = tmp_path / "c.zarr"
+    zarr.save_array(str(path), np.ones((32, 32, 1), np.complex64))
+    with pytest.raises(PatchconvError, match=r"open_image: the image must hold integer, float or"):
+        open_image(path)

@@ -52,9 +52,16 @@ def _apply_pair(text: str, option: str) -> int | tuple[int, ...]:
 
 
 def _apply_padding(text: str) -> object:
+    from patchconv import PatchconvError
+
     if text.lower() in ("valid", "same", "same_lower", "same_upper"):
         return text.lower()
-    values = _apply_ints(text, "--padding", (1, 2, 4))
+    try:
+        values = _apply_ints(text, "--padding", (1, 2, 4))
+    except PatchconvError as exc:  # the words too, as explain's message gives them
+        raise PatchconvError(
+            f"apply: --padding must be valid, same, same_lower, P, PH,PW or T,B,L,R; got {text!r}"
+        ) from exc
     if len(values) == 4:  # top, bottom, left, right
         return ((values[0], values[1]), (values[2], values[3]))
     return values[0] if len(values) == 1 else values
@@ -79,6 +86,8 @@ def _apply(args: argparse.Namespace) -> int:
         sys.stdout.write(images.list_filters())
         return 0
     names = [n.strip() for group in args.filter or [] for n in group.split(",") if n.strip()]
+    if args.filter and not names:  # -f "" ran the whole default bank
+        raise PatchconvError(f"apply: -f/--filter needs a filter name; got {args.filter!r}")
     for name in names:
         if name not in images.FILTERS:
             images.filter_kernel(name, 3)  # raises the unknown-filter error with suggestions
@@ -185,6 +194,7 @@ def _apply_stream(
     from pathlib import Path
 
     from patchconv import PatchconvError, images, scale
+    from patchconv.explain_cli import refuse_overwriting_inputs
 
     if not args.image:
         raise PatchconvError("apply: --chunks needs an IMAGE (a large TIFF or Zarr); got none")
@@ -229,18 +239,28 @@ def _apply_stream(
             )[0]  # (oh, ow, c_out), lazy
             target = out / f"{stem}_{k.name}{ext}"
             scale.check_target(target, func="apply")
+            refuse_overwriting_inputs(
+                (("the output", os.fspath(target)),), (("IMAGE", p) for p in args.image)
+            )
             plans.append((target, k, y))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PatchconvError(f"apply: --out {args.out!r} cannot be made a folder: {exc}") from exc
-    client = None
+    client = None  # connected before the output folder is made: none is left on a failure
     if args.cluster == "local":
         client = scale.local_client()
     elif args.cluster:
         from distributed import Client
 
-        client = Client(args.cluster)
+        try:
+            client = Client(args.cluster)
+        except (OSError, ValueError, TypeError) as exc:  # TimeoutError is an OSError
+            raise PatchconvError(
+                f"apply: --cluster {args.cluster!r}: cannot connect ({exc})"
+            ) from exc
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if client is not None:
+            client.close()
+        raise PatchconvError(f"apply: --out {args.out!r} cannot be made a folder: {exc}") from exc
     parallel = sum(client.nthreads().values()) if client is not None else 2
     try:
         for target, k, y in plans:

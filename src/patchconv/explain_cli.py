@@ -13,6 +13,7 @@ import dataclasses
 import os
 import sys
 import zipfile
+from collections.abc import Iterable
 from typing import Any, overload
 
 import numpy as np
@@ -92,6 +93,28 @@ def picture_path(path: str, *, option: str, suffixes: tuple[str, ...]) -> str:
     return path
 
 
+def same_file(a: str, b: str) -> bool:
+    """True if paths ``a`` and ``b`` name one file (links and relative paths resolved)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[tuple[str, str | None]], inputs: Iterable[tuple[str, str | None]]
+) -> None:
+    """A PatchconvError, before any work, where an output option names an input's file (the
+    picture replaced the image it was made from)."""
+    given = [(option, path) for option, path in inputs if path is not None]
+    for out_option, out in outputs:
+        for in_option, path in given:
+            if out is not None and same_file(out, path):
+                raise PatchconvError(
+                    f"{out_option} {out!r} would overwrite the input {in_option} {path!r}; "
+                    "choose another name"
+                )
+
+
 def load_weights(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """An .npz with "kernel" (kh, kw, c_in/groups, c_out) and optionally "bias" (c_out,)."""
     if not os.path.isfile(path):
@@ -114,9 +137,9 @@ def load_weights(path: str) -> tuple[np.ndarray, np.ndarray | None]:
             raise PatchconvError(
                 f"--weights {path!r} has no 'kernel' array (kh, kw, c_in, c_out); found keys {keys}"
             )
-        try:
-            kernel = data["kernel"]
-            bias = data["bias"] if "bias" in keys else None
+        try:  # (a member that is no .npy comes back as raw bytes)
+            kernel = np.asarray(data["kernel"])
+            bias = np.asarray(data["bias"]) if "bias" in keys else None
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # object arrays too
             raise PatchconvError(
                 f"--weights {path!r} holds arrays that need pickle: {exc}"
@@ -203,6 +226,10 @@ def run(args: argparse.Namespace) -> int:
         args.animate = picture_path(args.animate, option="--animate", suffixes=(".gif",))
     if args.html is not None:
         args.html = picture_path(args.html, option="--html", suffixes=(".html", ".htm"))
+    refuse_overwriting_inputs(
+        (("--figure", args.figure), ("--animate", args.animate), ("--html", args.html)),
+        (("--image", args.image), ("--weights", args.weights)),
+    )
     kernel = bias = None
     notes: dict[str, str] = {}
     if args.weights is not None:

@@ -249,10 +249,13 @@ def draw_figure(wt: Walkthrough) -> Any:
             )
             _no_ticks(ax)
             if r == 0:
-                group = f" (group {f // spec.c_out_group})" if spec.groups > 1 else ""
-                ax.set_title(f"filter {f}{group}", fontsize=10)
+                g = f // spec.c_out_group
+                # With groups, row r of filter f is input channel g*cg + r: the rows are slices
+                # and each title names its group's channels (the rows were all "channel r").
+                group = f"\n(group {g}: ch {g * cg}-{g * cg + cg - 1})" if spec.groups > 1 else ""
+                ax.set_title(f"filter {f}{group}", fontsize=10 if spec.groups == 1 else 8)
             if f == 0:
-                ax.set_ylabel(f"channel {r}", fontsize=10)
+                ax.set_ylabel(f"channel {r}" if spec.groups == 1 else f"slice {r}", fontsize=10)
     fig.text(
         0.05,
         grid[0, 0].get_position(fig).y1 + 0.035,

@@ -74,7 +74,7 @@ h2 { font-size: 1.15em; margin: 1.4em 0 .4em; border-bottom: 1px solid #ddd; }
 table.grid { border-collapse: collapse; font: 11px/1 ui-monospace, monospace; }
 table.grid td { width: 2.9em; height: 2.1em; text-align: center; border: 1px solid #fff;
                 padding: 0; }
-table.grid.tiny td { width: .9em; height: .9em; font-size: 0; }
+table.grid.tiny td { width: 9px; min-width: 9px; height: 9px; font-size: 0; }
 td.pad { background: #e4e4e4; color: #888; }
 td.out-cell { cursor: pointer; }
 td.out-cell:hover { outline: 2px solid #888; }

@@ -322,11 +322,12 @@ def render_text(wt: Walkthrough) -> str:
             )
         )
     ok, where = wt.matches, wt.output_index(i, j)
+    one, every = wt.patch_matches, wt.all_patches_match
     lines += [
         "",
         _para(
-            f"patch @ kernel + bias {'equals' if ok else 'DIFFERS from'} output[{where}], "
-            f"and all patches at once {'equal' if ok else 'DIFFER from'} the whole output "
+            f"patch @ kernel + bias {'equals' if one else 'DIFFERS from'} output[{where}], "
+            f"and all patches at once {'equal' if every else 'DIFFER from'} the whole output "
             f"(tolerance {wt.tolerance:.3g}).",
             indent=0,
         ),

@@ -556,12 +556,12 @@ def load_kernel(path: str | os.PathLike[str]) -> Kernel:
                 ) from exc
     else:
         kernel = np.asarray(loaded)
-    if kernel.dtype.kind not in "fiu" or kernel.ndim not in (2, 3, 4) or 0 in kernel.shape:
+    if kernel.dtype.kind not in "fiub" or kernel.ndim not in (2, 3, 4) or 0 in kernel.shape:
         raise PatchconvError(
             f"{func}: kernel must be a real (k, k), (kh, kw, c_in) or (kh, kw, c_in, c_out) "
             f"array; got {kernel.dtype} {kernel.shape} from {str(p)!r}"
         )
-    if bias is not None and bias.dtype.kind not in "fiu":
+    if bias is not None and bias.dtype.kind not in "fiub":  # bool as conv2d and explain take it
         raise PatchconvError(
             f"{func}: bias must hold real numbers; got dtype {bias.dtype} from {str(p)!r}"
         )
@@ -868,6 +868,14 @@ def run_apply(
                 progress(1)
         if sheet:
             files.append((out / f"{stem}_sheet.png", contact_sheet(sheet_items)))
+    inputs = [label for label, _, _ in plans if os.path.isfile(label)]
+    for path, _ in files:  # an input named like an output (a_sobel_x.png) was replaced
+        for label in inputs:
+            if path.exists() and os.path.samefile(path, label):
+                raise PatchconvError(
+                    f"{func}: the output {os.fspath(path)!r} would overwrite the input "
+                    f"{label!r}; choose another --out"
+                )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -535,6 +535,11 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             f"{func}: the image must be 2-D (h, w) or 3-D (h, w, c); got shape {arr.shape} "
             f"from {os.fspath(p)!r}"
         )
+    if arr.dtype.kind not in "uifb":  # complex samples lost their imaginary part
+        raise PatchconvError(
+            f"{func}: the image must hold integer, float or bool samples; got dtype "
+            f"{arr.dtype} from {os.fspath(p)!r}"
+        )
     from patchconv.images import upright
 
     arr = upright(arr, orientation)  # as load_image and viewers show it
