@@ -391,6 +391,13 @@ def _train(args: argparse.Namespace) -> int:
     from patchconv._spec import PatchconvError
 
     start = time.perf_counter()
+    for option, value, least in (
+        ("--epochs", args.epochs, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--seed", args.seed, 0),
+    ):  # before the header line, which went out ahead of these errors
+        if value is not None and value < least:
+            raise PatchconvError(f"train: {option} must be >= {least}; got {value}")
     if args.plot:
         from patchconv.explain_cli import FIGURE_SUFFIXES, picture_path
 
