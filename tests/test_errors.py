@@ -202,6 +202,10 @@ def test_shape_arguments_take_integer_tuples_or_the_arrays() -> None:
     x = np.zeros((1, 7, 7, 512), np.float64)
     kernel = np.zeros((3, 3, 512, 512), np.float32)
     assert patchconv.conv_output_shape(x, kernel, padding="same") == (1, 7, 7, 512)
+    # A shape held in a 1-D integer array is still a shape.
+    assert patchconv.conv_output_shape(np.array([1, 8, 8, 3]), np.array([3, 3, 3, 4])) == (
+        1, 6, 6, 4,
+    )  # fmt: skip
     ran = patchconv.conv2d(x, kernel, padding="same", return_plan=True)[1].algorithm
     assert patchconv.explain_algorithm(x, kernel, padding="same").algorithm == ran
     by_shape = patchconv.explain_algorithm(x.shape, kernel.shape, padding="same", dtype=x.dtype)
@@ -241,5 +245,18 @@ def test_an_empty_batch_gives_an_empty_result_as_pytorch() -> None:
     assert not grads.grad_kernel.any() and grads.grad_kernel.shape == kernel.shape
     assert grads.grad_bias is not None and not grads.grad_bias.any()
     assert patchconv.Conv2D(4, 3)(np.zeros((0, 9, 9, 3), np.float32)).shape == (0, 7, 7, 4)
+    # What plans for it plans for one image (the cost model divided by the batch).
+    deep = np.zeros((3, 3, 64, 64), np.float32)
+    assert patchconv.explain_algorithm((0, 8, 8, 64), deep.shape).algorithm in (
+        patchconv.algorithms.ALGORITHMS
+    )
+    prepared = patchconv.prepare(deep, (0, 8, 8, 64))
+    assert prepared(np.zeros((0, 8, 8, 64), np.float32)).shape == (0, 6, 6, 64)
+    with pytest.raises(PatchconvError, match=r"conv2d_backward: algorithm must be 'auto' or"):
+        patchconv.conv2d_backward(
+            np.zeros(out.shape, np.float32), x, kernel, algorithm="nonsense", **options
+        )
+    with pytest.raises(PatchconvError, match=r"explain: x must hold at least one image"):
+        patchconv.explain(x=np.zeros((0, 8, 8, 3)))
     with pytest.raises(PatchconvError, match=r"conv2d: groups \(2\) must divide x channels"):
         patchconv.conv2d(x, kernel, groups=2, data_format="channels_first")

@@ -586,3 +586,28 @@ def test_frozen_branches_freeze_their_layers() -> None:
     assert bn.moving_mean.any()
     block.trainable = False
     assert not bn.trainable and block.get_config()["trainable"] is False
+
+
+def test_leaky_relu_gradient_at_zero_is_the_slope() -> None:
+    """PyTorch and Keras run a plain leaky ReLU as leaky_relu: gradient negative_slope at 0
+    (a threshold above 0, or a max_value, gives 0 there, as Keras' formula)."""
+    x = np.array([[-1.0, 0.0, 1.0]])
+    layer = nn.LeakyReLU(0.2)
+    layer.forward(x)
+    x_t = torch.from_numpy(x).requires_grad_(True)
+    torch.nn.functional.leaky_relu(x_t, 0.2).backward(torch.ones_like(x_t))
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), x_t.grad.numpy())
+    capped = nn.ReLU(negative_slope=0.2, max_value=6.0)
+    capped.forward(x)
+    np.testing.assert_array_equal(capped.backward(np.ones_like(x)), [[0.2, 0.0, 1.0]])
+
+
+def test_batch_normalization_keeps_its_statistics_on_an_empty_batch() -> None:
+    """An empty batch (conv2d takes one now) made the moving statistics NaN; PyTorch's
+    BatchNorm keeps them."""
+    bn = nn.BatchNormalization()
+    bn.build((1, 4))
+    y = bn.forward(np.zeros((0, 4), np.float32), training=True)
+    assert y.shape == (0, 4)
+    np.testing.assert_array_equal(bn.moving_mean, 0.0)
+    np.testing.assert_array_equal(bn.moving_variance, 1.0)

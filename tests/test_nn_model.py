@@ -721,10 +721,13 @@ def test_fit_and_schedule_arguments_named_in_errors() -> None:
     assert len(history["val_loss"]) == 1
     with pytest.raises(PatchconvError, match=r"fit: validation_data must be \(x_val, y_val\)"):
         model.fit(x, y, validation_data=(x, y, np.ones(10)), verbose=0)
-    with pytest.raises(TypeError, match=r"PiecewiseConstantDecay: boundaries must be integer"):
+    with pytest.raises(TypeError, match=r"PiecewiseConstantDecay: boundaries must be numbers"):
         nn.PiecewiseConstantDecay(["a"], [1.0, 2.0])
-    with pytest.raises(TypeError, match=r"PiecewiseConstantDecay: boundaries must be a list"):
+    with pytest.raises(TypeError, match=r"PiecewiseConstantDecay: boundaries must be a sequ"):
         nn.PiecewiseConstantDecay(5, [1.0, 2.0])  # type: ignore[arg-type]
+    # As Keras': any sequence of numbers.
+    assert nn.PiecewiseConstantDecay(range(100, 300, 100), [0.1, 0.01, 0.001])(150) == 0.01
+    assert nn.PiecewiseConstantDecay([100.0, 200.5], [1.0, 2.0, 3.0])(200) == 2.0
     assert nn.SGD(momentum=1.0).momentum == 1.0
     with pytest.raises(PatchconvError, match=r"SGD: momentum must be in \[0.0, 1.0\]"):
         nn.SGD(momentum=1.5)

@@ -339,3 +339,9 @@ def test_complex_samples_are_refused(tmp_path: Any) -> None:
     zarr.save_array(str(path), np.ones((32, 32, 1), np.complex64))
     with pytest.raises(PatchconvError, match=r"open_image: the image must hold integer, float or"):
         open_image(path)
+
+
+def test_a_batch_of_no_images_gives_no_images() -> None:
+    """Planning an empty batch divided by zero (ZeroDivisionError) once conv2d took it."""
+    x = da.zeros((0, 8, 8, 3), chunks=(1, 8, 8, 3))
+    assert conv2d(x, np.ones((3, 3, 3, 2))).compute().shape == (0, 6, 6, 2)

@@ -144,7 +144,9 @@ def shape_arg(value: Any, *, func: str, name: str) -> tuple[int, ...]:
     TypeError
         Neither, or an entry that is not an integer; the message names ``func`` and ``name``.
     """
-    if not isinstance(value, (tuple, list)) and isinstance(getattr(value, "shape", None), tuple):
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu":
+        value = value.tolist()  # a shape held in an array (never a valid 4-D input itself)
+    elif not isinstance(value, (tuple, list)) and isinstance(getattr(value, "shape", None), tuple):
         value = value.shape
     if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
         shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."

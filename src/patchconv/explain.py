@@ -442,6 +442,8 @@ def explain(
         "data_format": data_format,
     }
     spec = conv_spec(arr.shape, kern.shape, bias_arr.shape, func=func, **options)
+    if spec.n == 0:  # conv2d takes an empty batch; a walkthrough needs an image
+        raise PatchconvError(f"{func}: x must hold at least one image; got x {arr.shape}")
     if not _is_int(batch_index) or not 0 <= batch_index < spec.n:
         raise PatchconvError(f"{func}: batch_index must be in [0, {spec.n}); got {batch_index!r}")
     i, j = (int(v) for v in position)

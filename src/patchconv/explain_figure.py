@@ -259,7 +259,9 @@ def draw_figure(wt: Walkthrough) -> Any:
     fig.text(
         0.05,
         grid[0, 0].get_position(fig).y1 + 0.035,
-        f"the kernel {wt.kernel_shape}: rows = input channels{row_note}, "
+        f"the kernel {wt.kernel_shape}: rows = "
+        f"{'input channels' if spec.groups == 1 else 'slices (each group its channels)'}"
+        f"{row_note}, "
         f"columns = filters{col_note}",
         fontsize=11,
         fontweight="bold",

@@ -527,7 +527,8 @@ def conv2d_backward(
     grad_out = grad_out.astype(float_dtype_of(grad_out), copy=False)
     x = x.astype(float_dtype_of(x), copy=False)
     work, out_dtype = compute_dtype(grad_out.dtype, x.dtype, kernel.dtype)
-    if spec.n == 0:  # an empty batch: no gradient flows
+    if spec.n == 0:  # an empty batch: no gradient flows (the algorithm is still checked)
+        algorithms.choose(spec, algorithm, func=func, itemsize=work.itemsize, workspace_limit=limit)
         return ConvGrads(
             np.zeros(x.shape, out_dtype) if need_grad_x else None,
             np.zeros(kernel.shape, out_dtype),

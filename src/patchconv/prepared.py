@@ -75,6 +75,7 @@ class PreparedConv:
             dtype in (np.float32, np.float64)
             and spec.data_format == "channels_last"
             and spec.padding_mode == "zeros"
+            and spec.n > 0  # an empty batch: conv2d's empty result, nothing to keep
         ):
             # The Winograd form conv2d's chooser picks; F(2x2) where it picks another
             # algorithm (deep batch-1 layers, where the transform is what makes Winograd

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -431,7 +431,10 @@ def choose(
     one in force); asked for by name, those still run.
 
     Raises PatchconvError for an unknown name or a named algorithm that does not apply.
+    An empty batch is planned as one image (the cost model divides by the batch).
     """
+    if spec.n == 0:
+        spec = replace(spec, n=1)
     if not isinstance(algorithm, str):
         raise TypeError(f"{func}: algorithm must be a string; got {algorithm!r}")
     if algorithm not in ("auto", "measure", *ALGORITHMS):

@@ -54,8 +54,11 @@ def relu_general(
 def relu_general_backward(
     g: np.ndarray, x: np.ndarray, max_value: float | None, negative_slope: float, threshold: float
 ) -> np.ndarray:
-    # At the threshold itself Keras' gradient is 0, from both sides' terms.
-    slope = np.where(x > threshold, 1.0, np.where(x < threshold, negative_slope, 0.0))
+    # At the threshold itself Keras' gradient is 0, from both sides' terms; but a plain leaky
+    # ReLU (threshold 0, no max_value), which Keras and PyTorch run as leaky_relu, takes
+    # negative_slope at 0.
+    at = negative_slope if threshold == 0 and max_value is None else 0.0
+    slope = np.where(x > threshold, 1.0, np.where(x < threshold, negative_slope, at))
     slope = slope.astype(g.dtype)
     if max_value is not None:
         slope[x >= max_value] = 0

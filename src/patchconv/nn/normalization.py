@@ -148,6 +148,8 @@ class BatchNormalization(Layer):
             )
         reduce = tuple(a for a in range(arr.ndim) if a != axis)
         training = bool(training) and self.trainable
+        if training and arr.size == 0:  # an empty batch: no statistics (NaN), none kept
+            training = False
         if training:
             mean = arr.mean(axis=reduce)
             var = arr.var(axis=reduce)

@@ -50,10 +50,10 @@ class PiecewiseConstantDecay:
     def __init__(self, boundaries: Sequence[int], values: Sequence[float]) -> None:
         func = "PiecewiseConstantDecay"
         for name, seq in (("boundaries", boundaries), ("values", values)):
-            if not isinstance(seq, (list, tuple, np.ndarray)):
-                raise TypeError(f"{func}: {name} must be a list; got {seq!r}")
-        if not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) for b in boundaries):
-            raise TypeError(f"{func}: boundaries must be integer steps; got {list(boundaries)}")
+            if isinstance(seq, (str, bytes)) or not isinstance(seq, (Sequence, np.ndarray)):
+                raise TypeError(f"{func}: {name} must be a sequence; got {seq!r}")
+        if not all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in boundaries):
+            raise TypeError(f"{func}: boundaries must be numbers (steps); got {list(boundaries)}")
         if len(values) != len(boundaries) + 1:
             raise PatchconvError(
                 f"{func}: values must have one more entry than boundaries; got "
@@ -61,7 +61,7 @@ class PiecewiseConstantDecay:
             )
         if list(boundaries) != sorted(boundaries):
             raise PatchconvError(f"{func}: boundaries must increase; got {list(boundaries)}")
-        self.boundaries = [int(b) for b in boundaries]
+        self.boundaries = [int(b) if float(b).is_integer() else float(b) for b in boundaries]
         self.values = [_rate(v, func=func, name="values", low=0.0) for v in values]
 
     def __call__(self, step: int) -> float:
