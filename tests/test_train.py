@@ -188,3 +188,14 @@ def test_a_short_digits_schedule_already_learns() -> None:
     result = train_task("digits", epochs=3, verbose=0, seed=1)
     assert result.test_accuracy >= 0.9
     assert isinstance(result.model.layers[0], nn.Conv2D)
+
+
+def test_train_runs_without_tqdm(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tqdm is an extra: train refused to start without it ("tqdm is needed here"), though
+    fit prints a line an epoch in its place."""
+    monkeypatch.setitem(__import__("sys").modules, "tqdm", None)
+    monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)
+    assert main(["train", "--task", "colors", "--epochs", "1", "--json"]) == 0
+    assert '"test_accuracy"' in capsys.readouterr().out

@@ -406,7 +406,7 @@ def _train(args: argparse.Namespace) -> int:
         if not args.save.lower().endswith(".npz"):
             raise PatchconvError(f"--save: the weights file must end in .npz; got {args.save!r}")
     _output_folders(("--save", args.save))
-    needed = ["sklearn", "tqdm"] if args.task == "digits" else ["tqdm"]
+    needed = ["sklearn"] if args.task == "digits" else []  # (tqdm: fit falls back to lines)
     if args.plot:
         needed.append("matplotlib")
     for module in needed:

@@ -234,8 +234,9 @@ class Tanh(Activation):
 
 
 class ReLU(Activation):
-    """Keras' ``ReLU`` layer: ``min(max_value, x)`` for ``x >= threshold``, else
-    ``negative_slope * (x - threshold)``. ``ReLU(max_value=6.0)`` is ReLU6.
+    """Keras' ``ReLU`` layer: ``min(max_value, x)`` for ``x > threshold``, else
+    ``negative_slope * (x - threshold)`` (0 at the threshold, as Keras' ``x * (x > threshold)``).
+    ``ReLU(max_value=6.0)`` is ReLU6.
 
     >>> import numpy as np
     >>> from patchconv import nn

@@ -45,7 +45,7 @@ class BatchNormalization(Layer):
     >>> from patchconv import nn
     >>> bn = nn.BatchNormalization()
     >>> y = bn(np.array([[0.0], [2.0]]), training=True)
-    >>> np.round(y.ravel(), 4).tolist(), [w.shape for w in bn.get_weights()]
+    >>> [round(float(v), 4) for v in y.ravel()], [w.shape for w in bn.get_weights()]
     ([-0.9995, 0.9995], [(1,), (1,), (1,), (1,)])
     """
 
