@@ -126,3 +126,13 @@ def test_an_output_never_replaces_the_image(
     assert main(["explain", "--image", str(image), "--size", "5", "--figure", str(image)]) == 2
     assert f"--figure {str(image)!r} would overwrite the input --image" in capsys.readouterr().err
     assert image.read_bytes() == before
+
+
+def test_blank_maps_hold_zeros_under_their_mask() -> None:
+    """np.ma.masked_all leaves its data uninitialised and matplotlib's colour maps scale the
+    masked values too: a garbage 1e38 overflowed now and then (a RuntimeWarning in the
+    figure with groups). The blanks hold zeros."""
+    from patchconv.explain_figure import blank
+
+    b = blank((3, 4))
+    assert b.mask.all() and not np.ma.getdata(b).any()

@@ -13,6 +13,7 @@ import numpy as np
 from patchconv.explain import Walkthrough
 from patchconv.explain_figure import (
     HIGHLIGHT,
+    blank,
     channel_cmap,
     heatmap,
     outline_patch,
@@ -85,9 +86,9 @@ def animation_frames(wt: Walkthrough, *, max_frames: int = MAX_FRAMES, dpi: int 
     out_marks = []
     for f in range(n_out):
         ax = fig.add_subplot(grid[0, n_in + f])
-        blank = np.ma.masked_all((spec.oh, spec.ow))
+        empty = blank((spec.oh, spec.ow))
         out_images.append(
-            heatmap(ax, blank, cmap="viridis", vmin=olo, vmax=ohi, values=False, aspect="equal")
+            heatmap(ax, empty, cmap="viridis", vmin=olo, vmax=ohi, values=False, aspect="equal")
         )
         mark = Rectangle((-0.5, -0.5), 1, 1, fill=False, edgecolor=HIGHLIGHT, linewidth=3)
         out_marks.append(ax.add_patch(mark))
@@ -95,7 +96,7 @@ def animation_frames(wt: Walkthrough, *, max_frames: int = MAX_FRAMES, dpi: int 
         ax.set_yticks([])
         ax.set_title(f"output channel {f}", fontsize=11)
     ax_rows = fig.add_subplot(grid[1, :])
-    blank_rows = np.ma.masked_all(rows.shape)
+    blank_rows = blank(rows.shape)
     rows_image = heatmap(
         ax_rows, blank_rows, cmap="Greys", vmin=lo, vmax=hi, values=False, origin=(first_row, 0)
     )

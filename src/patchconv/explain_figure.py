@@ -106,6 +106,12 @@ def heatmap(
     return image
 
 
+def blank(shape: tuple[int, ...]) -> np.ma.MaskedArray:
+    """All masked, over zeros: ``np.ma.masked_all`` leaves its data uninitialised, and the
+    colour map scales masked values too (a garbage 1e38 overflowed now and then)."""
+    return np.ma.masked_array(np.zeros(shape), mask=True)
+
+
 def padded_channel(wt: Walkthrough, c: int) -> tuple[np.ma.MaskedArray, tuple[int, int]]:
     """Channel c of the explained image inside its zero padding (masked) and its origin."""
     spec = wt.spec
@@ -368,7 +374,7 @@ def draw_figure(wt: Walkthrough) -> Any:
         )
     else:
         # Group g's matrix multiplies only columns g*K/G:(g+1)*K/G of the patch matrix.
-        blocks = np.ma.masked_all((shown_f, k))
+        blocks = blank((shown_f, k))
         for f in range(shown_f):
             g = f // spec.c_out_group
             blocks[f, g * k_group : (g + 1) * k_group] = flat[:, f]
