@@ -194,7 +194,6 @@ def _apply_stream(
     from pathlib import Path
 
     from patchconv import PatchconvError, images, scale
-    from patchconv.explain_cli import refuse_overwriting_inputs
 
     if not args.image:
         raise PatchconvError("apply: --chunks needs an IMAGE (a large TIFF or Zarr); got none")
@@ -239,8 +238,8 @@ def _apply_stream(
             )[0]  # (oh, ow, c_out), lazy
             target = out / f"{stem}_{k.name}{ext}"
             scale.check_target(target, func="apply")
-            refuse_overwriting_inputs(
-                (("the output", os.fspath(target)),), (("IMAGE", p) for p in args.image)
+            images.refuse_overwriting_inputs(
+                (("the output", target),), (("IMAGE", p) for p in args.image)
             )
             plans.append((target, k, y))
     client = None  # connected before the output folder is made: none is left on a failure

@@ -475,11 +475,11 @@ def explain(
     # The one patch's products summed in float64, the exact reference: a float32 row times
     # the kernel is a single running sum, whose rounding passed the tolerance on a
     # 1000x1000 kernel (3 million terms) while conv2d itself was within 6e-7.
+    kernel64 = flat_kernel.astype(np.float64)  # (G, kh*kw*c_in/G, c_out/G)
     per_group = [
-        flat_patch[:, g * k_group : (g + 1) * k_group].astype(np.float64)
-        @ flat_kernel[g].astype(np.float64)  # (1, c_out/G)
+        flat_patch[:, g * k_group : (g + 1) * k_group].astype(np.float64) @ kernel64[g]
         for g in range(spec.groups)
-    ]  # (all patches below are summed in float64 as well)
+    ]  # (1, c_out/G) each; all patches below are summed in float64 as well
     exact = (np.concatenate(per_group, axis=1) + bias_arr.astype(np.float64))[0]  # (c_out,)
     output_for_patch = exact.astype(output.dtype)
     at_position = out_nhwc[batch_index, i, j]  # (c_out,)
@@ -489,7 +489,6 @@ def explain(
     p = all_patches.shape[0]
     # Summed in float64 too (rows of _EXACT_BLOCK values at a time), so the page's numbers
     # for any pixel are the text's for the explained one.
-    kernel64 = flat_kernel.astype(np.float64)
     exact_all = np.empty((p, spec.c_out), np.float64)
     block = max(1, _EXACT_BLOCK // max(1, all_patches.shape[1]))
     for r0 in range(0, p, block):

@@ -13,7 +13,6 @@ import dataclasses
 import os
 import sys
 import zipfile
-from collections.abc import Iterable
 from typing import Any, overload
 
 import numpy as np
@@ -91,28 +90,6 @@ def picture_path(path: str, *, option: str, suffixes: tuple[str, ...]) -> str:
     if not os.path.isdir(folder):
         raise PatchconvError(f"{option}: folder {folder!r} does not exist; got {path!r}")
     return path
-
-
-def same_file(a: str, b: str) -> bool:
-    """True if paths ``a`` and ``b`` name one file (links and relative paths resolved)."""
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-def refuse_overwriting_inputs(
-    outputs: Iterable[tuple[str, str | None]], inputs: Iterable[tuple[str, str | None]]
-) -> None:
-    """A PatchconvError, before any work, where an output option names an input's file (the
-    picture replaced the image it was made from)."""
-    given = [(option, path) for option, path in inputs if path is not None]
-    for out_option, out in outputs:
-        for in_option, path in given:
-            if out is not None and same_file(out, path):
-                raise PatchconvError(
-                    f"{out_option} {out!r} would overwrite the input {in_option} {path!r}; "
-                    "choose another name"
-                )
 
 
 def load_weights(path: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -226,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         args.animate = picture_path(args.animate, option="--animate", suffixes=(".gif",))
     if args.html is not None:
         args.html = picture_path(args.html, option="--html", suffixes=(".html", ".htm"))
+    from patchconv.images import refuse_overwriting_inputs
+
     refuse_overwriting_inputs(
         (("--figure", args.figure), ("--animate", args.animate), ("--html", args.html)),
         (("--image", args.image), ("--weights", args.weights)),

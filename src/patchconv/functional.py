@@ -343,15 +343,11 @@ def conv2d(
     options = conv_options(strides, padding, dilation_rate, groups, data_format, padding_mode)
     bias_shape = None if bias_arr is None else bias_arr.shape
     args = (kernel.shape, bias_shape, options, algorithm, work.itemsize, func)
-    if x.ndim == 4 and x.shape[0] == 0:  # an empty batch: an empty result (the plan: one image's)
-        one = (1, *x.shape[1:])
-        _, plan = _spec_and_plan(one, *args, _plan_limit(workspace_limit))
-        _workspace(workspace_limit, func)
-        spec = conv_spec(x.shape, kernel.shape, bias_shape, func=func, **options)
-        empty = np.empty(spec.out_shape, out_dtype)
-        return (empty, plan) if return_plan else empty
     spec, plan = _spec_and_plan(x.shape, *args, _plan_limit(workspace_limit))
     limit = _workspace(workspace_limit, func)
+    if spec.n == 0:  # an empty batch: an empty result (planned as one image, see choose)
+        empty = np.empty(spec.out_shape, out_dtype)
+        return (empty, plan) if return_plan else empty
     x = x.astype(float_dtype_of(x), copy=False)  # every argument checked: integers to float32
     kernel_w = kernel.astype(work, copy=False)
     bias_w = None if bias_arr is None else bias_arr.astype(work, copy=False)

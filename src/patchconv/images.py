@@ -18,7 +18,7 @@ import math
 import os
 import uuid
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,33 @@ def tiff_to_unit(samples: np.ndarray, colours: str, lut: np.ndarray | None) -> n
     if colours == "white":
         unit[..., 0] = 1.0 - unit[..., 0]
     return unit
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True if paths ``a`` and ``b`` name one file (links and relative paths resolved)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[tuple[str, str | os.PathLike[str] | None]],
+    inputs: Iterable[tuple[str, str | os.PathLike[str] | None]],
+    *,
+    advice: str = "choose another name",
+) -> None:
+    """A PatchconvError where an output (a label and its path) names an input's file: the
+    picture or map would replace the image it was made from. An empty input label is left
+    out of the message."""
+    given = [(label, path) for label, path in inputs if path is not None]
+    for out_label, out in outputs:
+        for in_label, path in given:
+            if out is not None and same_file(out, path):
+                named = f"{in_label} " if in_label else ""
+                raise PatchconvError(
+                    f"{out_label} {os.fspath(out)!r} would overwrite the input "
+                    f"{named}{os.fspath(path)!r}; {advice}"
+                )
 
 
 def _target_size(size: int | tuple[int, int], bands: int, func: str) -> tuple[int, int]:
@@ -868,14 +895,11 @@ def run_apply(
                 progress(1)
         if sheet:
             files.append((out / f"{stem}_sheet.png", contact_sheet(sheet_items)))
-    inputs = [label for label, _, _ in plans if os.path.isfile(label)]
-    for path, _ in files:  # an input named like an output (a_sobel_x.png) was replaced
-        for label in inputs:
-            if path.exists() and os.path.samefile(path, label):
-                raise PatchconvError(
-                    f"{func}: the output {os.fspath(path)!r} would overwrite the input "
-                    f"{label!r}; choose another --out"
-                )
+    refuse_overwriting_inputs(  # an input named like an output (a_sobel_x.png) was replaced
+        ((f"{func}: the output", path) for path, _ in files),
+        (("", label) for label, _, _ in plans if os.path.isfile(label)),
+        advice="choose another --out",
+    )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

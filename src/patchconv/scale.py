@@ -473,6 +473,8 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
         not isinstance(chunks, (int, np.integer)) or isinstance(chunks, bool) or chunks < 1
     ):
         raise PatchconvError(f"{func}: chunks must be an int >= 1 or None; got {chunks!r}")
+    from patchconv.images import load_whole, tiff_colours, tiff_orientation, tiff_to_unit, upright
+
     da = _dask()
     p = Path(path)
     if not p.exists():
@@ -484,8 +486,6 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
     if suffix in (".tif", ".tiff"):
         import tifffile
         import zarr
-
-        from patchconv.images import tiff_colours, tiff_orientation
 
         try:
             with tifffile.TiffFile(p) as tif:
@@ -525,8 +525,6 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
                 f"{func}: cannot read {os.fspath(p)!r} as a Zarr array: {exc}"
             ) from exc
     else:
-        from patchconv.images import load_whole
-
         arr = da.from_array(load_whole(p, func=func))
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -540,13 +538,9 @@ def open_image(path: str | os.PathLike[str], *, chunks: int | None = None) -> An
             f"{func}: the image must hold integer, float or bool samples; got dtype "
             f"{arr.dtype} from {os.fspath(p)!r}"
         )
-    from patchconv.images import upright
-
     arr = upright(arr, orientation)  # as load_image and viewers show it
     if chunks is not None:
         arr = arr.rechunk((chunks, chunks, -1))
-    from patchconv.images import tiff_to_unit
-
     # As load_image: integers scaled, floats clipped, white-is-zero inverted, palette looked up.
     chunks_out = arr.chunks[:2] + (((3,),) if colours == "palette" else arr.chunks[2:])
     out = arr.map_blocks(

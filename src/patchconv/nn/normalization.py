@@ -154,14 +154,14 @@ class BatchNormalization(Layer):
             mean = arr.mean(axis=reduce)
             var = arr.var(axis=reduce)
             m = work.type(self.momentum)
-            moving_mean = self.moving_mean.astype(work) * m + mean * (1 - m)
-            moving_variance = self.moving_variance.astype(work) * m + var * (1 - m)
+            moving_mean = self.moving_mean.astype(work, copy=False) * m + mean * (1 - m)
+            moving_variance = self.moving_variance.astype(work, copy=False) * m + var * (1 - m)
             self.moving_mean[...] = moving_mean
             self.moving_variance[...] = moving_variance
         else:
             mean = self.moving_mean.astype(work, copy=False)
             var = self.moving_variance.astype(work, copy=False)
-        inv_std = (1.0 / np.sqrt(var + work.type(self.epsilon))).astype(work)
+        inv_std = (1.0 / np.sqrt(var + work.type(self.epsilon))).astype(work, copy=False)
         xhat = (arr - self._broadcast(mean, arr.ndim, axis)) * self._broadcast(
             inv_std, arr.ndim, axis
         )
@@ -178,13 +178,19 @@ class BatchNormalization(Layer):
             raise self._no_forward()
         xhat, inv_std, axis, reduce, training, shape = self._cache
         work = self._work()
-        g = self._check_grad(grad_out, shape).astype(self.dtype, copy=False).astype(work)
+        g = (
+            self._check_grad(grad_out, shape)
+            .astype(self.dtype, copy=False)
+            .astype(work, copy=False)
+        )
         self._grads = {}
         if self.gamma is not None:
-            self._grads["gamma"] = (g * xhat).sum(axis=reduce).astype(self.dtype)
+            self._grads["gamma"] = (g * xhat).sum(axis=reduce).astype(self.dtype, copy=False)
         if self.beta is not None:
-            self._grads["beta"] = g.sum(axis=reduce).astype(self.dtype)
-        gamma = self.gamma.astype(work) if self.gamma is not None else np.ones_like(inv_std)
+            self._grads["beta"] = g.sum(axis=reduce).astype(self.dtype, copy=False)
+        gamma = (
+            self.gamma.astype(work, copy=False) if self.gamma is not None else np.ones_like(inv_std)
+        )
         dxhat = g * self._broadcast(gamma, g.ndim, axis)
         scale = self._broadcast(inv_std, g.ndim, axis)
         if not training:
